@@ -1,0 +1,48 @@
+# The two commands of the README:
+#   make book   execute every chapter with its default parameters and build the HTML book into _build/html
+#   make test   unit tests, nbval on every chapter in _toc.yml, and a book build with warnings as errors
+# Each creates the virtual environment .venv when it is missing (or when pyproject.toml changed).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CHAPTERS = $(shell $(PY) scripts/chapters.py)
+# One thread layout everywhere, so that executed and re-executed numbers agree.
+export OMP_NUM_THREADS ?= 2
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export PYDEVD_DISABLE_FILE_VALIDATION = 1
+
+.PHONY: book test unit nbval html env clean
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $(STAMP)
+
+book: $(STAMP)
+	@for nb in $(CHAPTERS); do \
+	  echo "executing $$nb"; \
+	  $(PY) -m papermill --cwd $$(dirname $$nb) -k python3 $$nb $$nb --log-level WARNING || exit 1; \
+	done
+	$(MAKE) html
+
+html: $(STAMP)
+	$(PY) -m jupyter_book build . --all -W -n --keep-going
+
+unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+nbval: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
+	  --nbval-sanitize-with book/nbval_sanitize.cfg $(CHAPTERS)
+
+test: unit nbval html
+
+clean:
+	rm -rf _build

@@ -1,0 +1,112 @@
+"""Streaming contrastive covariance: ΔC = E[q kᵀ | +] − E[q kᵀ | −] (the paper's method, §3; talk "Contrastive
+Covariance Method").
+
+A positive pair (q, k) is a query and a key whose tokens share the feature of interest; a negative pair does not.
+C⁺ and C⁻ are plain second moments (no centring, no 1/√d). Sums are kept in float64 with pair counts, so any number
+of batches of any size can be absorbed, for one head or for a whole stack of heads at once:
+
+    acc = ContrastiveCovariance(d_head=16)                  # or head_shape=(n_layers, n_heads)
+    acc.add(q_pos, k_pos, positive=True); acc.add(q_neg, k_neg, positive=False)
+    delta = acc.delta()                                      # (d_head, d_head): rows = query dims, cols = key dims
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Weighting = Literal["pair_mean", "prompt_sum"]
+WEIGHTINGS = ("pair_mean", "prompt_sum")
+
+
+class ContrastiveCovariance:
+    """Accumulates Σ q kᵀ and pair counts for positive and negative pairs.
+
+    weighting:
+      "pair_mean"  (default) C± = Σ q kᵀ / number of ± pairs — the definition E[q kᵀ | ±].
+      "prompt_sum" C± = Σ q kᵀ / number of prompts — the authors' filter-head code, where each prompt contributes
+                   all its positive items and all its negative items, so the class with more items per prompt
+                   weighs more (4× for 5 positives vs 20 negatives). Requires `prompts=` in `add`.
+    """
+
+    def __init__(
+        self,
+        d_head: int,
+        d_key: int | None = None,
+        head_shape: tuple[int, ...] = (),
+        weighting: Weighting = "pair_mean",
+        device: torch.device | str | None = None,
+    ):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if d_head < 1 or (d_key is not None and d_key < 1):
+            raise ValueError(f"dimensions must be positive, got d_head={d_head}, d_key={d_key}")
+        self.d_query = int(d_head)
+        self.d_key = int(d_key if d_key is not None else d_head)
+        self.head_shape = tuple(int(h) for h in head_shape)
+        self.weighting = weighting
+        shape = (*self.head_shape, self.d_query, self.d_key)
+        self.sums = {s: torch.zeros(shape, dtype=torch.float64, device=device) for s in (True, False)}
+        self.pairs = {True: 0, False: 0}
+        self.prompts = {True: 0, False: 0}
+
+    def add(self, q: torch.Tensor, k: torch.Tensor, *, positive: bool, prompts: int = 0) -> None:
+        """Absorb a batch of pairs: q (*head_shape, n, d_query), k (*head_shape, n, d_key), row i of q with row i
+        of k. `prompts` counts the prompts these pairs came from (used by the "prompt_sum" weighting)."""
+        expected_q = (*self.head_shape, q.shape[-2] if q.dim() >= 2 else -1, self.d_query)
+        if q.dim() != len(self.head_shape) + 2 or tuple(q.shape) != expected_q:
+            raise ValueError(
+                f"q must have shape (*head_shape, n_pairs, d_query) = ({', '.join(map(str, self.head_shape))}"
+                f"{', ' if self.head_shape else ''}n, {self.d_query}), got {tuple(q.shape)}"
+            )
+        if tuple(k.shape) != (*self.head_shape, q.shape[-2], self.d_key):
+            raise ValueError(
+                f"k must have shape {(*self.head_shape, q.shape[-2], self.d_key)} to pair row-by-row with q "
+                f"{tuple(q.shape)}, got {tuple(k.shape)}"
+            )
+        if prompts < 0:
+            raise ValueError(f"prompts must be >= 0, got {prompts}")
+        if not (torch.isfinite(q).all() and torch.isfinite(k).all()):
+            raise ValueError("q and k must be finite: found NaN or inf (check the capture or the model's dtype)")
+        sums = self.sums[bool(positive)]
+        q64 = q.to(device=sums.device, dtype=torch.float64)
+        k64 = k.to(device=sums.device, dtype=torch.float64)
+        sums += q64.transpose(-1, -2) @ k64  # (*head_shape, d_query, d_key)
+        self.pairs[bool(positive)] += int(q.shape[-2])
+        self.prompts[bool(positive)] += int(prompts)
+
+    def _normaliser(self, positive: bool) -> int:
+        sign = "positive" if positive else "negative"
+        if self.pairs[positive] == 0:
+            raise ValueError(f"no {sign} pairs were added: ΔC needs at least one positive and one negative pair")
+        if self.weighting == "pair_mean":
+            return self.pairs[positive]
+        if self.prompts[positive] == 0:
+            raise ValueError(f'weighting="prompt_sum" needs add(..., prompts=n) for the {sign} pairs')
+        return self.prompts[positive]
+
+    def covariance(self, positive: bool) -> torch.Tensor:
+        """C⁺ (positive=True) or C⁻: (*head_shape, d_query, d_key), float64."""
+        return self.sums[bool(positive)] / self._normaliser(bool(positive))
+
+    def delta(self) -> torch.Tensor:
+        """ΔC = C⁺ − C⁻: (*head_shape, d_query, d_key), float64."""
+        return self.covariance(True) - self.covariance(False)
+
+    def logit_gap(self) -> torch.Tensor:
+        """E[q·k | +] − E[q·k | −] = trace(ΔC) (square heads only): (*head_shape,). A head that prefers
+        positive keys has a large positive gap."""
+        if self.d_query != self.d_key:
+            raise ValueError("the logit gap needs d_query == d_key")
+        return torch.diagonal(self.delta(), dim1=-2, dim2=-1).sum(-1)
+
+
+def contrastive_covariance(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, q_neg: torch.Tensor, k_neg: torch.Tensor
+) -> torch.Tensor:
+    """ΔC from stored pairs in one call: q_pos (n⁺, d), k_pos (n⁺, d), q_neg (n⁻, d), k_neg (n⁻, d) → (d, d)."""
+    acc = ContrastiveCovariance(q_pos.shape[-1], k_pos.shape[-1])
+    acc.add(q_pos, k_pos, positive=True)
+    acc.add(q_neg, k_neg, positive=False)
+    return acc.delta()
