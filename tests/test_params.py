@@ -1,0 +1,48 @@
+"""Chapter parameters: unknown names, wrong types and bad values are clear errors."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from qkcore.params import check_types, from_namespace, require
+
+
+@dataclass(frozen=True)
+class Example:
+    seed: int = 0
+    rate: float = 0.5
+    heads: tuple[tuple[int, int], ...] | None = None
+    name: str = "a"
+
+    def __post_init__(self):
+        check_types(self)
+        require(0 < self.rate <= 1, f"rate must be in (0, 1], got {self.rate}")
+
+
+def notebook(**params):
+    """A namespace as a notebook has it after its parameters cell: IPython names, a module, private names."""
+    import math
+
+    return {"In": [], "Out": {}, "get_ipython": print, "_": None, "math": math, **params}
+
+
+def test_from_namespace_reads_the_parameters_cell():
+    p = from_namespace(Example, notebook(seed=3, rate=1, heads=[[1, 2], [3, 4]], name="b"))
+    assert p == Example(seed=3, rate=1, heads=((1, 2), (3, 4)), name="b")
+
+
+def test_unknown_parameter_is_named():
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['sed'\].*'seed'"):
+        from_namespace(Example, notebook(sed=3))
+
+
+@pytest.mark.parametrize("field, value", [("seed", 1.5), ("seed", True), ("rate", "x"), ("heads", [[1, "a"]]),
+                                          ("name", 3)])
+def test_wrong_type_is_named(field, value):
+    with pytest.raises(TypeError, match=field):
+        from_namespace(Example, notebook(**{field: value}))
+
+
+def test_bad_value_says_what_is_allowed():
+    with pytest.raises(ValueError, match=r"rate must be in \(0, 1\]"):
+        Example(rate=2.0)
