@@ -1,0 +1,61 @@
+"""qkcore.lm: the post-rotary queries and keys of Hugging Face causal LMs — capture, streaming ΔC for every head,
+logit edits and key swaps, token positions from text (paper §3 "The method"; Figures 6–10).
+
+Verified (tests/test_lm_*.py) on tiny random Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3: attention rebuilt
+from captured q, k equals the model's own eager attention; outputs with capture on == off; batched == one by one.
+Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key head h // group_size.
+
+Loading (loading.py)
+    model, tok = load_model(name_or_path, dtype=None, device=None, device_map=None, attn_implementation="sdpa",
+                            trust_remote_code=False, revision=None)   # offline-aware; clear error if not on disk
+
+Layout and point names (layout.py)
+    layout = attention_layout(model)   # .n_layers .n_heads .n_kv_heads .head_dim .group_size .module_paths
+    layout.point_names()               # ["model.layers.0.self_attn.q_rot", "model.layers.0.self_attn.k_rot", ...]
+    resolve_point(model, name) -> QKPoint(layer, kind, module_path)
+
+Batches (batching.py) — prompt positions: 0 = first token of the prompt, -1 = last; padding never shifts them
+    batch = encode_batch(tok, texts, padding_side="left", add_special_tokens=True)   # EncodedBatch
+    batch = pad_batch(list_of_token_id_lists, padding_side="left")
+    batch.padded(row, position) -> batch column;  batch.padded_positions([[...], ...]) -> (batch, n) columns
+    out = run_model(model, batch)      # passes attention_mask + position_ids, use_cache=False, no_grad
+    iter_batches(n, batch_size, progress=False)   # index ranges, tqdm bar if progress
+
+Capture (capture.py)
+    with capture_qk(model, heads="all" | [(layer, head), ...], query_positions=None | (batch, n) columns,
+                    key_positions=None | (batch, n) columns, keep_masks=False, device=None) as cap:
+        run_model(model, batch)
+    cap.q(layer, head) -> (batch, n_q, d);  cap.k(layer, head) -> (batch, n_k, d)   (post-rotary, detached)
+    cap["model.layers.1.self_attn.q_rot"] -> (batch, captured heads, n, d);  cap.scaling(layer)
+    cap.attention(layer, head) -> softmax rebuilt from q, k (needs all positions and keep_masks=True)
+
+Streaming ΔC (streaming.py)
+    pairs = [PromptPairs(positive=[(q_pos, [k_pos, ...]), ...], negative=[...]) for each prompt]
+    st = stream_delta(model, tok, prompts, pairs, heads="all", batch_size=8, padding_side="left",
+                      weighting="pair_mean" | "prompt_sum", add_special_tokens=True, progress=False)
+    st = DeltaStreamer(model, heads, weighting); st.add(batch, pairs)     # your own batching
+    st.acc (ContrastiveCovariance, head_shape=(len(st.heads),)), st.heads, st.delta(layer, head) -> (d, d),
+    st.delta() -> (n_heads_chosen, d, d), st.grid() -> (n_layers, n_heads, d, d), st.logit_gap()
+"""
+
+from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_batch, run_model
+from qkcore.lm.capture import QKCapture, capture_qk
+from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, resolve_point
+from qkcore.lm.streaming import DeltaStreamer, PromptPairs, stream_delta
+
+__all__ = [
+    "AttentionLayout",
+    "QKPoint",
+    "attention_layout",
+    "resolve_point",
+    "EncodedBatch",
+    "encode_batch",
+    "pad_batch",
+    "run_model",
+    "iter_batches",
+    "QKCapture",
+    "capture_qk",
+    "PromptPairs",
+    "DeltaStreamer",
+    "stream_delta",
+]

@@ -1,0 +1,175 @@
+"""The one place where qkcore.lm touches a model's forward pass: a scoped wrapper around the attention function.
+
+Why this route. In transformers ≥ 5 every supported attention module computes q_proj → (q_norm) → rotary, then calls
+`ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)(module, query, key,
+value, attention_mask, scaling=..., **kwargs)` with query (batch, heads, q_len, d) and key (batch, kv_heads, kv_len, d)
+already post-rotary and keys not yet repeated for GQA: exactly the vectors whose dot product the head computes.
+We wrap whatever function `get_interface` returns (the model's own eager function with its soft-capping, sdpa,
+flash, flex) instead of registering a new attention implementation, because
+
+  * `config._attn_implementation` stays as it is, so the model builds its masks (causal, padding, sliding window)
+    exactly as without us; a newly registered implementation would also need a mask function, and without one it
+    silently loses the causal mask;
+  * the model-specific eager function (the `default` argument of `get_interface`) keeps running unchanged;
+  * re-implementing q_proj/q_norm/rotary in a module hook would duplicate model code per family.
+
+The wrapper is installed on the `AttentionInterface` class while at least one session (capture, streaming, edit) is
+open, removed in `finally`, and it does nothing for modules no open session asked about. A forward hook on each
+watched module checks that the module really went through the wrapper, so an attention class that bypasses the
+interface fails loudly instead of yielding nothing.
+
+    with attention_session(model, modules, on_call) as session:   # on_call(call) -> replacement output or None
+        model(**inputs)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.modeling_utils import AttentionInterface
+
+from qkcore.lm.layout import architecture_name
+
+_LOCK = threading.RLock()
+_SESSIONS: list[_Session] = []
+_ORIGINAL_GET_INTERFACE = AttentionInterface.get_interface
+_WRAPPERS: dict[Callable, Callable] = {}
+
+
+@dataclass
+class AttentionCall:
+    """One call of the attention function of one layer (all tensors as the model passed them)."""
+
+    module: nn.Module
+    layer: int
+    query: torch.Tensor  # (batch, n_heads, q_len, d) post-rotary
+    key: torch.Tensor  # (batch, n_kv_heads, kv_len, d) post-rotary, not repeated for GQA
+    value: torch.Tensor  # (batch, n_kv_heads, kv_len, d)
+    attention_mask: torch.Tensor | None  # float additive, bool (True = attend), or None (sdpa is_causal route)
+    kwargs: dict[str, Any]
+
+    @property
+    def scaling(self) -> float:
+        s = self.kwargs.get("scaling")
+        return float(s) if s is not None else float(self.module.head_dim) ** -0.5
+
+    @property
+    def softcap(self) -> float | None:
+        s = self.kwargs.get("softcap")
+        return None if s is None else float(s)
+
+    def additive_mask(self) -> torch.Tensor:
+        """The mask as the model applies it: float32 (batch or 1, 1 or heads, q_len, kv_len), 0 = attend, -inf = not."""
+        return additive_mask(self.attention_mask, self.query, self.key, getattr(self.module, "is_causal", True),
+                             self.kwargs.get("is_causal"))
+
+
+def additive_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, module_causal: bool,
+                  is_causal_kw: bool | None = None) -> torch.Tensor:
+    """Normalise the three mask forms the attention functions receive into a float32 additive mask."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    if mask is None:
+        causal = is_causal_kw if is_causal_kw is not None else module_causal
+        # sdpa_attention_forward uses is_causal only when q_len > 1 (top-left aligned); otherwise no mask.
+        if causal and q_len > 1:
+            allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril()  # (q_len, kv_len)
+        else:
+            allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device)
+        allowed = allowed[None, None]
+    elif mask.dtype == torch.bool:
+        allowed = mask[..., :kv_len]
+    else:
+        m = mask[..., :kv_len].float()
+        # eager masks use finfo(dtype).min for "masked"; map those to -inf so that the result is exact 0 after softmax
+        return torch.where(m <= torch.finfo(mask.dtype).min / 2, float("-inf"), m)
+    return torch.zeros(allowed.shape, dtype=torch.float32, device=query.device).masked_fill(~allowed, float("-inf"))
+
+
+def head_logits_to_attention(raw: torch.Tensor, scaling: float, softcap: float | None,
+                             mask: torch.Tensor) -> torch.Tensor:
+    """softmax(cap(q·k · scaling) + mask) in float32, as the models' eager functions compute it.
+
+    raw: (..., q_len, kv_len) raw q·k; mask broadcastable additive. Fully masked rows give 0, not NaN."""
+    scores = raw.float() * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores + mask
+    probs = torch.softmax(scores, dim=-1)
+    return torch.nan_to_num(probs, nan=0.0)
+
+
+@dataclass
+class _Session:
+    modules: dict[int, int]  # id(module) -> layer
+    on_call: Callable[[AttentionCall], torch.Tensor | None]
+    seen: set[int] = field(default_factory=set)
+
+
+def _wrap(fn: Callable) -> Callable:
+    if fn in _WRAPPERS:
+        return _WRAPPERS[fn]
+
+    def qkcore_attention(module, query, key, value, *args, **kwargs):
+        sessions = [s for s in list(_SESSIONS) if id(module) in s.modules]
+        if not sessions:
+            return fn(module, query, key, value, *args, **kwargs)
+        mask = args[0] if args else kwargs.get("attention_mask")
+        call_kwargs = {k: v for k, v in kwargs.items() if k != "attention_mask"}
+        out = fn(module, query, key, value, *args, **kwargs)
+        for s in sessions:
+            s.seen.add(id(module))
+            call = AttentionCall(module, s.modules[id(module)], query, key, value, mask, call_kwargs)
+            replaced = s.on_call(call)
+            if replaced is not None:
+                out = (replaced, *out[1:]) if isinstance(out, tuple) else replaced
+        return out
+
+    qkcore_attention.__wrapped__ = fn
+    _WRAPPERS[fn] = qkcore_attention
+    return qkcore_attention
+
+
+def _patched_get_interface(self, attn_implementation, default):
+    return _wrap(_ORIGINAL_GET_INTERFACE(self, attn_implementation, default))
+
+
+@contextlib.contextmanager
+def attention_session(
+    model: nn.Module, modules: dict[int, nn.Module], on_call: Callable[[AttentionCall], torch.Tensor | None]
+) -> Iterator[_Session]:
+    """Call `on_call` after the attention function of each watched module (layer -> module) has run.
+
+    on_call may return a replacement for the attention output (batch, q_len, n_heads, d) or None."""
+    session = _Session({id(m): layer for layer, m in modules.items()}, on_call)
+    handles = []
+
+    def check(module, _inputs, _output):
+        if id(module) not in session.seen:
+            raise NotImplementedError(
+                f"{architecture_name(model)}: {type(module).__name__} ran without calling an attention function "
+                "from transformers' AttentionInterface, so its post-rotary queries and keys cannot be captured "
+                f"(attn_implementation={getattr(model.config, '_attn_implementation', None)!r})"
+            )
+        session.seen.discard(id(module))
+
+    with _LOCK:
+        if not _SESSIONS:
+            AttentionInterface.get_interface = _patched_get_interface
+        _SESSIONS.append(session)
+    try:
+        for m in modules.values():
+            handles.append(m.register_forward_hook(check))
+        yield session
+    finally:
+        for h in handles:
+            h.remove()
+        with _LOCK:
+            _SESSIONS.remove(session)
+            if not _SESSIONS:
+                AttentionInterface.get_interface = _ORIGINAL_GET_INTERFACE

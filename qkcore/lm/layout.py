@@ -1,0 +1,163 @@
+"""Where a Hugging Face causal LM keeps its attention heads, and the names of the q/k capture points.
+
+Paper §3 ("The method"): the vectors of interest are each head's query and key *after* the rotary embedding (and
+after q_norm/k_norm where the model has them). This module finds the attention modules of a model (any module that
+has `q_proj`, `k_proj`, `layer_idx`, `head_dim`, `num_key_value_groups`: the shape of every attention class that
+routes through transformers' AttentionInterface), reads the head geometry, validates (layer, head) choices, and
+names the capture points after the module path, TransformerLens-style:
+
+    layout = attention_layout(model)          # layout.n_layers, .n_heads, .n_kv_heads, .head_dim, .group_size
+    layout.point_names()[:2]                  # ['model.layers.0.self_attn.q_rot', 'model.layers.0.self_attn.k_rot']
+    resolve_point(model, "model.layers.1.self_attn.k_rot")   # QKPoint(layer=1, kind='k_rot', module_path=...)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import nn
+
+#: The two capture points of every attention module: post-rotary query and key (after q_norm/k_norm if any).
+POINT_KINDS = ("q_rot", "k_rot")
+_REQUIRED_ATTRS = ("q_proj", "k_proj", "layer_idx", "head_dim", "num_key_value_groups")
+
+HeadSpec = Literal["all"] | Iterable[tuple[int, int]]
+
+
+def architecture_name(model: nn.Module) -> str:
+    """The model's class name and config model_type, for error messages."""
+    cfg = getattr(model, "config", None)
+    return f"{type(model).__name__} (model_type={getattr(cfg, 'model_type', '?')!r})"
+
+
+@dataclass(frozen=True)
+class QKPoint:
+    """A resolved capture-point name: `<module_path>.q_rot` or `<module_path>.k_rot`."""
+
+    layer: int
+    kind: str  # "q_rot" or "k_rot"
+    module_path: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.module_path}.{self.kind}"
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Head geometry of a decoder: one attention module per layer, all layers alike."""
+
+    architecture: str
+    module_paths: tuple[str, ...]  # module_paths[layer] = "model.layers.<layer>.self_attn"
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.module_paths)
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key head (GQA): query head h reads key head h // group_size."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        return head // self.group_size
+
+    def all_heads(self) -> tuple[tuple[int, int], ...]:
+        return tuple((layer, head) for layer in range(self.n_layers) for head in range(self.n_heads))
+
+    def point_names(self) -> list[str]:
+        return [f"{path}.{kind}" for path in self.module_paths for kind in POINT_KINDS]
+
+    def check_layer(self, layer: int) -> int:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise TypeError(f"layer must be an int, got {layer!r}")
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer {layer} is out of range: {self.architecture} has {self.n_layers} layers "
+                             f"(0..{self.n_layers - 1})")
+        return layer
+
+    def check_head(self, head: int) -> int:
+        if isinstance(head, bool) or not isinstance(head, int):
+            raise TypeError(f"head must be an int, got {head!r}")
+        if not 0 <= head < self.n_heads:
+            raise ValueError(f"head {head} is out of range: {self.architecture} has {self.n_heads} query heads "
+                             f"per layer (0..{self.n_heads - 1})")
+        return head
+
+    def select(self, heads: HeadSpec) -> tuple[tuple[int, int], ...]:
+        """Validate a head choice: "all" or an iterable of (layer, head) → sorted, duplicate-free tuple."""
+        if isinstance(heads, str):
+            if heads != "all":
+                raise ValueError(f'heads must be "all" or a list of (layer, head) pairs, got {heads!r}')
+            return self.all_heads()
+        chosen = []
+        for item in heads:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise ValueError(f"each head must be a (layer, head) pair, got {item!r}")
+            chosen.append((self.check_layer(item[0]), self.check_head(item[1])))
+        if not chosen:
+            raise ValueError("no heads chosen: pass heads='all' or a non-empty list of (layer, head) pairs")
+        if len(set(chosen)) != len(chosen):
+            dup = sorted({h for h in chosen if chosen.count(h) > 1})
+            raise ValueError(f"heads listed more than once: {dup}")
+        return tuple(sorted(chosen))
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return all(hasattr(module, a) for a in _REQUIRED_ATTRS)
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of every attention module, ordered by layer index; raises for unsupported architectures."""
+    found = [(name, m) for name, m in model.named_modules() if _is_attention(m)]
+    arch = architecture_name(model)
+    if not found:
+        raise NotImplementedError(
+            f"{arch} has no attention module of the AttentionInterface kind (with q_proj, k_proj, layer_idx, "
+            f"head_dim, num_key_value_groups); qkcore.lm cannot capture its queries and keys. Supported: decoder "
+            f"LMs such as Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3."
+        )
+    found.sort(key=lambda pm: pm[1].layer_idx)
+    layers = [m.layer_idx for _, m in found]
+    if layers != list(range(len(found))):
+        raise NotImplementedError(f"{arch}: attention layer indices {layers} are not 0..{len(found) - 1}; "
+                                  "qkcore.lm supports one attention module per decoder layer")
+    return found
+
+
+def attention_layout(model: nn.Module) -> AttentionLayout:
+    """Read the head geometry of `model` and check that every layer has the same shape."""
+    mods = attention_modules(model)
+    arch = architecture_name(model)
+    shapes = set()
+    for path, m in mods:
+        cfg = m.config
+        n_heads, n_kv = int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or
+                                                           cfg.num_attention_heads)
+        d = int(m.head_dim)
+        q_out, k_out = m.q_proj.out_features, m.k_proj.out_features
+        if q_out != n_heads * d or k_out != n_kv * d or n_heads % n_kv or m.num_key_value_groups != n_heads // n_kv:
+            raise NotImplementedError(
+                f"{arch}: {path} has q_proj→{q_out}, k_proj→{k_out} features for {n_heads} query heads, {n_kv} key "
+                f"heads of size {d}; qkcore.lm needs q_proj = heads × head_dim (no gated or fused projections)"
+            )
+        shapes.add((n_heads, n_kv, d))
+    if len(shapes) != 1:
+        raise NotImplementedError(f"{arch}: layers differ in head shape {sorted(shapes)}; not supported")
+    n_heads, n_kv, d = shapes.pop()
+    return AttentionLayout(arch, tuple(p for p, _ in mods), n_heads, n_kv, d)
+
+
+def resolve_point(model_or_layout: nn.Module | AttentionLayout, name: str) -> QKPoint:
+    """Map a point name such as "model.layers.3.self_attn.q_rot" to its layer and kind; unknown names raise."""
+    layout = model_or_layout if isinstance(model_or_layout, AttentionLayout) else attention_layout(model_or_layout)
+    path, _, kind = name.rpartition(".")
+    if kind in POINT_KINDS and path in layout.module_paths:
+        return QKPoint(layout.module_paths.index(path), kind, path)
+    raise KeyError(f"unknown capture point {name!r} for {layout.architecture}; names look like "
+                   f"{layout.point_names()[:2]} (module path + '.q_rot' or '.k_rot')")

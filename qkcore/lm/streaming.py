@@ -1,0 +1,179 @@
+"""Stream (query, key) pairs of every requested head straight into ΔC accumulators, one forward pass per batch
+(paper §3: C± = mean of q kᵀ over positive / negative pairs, ΔC = C⁺ − C⁻, per head).
+
+Pairs are given per prompt in prompt positions (0 = first token, −1 = last): a list of (query position, key positions)
+for the positive pairs and one for the negative pairs. Each batch adds its pairs to one float64
+`qkcore.covariance.ContrastiveCovariance` with head_shape (n_heads_chosen,), then drops the vectors, so memory does
+not grow with the number of prompts (only with pairs per batch × heads × d_head).
+
+    pairs = [PromptPairs(positive=[(-1, [5, 9])], negative=[(-1, [7, 11, 13])]) for _ in texts]
+    stream = stream_delta(model, tokenizer, texts, pairs, heads="all", batch_size=16)
+    stream.delta(20, 26)          # (d_head, d_head) ΔC of L20H26;  stream.grid(): (n_layers, n_heads, d, d)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qkcore.covariance import ContrastiveCovariance, Weighting
+from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_batch, run_model
+from qkcore.lm.intercept import AttentionCall, attention_session
+from qkcore.lm.layout import HeadSpec, attention_layout, attention_modules
+
+PairList = tuple[tuple[int, tuple[int, ...]], ...]
+
+
+def _as_pair_list(pairs, name: str) -> PairList:
+    out = []
+    for item in pairs:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise ValueError(f"{name}: each entry must be (query_position, [key_positions]), got {item!r}")
+        q, ks = item
+        if isinstance(ks, int):
+            raise ValueError(f"{name}: key positions must be a list, got the int {ks} (write [{ks}])")
+        ks = tuple(ks)
+        if not all(isinstance(p, int) and not isinstance(p, bool) for p in (q, *ks)):
+            raise ValueError(f"{name}: positions must be ints, got {item!r}")
+        out.append((q, ks))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PromptPairs:
+    """The pairs one prompt contributes: positive/negative = ((query_position, (key_position, ...)), ...).
+    Positions are prompt positions (negative counts from the prompt's end). A counterfactual prompt may give only
+    negatives, and vice versa."""
+
+    positive: PairList = ()
+    negative: PairList = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "positive", _as_pair_list(self.positive, "positive"))
+        object.__setattr__(self, "negative", _as_pair_list(self.negative, "negative"))
+
+    def count(self, positive: bool) -> int:
+        return sum(len(ks) for _, ks in (self.positive if positive else self.negative))
+
+
+class DeltaStreamer:
+    """ΔC accumulators for the chosen heads of `model`; `add(batch, pairs)` runs one forward pass and absorbs it.
+
+    `acc` is a ContrastiveCovariance with head_shape (len(heads),), head i = heads[i] (sorted (layer, head))."""
+
+    def __init__(self, model: nn.Module, heads: HeadSpec = "all", weighting: Weighting = "pair_mean",
+                 device: torch.device | str | None = None):
+        self.model = model
+        self.layout = attention_layout(model)
+        self.heads = self.layout.select(heads)
+        self._index = {h: i for i, h in enumerate(self.heads)}
+        self.q_heads = {layer: [h for (l, h) in self.heads if l == layer] for layer in sorted({l for l, _ in
+                                                                                               self.heads})}
+        mods = attention_modules(model)
+        self._modules = {layer: mods[layer][1] for layer in self.q_heads}
+        if device is None:
+            device = next(model.parameters()).device
+        self.acc = ContrastiveCovariance(self.layout.head_dim, head_shape=(len(self.heads),), weighting=weighting,
+                                         device=device)
+        self.prompts_seen = 0
+
+    # -- accumulation ----------------------------------------------------------------------------------------
+    def _pair_index(self, batch: EncodedBatch, pairs: Sequence[PromptPairs], positive: bool):
+        rows, qcols, kcols = [], [], []
+        for r, p in enumerate(pairs):
+            for qpos, kposs in (p.positive if positive else p.negative):
+                qc = batch.padded(r, qpos)
+                for kpos in kposs:
+                    kc = batch.padded(r, kpos)
+                    if kc > qc:
+                        raise ValueError(f"prompt {r}: key position {kpos} comes after query position {qpos}; a "
+                                         "causal head cannot attend to it")
+                    rows.append(r), qcols.append(qc), kcols.append(kc)
+        n_prompts = sum(1 for p in pairs if (p.positive if positive else p.negative))
+        return torch.tensor(rows, dtype=torch.long), torch.tensor(qcols, dtype=torch.long), \
+            torch.tensor(kcols, dtype=torch.long), n_prompts
+
+    def add(self, batch: EncodedBatch, pairs: Sequence[PromptPairs]) -> None:
+        """Run `model` on `batch` and add each prompt's positive and negative pairs, for every chosen head."""
+        if len(pairs) != batch.size:
+            raise ValueError(f"{len(pairs)} PromptPairs for a batch of {batch.size} prompts: give one per prompt")
+        if not all(isinstance(p, PromptPairs) for p in pairs):
+            raise TypeError("pairs must be PromptPairs objects (one per prompt)")
+        index = {s: self._pair_index(batch, pairs, s) for s in (True, False)}
+        got: dict[bool, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {True: {}, False: {}}
+
+        def on_call(call: AttentionCall) -> None:
+            layer, query, key = call.layer, call.query.detach(), call.key.detach()
+            hq = torch.tensor(self.q_heads[layer], device=query.device)
+            hk = torch.div(hq, self.layout.group_size, rounding_mode="floor")  # GQA: key head of each query head
+            for s in (True, False):
+                rows, qc, kc, _ = index[s]
+                if rows.numel():
+                    rows_d, qc_d, kc_d = rows.to(query.device), qc.to(query.device), kc.to(query.device)
+                    q = query[rows_d, :, qc_d].index_select(1, hq)  # (n_pairs, heads_in_layer, d)
+                    k = key[rows_d, :, kc_d].index_select(1, hk)  # (n_pairs, heads_in_layer, d)
+                    got[s][layer] = (q, k)
+
+        with attention_session(self.model, self._modules, on_call):
+            run_model(self.model, batch)
+        for s in (True, False):
+            rows, _, _, n_prompts = index[s]
+            if rows.numel() == 0:
+                continue
+            q = torch.cat([got[s][layer][0] for layer in self.q_heads], dim=1).transpose(0, 1)  # (heads, n, d)
+            k = torch.cat([got[s][layer][1] for layer in self.q_heads], dim=1).transpose(0, 1)  # (heads, n, d)
+            self.acc.add(q, k, positive=s, prompts=n_prompts)
+        self.prompts_seen += batch.size
+
+    # -- results ---------------------------------------------------------------------------------------------
+    def index(self, layer: int, head: int) -> int:
+        """Position of (layer, head) along the accumulator's head axis."""
+        self.layout.check_layer(layer), self.layout.check_head(head)
+        if (layer, head) not in self._index:
+            raise KeyError(f"head ({layer}, {head}) is not among the streamed heads")
+        return self._index[(layer, head)]
+
+    def delta(self, layer: int | None = None, head: int | None = None) -> torch.Tensor:
+        """ΔC of one head (d, d), or of all streamed heads (n_heads_chosen, d, d) when no head is named."""
+        d = self.acc.delta()
+        return d if layer is None and head is None else d[self.index(layer, head)]
+
+    def logit_gap(self) -> torch.Tensor:
+        """trace ΔC = E[q·k|+] − E[q·k|−] per streamed head: (n_heads_chosen,)."""
+        return self.acc.logit_gap()
+
+    def grid(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Reshape per-head values (default ΔC) to (n_layers, n_heads, ...) — needs heads="all"."""
+        if len(self.heads) != self.layout.n_layers * self.layout.n_heads:
+            raise ValueError("grid() needs every head streamed (heads='all')")
+        values = self.delta() if values is None else values
+        return values.reshape(self.layout.n_layers, self.layout.n_heads, *values.shape[1:])
+
+
+def stream_delta(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    pairs: Sequence[PromptPairs],
+    heads: HeadSpec = "all",
+    batch_size: int = 8,
+    padding_side: str = "left",
+    weighting: Weighting = "pair_mean",
+    add_special_tokens: bool = True,
+    progress: bool | str = False,
+) -> DeltaStreamer:
+    """ΔC for the chosen heads over all prompts (texts, or lists of token ids), `batch_size` prompts per pass."""
+    if len(prompts) != len(pairs):
+        raise ValueError(f"{len(prompts)} prompts but {len(pairs)} PromptPairs: give one per prompt")
+    streamer = DeltaStreamer(model, heads, weighting)
+    for idx in iter_batches(len(prompts), batch_size, progress):
+        chunk = [prompts[i] for i in idx]
+        if all(isinstance(p, str) for p in chunk):
+            batch = encode_batch(tokenizer, chunk, padding_side, add_special_tokens)
+        else:
+            batch = pad_batch(chunk, padding_side)
+        streamer.add(batch, [pairs[i] for i in idx])
+    return streamer
