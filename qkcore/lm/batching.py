@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qkcore.lm.positions import span_in_encoding
+
 PADDING_SIDES = ("left", "right")
 
 
@@ -58,6 +60,16 @@ class EncodedBatch:
         if len({len(c) for c in cols}) > 1:
             raise ValueError("every prompt needs the same number of positions to form a (batch, n) tensor")
         return torch.tensor(cols, dtype=torch.long)
+
+    def span(self, row: int, substring: str, occurrence: int | None = None, whole_word: bool = True,
+             allow_partial: bool = False):
+        """TokenSpan (prompt positions) of `substring` in prompt `row`'s text (see qkcore.lm.positions)."""
+        if self.texts is None or self.offset_mapping is None:
+            raise ValueError("this batch was built from token ids: it has no text to search (use encode_batch)")
+        if not 0 <= row < self.size:
+            raise ValueError(f"row {row} out of range for a batch of {self.size} prompts")
+        return span_in_encoding(self.texts[row], self.offset_mapping[row], substring, occurrence, whole_word,
+                                allow_partial)
 
     def model_inputs(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device),
@@ -121,6 +133,6 @@ def iter_batches(n: int, batch_size: int, progress: bool | str = False) -> Itera
 
 def run_model(model: nn.Module, batch: EncodedBatch, **kwargs):
     """One forward pass of `batch` without a KV cache (on the model's device), under torch.no_grad()."""
-    device = next(model.parameters()).device
+    device = model.get_input_embeddings().weight.device
     with torch.no_grad():
         return model(**batch.model_inputs(device), use_cache=False, **kwargs)

@@ -53,6 +53,7 @@ class AttentionCall:
     value: torch.Tensor  # (batch, n_kv_heads, kv_len, d)
     attention_mask: torch.Tensor | None  # float additive, bool (True = attend), or None (sdpa is_causal route)
     kwargs: dict[str, Any]
+    output: Any = None  # what the attention function returned: (attn_output (batch, q_len, heads, d), weights)
 
     @property
     def scaling(self) -> float:
@@ -125,9 +126,10 @@ def _wrap(fn: Callable) -> Callable:
         for s in sessions:
             s.seen.add(id(module))
             call = AttentionCall(module, s.modules[id(module)], query, key, value, mask, call_kwargs)
+            call.output = out
             replaced = s.on_call(call)
             if replaced is not None:
-                out = (replaced, *out[1:]) if isinstance(out, tuple) else replaced
+                out = replaced
         return out
 
     qkcore_attention.__wrapped__ = fn
@@ -145,7 +147,7 @@ def attention_session(
 ) -> Iterator[_Session]:
     """Call `on_call` after the attention function of each watched module (layer -> module) has run.
 
-    on_call may return a replacement for the attention output (batch, q_len, n_heads, d) or None."""
+    on_call may return a replacement for the attention function's return value (`call.output`) or None."""
     session = _Session({id(m): layer for layer, m in modules.items()}, on_call)
     handles = []
 

@@ -1,8 +1,9 @@
 """Tiny randomly initialised causal LMs of several families, built from configs (no download), for tests, examples
 and benchmarks of qkcore.lm. Hidden size 64, 2 layers, 4 query heads over 2 key heads (GQA) unless told otherwise.
 
-    model = tiny_model("qwen3", seed=0)                 # Qwen3ForCausalLM, eval mode, float32, sdpa
+    model = tiny_model("qwen3", seed=0)                 # Qwen3ForCausalLM, eval mode, float32, sdpa (Gemma2: eager)
     model = tiny_model("gemma2", attn_implementation="eager")
+    tok = tiny_tokenizer("byte_bpe")                    # trained in a blink on a few sentences; has a chat template
     FAMILIES                                            # ('llama', 'mistral', 'qwen2', 'qwen3', 'gemma', ...)
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 
 # family -> (config class, model class, extra config fields)
 _FAMILIES = {
@@ -26,6 +28,7 @@ _FAMILIES = {
                                                                                 "full_attention"]}),
 }
 FAMILIES = tuple(_FAMILIES)
+NO_SDPA = ("gemma2",)  # transformers 5.23 refuses sdpa for Gemma2 (soft-capping)
 
 
 def tiny_config(family: str, **overrides):
@@ -41,9 +44,12 @@ def tiny_config(family: str, **overrides):
     return getattr(transformers, config_cls)(**fields)
 
 
-def tiny_model(family: str, seed: int = 0, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32,
-               **overrides) -> torch.nn.Module:
-    """A randomly initialised `family` causal LM (eval mode) from `tiny_config(family, **overrides)`."""
+def tiny_model(family: str, seed: int = 0, attn_implementation: str | None = None,
+               dtype: torch.dtype = torch.float32, **overrides) -> torch.nn.Module:
+    """A randomly initialised `family` causal LM (eval mode) from `tiny_config(family, **overrides)`.
+    attn_implementation defaults to "sdpa" ("eager" for Gemma2, which transformers runs with eager only)."""
+    if attn_implementation is None:
+        attn_implementation = "eager" if family in NO_SDPA else "sdpa"
     config = tiny_config(family, **overrides)
     _, model_cls, _ = _FAMILIES[family]
     torch.manual_seed(seed)
@@ -54,3 +60,45 @@ def tiny_model(family: str, seed: int = 0, attn_implementation: str = "sdpa", dt
             if name.endswith(("q_norm.weight", "k_norm.weight")):
                 p.normal_(1.0, 0.3)
     return model.eval()
+
+
+TOKENIZER_KINDS = ("byte_bpe", "metaspace", "word")
+_CORPUS = [
+    "Here is a list:\n- cat\n- dog\n- scooter\n- apple\n- tea\n- USA\n- Canada",
+    "Respond in single words, only the answers and nothing else: What are the animals in the list? Answer:",
+    "The egg is in Box A, the fan is in Box B, and the tea is in Box C. Which box is the tea in? Box",
+    "The cat sat on the mat. A dog, a horse and a cow walked to the scooter shop.",
+]
+_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+_SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
+
+
+def tiny_tokenizer(kind: str = "byte_bpe") -> transformers.PreTrainedTokenizerFast:
+    """A small fast tokenizer trained on a few sentences of the paper's tasks: "byte_bpe" (GPT-2/Llama-3 style,
+    leading space inside the token), "metaspace" (SentencePiece style "▁"), or "word" (one token per word or
+    punctuation mark). Adds <s> at the start, pads with <pad> (id 0), and has a minimal chat template."""
+    if kind == "byte_bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=_SPECIALS, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        from tokenizers import decoders
+        tok.decoder = decoders.ByteLevel()
+    elif kind == "metaspace":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=150, special_tokens=_SPECIALS, show_progress=False)
+    elif kind == "word":
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.WordLevelTrainer(special_tokens=_SPECIALS, show_progress=False)
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose one of {TOKENIZER_KINDS}")
+    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"])
+    fast.chat_template = _CHAT_TEMPLATE
+    return fast
