@@ -4,8 +4,8 @@ of that head, and see where its attention goes).
 
 The model's attention function runs unchanged; then, for each edited or read head, the head's raw logits q·k are
 recomputed from the same post-rotary q and k (float32), edited, passed through the model's own scaling, soft-capping
-and mask, and — for edited heads only — the head's output softmax(…)·v replaces the model's. Other heads and layers are
-untouched, so downstream layers see exactly the edit. Positions here are batch columns (see EncodedBatch.padded).
+and mask, and — on the edited query rows only — the head's output softmax(…)·v replaces the model's. Other rows, heads
+and layers keep the model's own values bit for bit, so downstream layers see exactly the edit. Positions here are batch columns (see EncodedBatch.padded).
 
     swap = KeySwap(layer=16, head=1, basis=V, orig=orig_cols, target=target_cols, query=last_cols)
     with edit_attention(model, [swap], read=[(16, 1)]) as ed:
@@ -93,9 +93,9 @@ def _check_cols(cols, length: int, what: str, head: tuple[int, int]) -> None:
                              f"(0..{length - 1}); positions are batch columns")
 
 
-def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit) -> None:
+def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit, touched: torch.Tensor) -> None:
     """Apply one edit in place to raw (batch, q_len, kv_len) logits of a head with q (batch, q_len, d), k (batch,
-    kv_len, d), all float32."""
+    kv_len, d), all float32; mark the edited query rows in touched (batch, q_len) bool."""
     b, q_len, kv_len = raw.shape
     head = (edit.layer, edit.head)
     if isinstance(edit, LogitEdit):
@@ -103,6 +103,7 @@ def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit) -> N
         _check_cols(rows.tolist(), b, "row", head), _check_cols(qc.tolist(), q_len, "query column", head)
         _check_cols(kc.tolist(), kv_len, "key column", head)
         raw[rows, qc, kc] = edit.values.to(raw.device)
+        touched[rows, qc] = True
         return
     if len(edit.orig) != b:
         raise ValueError(f"KeySwap of head {head} has {len(edit.orig)} swaps for a batch of {b} prompts")
@@ -113,12 +114,14 @@ def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit) -> N
     if edit.query is None:
         raw[r, :, o] = torch.einsum("bqd,bd->bq", q, new_o)
         raw[r, :, t] = torch.einsum("bqd,bd->bq", q, new_t)
+        touched[:] = True
     else:
         _check_cols(edit.query, q_len, "query column", head)
         qc = torch.tensor(edit.query, device=raw.device)
         qv = q[r, qc]  # (batch, d)
         raw[r, qc, o] = (qv * new_o).sum(-1)
         raw[r, qc, t] = (qv * new_t).sum(-1)
+        touched[r, qc] = True
 
 
 class AttentionEdits:
@@ -186,21 +189,23 @@ def edit_attention(model: nn.Module, edits: Sequence[Edit] = (),
             q = call.query[:, h].detach().float()  # (batch, q_len, d)
             k = call.key[:, kvh].detach().float()  # (batch, kv_len, d)
             raw = q @ k.transpose(-1, -2)  # (batch, q_len, kv_len)
+            touched = torch.zeros(raw.shape[:2], dtype=torch.bool, device=raw.device)  # (batch, q_len)
             for e in edits:
                 if (e.layer, e.head) == (layer, h):
-                    _apply(raw, q, k, e)
+                    _apply(raw, q, k, e, touched)
             m = mask[:, min(h, mask.shape[1] - 1)]
             probs = head_logits_to_attention(raw, call.scaling, call.softcap, m)  # (batch, q_len, kv_len)
             result._logits[(layer, h)] = raw
             result._attention[(layer, h)] = probs
-            if (layer, h) in edited:
+            if touched.any():  # replace the head's output on the edited query rows only
                 if new_out is None:
                     new_out = attn_out.clone()
                 v = call.value[:, kvh]  # (batch, kv_len, d)
-                new_out[:, :, h] = (probs.to(v.dtype) @ v).to(new_out.dtype)
+                head_out = (probs.to(v.dtype) @ v).to(new_out.dtype)  # (batch, q_len, d)
+                new_out[:, :, h] = torch.where(touched[..., None], head_out, new_out[:, :, h])
                 if rest and rest[0] is not None:
                     rest[0] = rest[0].clone()
-                    rest[0][:, h] = probs.to(rest[0].dtype)
+                    rest[0][:, h] = torch.where(touched[..., None], probs.to(rest[0].dtype), rest[0][:, h])
         return None if new_out is None else (new_out, *rest)
 
     with attention_session(model, watched, on_call):

@@ -138,8 +138,10 @@ class DeltaStreamer:
 
     def delta(self, layer: int | None = None, head: int | None = None) -> torch.Tensor:
         """ΔC of one head (d, d), or of all streamed heads (n_heads_chosen, d, d) when no head is named."""
-        d = self.acc.delta()
-        return d if layer is None and head is None else d[self.index(layer, head)]
+        if layer is None and head is None:
+            return self.acc.delta()
+        i = self.index(layer, head)
+        return self.acc.delta()[i]
 
     def logit_gap(self) -> torch.Tensor:
         """trace ΔC = E[q·k|+] − E[q·k|−] per streamed head: (n_heads_chosen,)."""

@@ -21,7 +21,9 @@ _FAMILIES = {
     "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {}),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {}),
     # Gemma2: soft-capped logits, alternating sliding/full layers (window 4 so that short test prompts use it).
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"sliding_window": 4, "query_pre_attn_scalar": 16}),
+    # Cap 5 (Gemma2 uses 50) so that the cap bends the tiny model's logits measurably.
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"sliding_window": 4, "query_pre_attn_scalar": 16,
+                                                     "attn_logit_softcapping": 5.0}),
     # Gemma3: q_norm/k_norm, sliding layers, query_pre_attn_scalar.
     "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
                {"sliding_window": 4, "query_pre_attn_scalar": 16, "layer_types": ["sliding_attention",
@@ -38,7 +40,8 @@ def tiny_config(family: str, **overrides):
     config_cls, _, extra = _FAMILIES[family]
     fields = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                  initializer_range=0.2)  # 10× the usual init: logits of order 1–10, peaked attention patterns
     fields.update(extra)
     fields.update(overrides)
     return getattr(transformers, config_cls)(**fields)
