@@ -36,12 +36,31 @@ Streaming ΔC (streaming.py)
     st = DeltaStreamer(model, heads, weighting); st.add(batch, pairs)     # your own batching
     st.acc (ContrastiveCovariance, head_shape=(len(st.heads),)), st.heads, st.delta(layer, head) -> (d, d),
     st.delta() -> (n_heads_chosen, d, d), st.grid() -> (n_layers, n_heads, d, d), st.logit_gap()
+
+Token positions from text (positions.py) — whole words, never inside special tokens; missing/ambiguous → error
+    span = token_span(tok, text, "scooter", occurrence=None, whole_word=True, add_special_tokens=True,
+                      allow_partial=False)       # TokenSpan(start, stop, char_start, char_end); .last, .positions
+    span = batch.span(row, "tea", occurrence=-1)  # on an EncodedBatch row; then batch.padded(row, span.last)
+
+Edits (editing.py) — columns are batch columns; needs attn_implementation "eager" or "sdpa"
+    LogitEdit(layer, head, cells=[(row, q_col, k_col), ...], values=[raw q·k, ...])
+    KeySwap(layer, head, basis (d, r), orig=[col per row], target=[col per row], query=[col per row] | None)
+    with edit_attention(model, edits=[...], read=[(layer, head), ...]) as ed:
+        run_model(model, batch)
+    ed.attention(layer, head) -> (batch, q_len, kv_len) float32;  ed.logits(layer, head) -> raw q·k after edits
+
+Tiny models (tiny.py): tiny_model(family, seed=0, attn_implementation=None, **config_overrides), FAMILIES,
+    tiny_tokenizer("byte_bpe" | "metaspace" | "word")
 """
 
 from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_batch, run_model
 from qkcore.lm.capture import QKCapture, capture_qk
+from qkcore.lm.editing import AttentionEdits, KeySwap, LogitEdit, edit_attention
 from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, resolve_point
+from qkcore.lm.loading import load_model
+from qkcore.lm.positions import TokenSpan, find_substring, token_span
 from qkcore.lm.streaming import DeltaStreamer, PromptPairs, stream_delta
+from qkcore.lm.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 __all__ = [
     "AttentionLayout",
@@ -58,4 +77,15 @@ __all__ = [
     "PromptPairs",
     "DeltaStreamer",
     "stream_delta",
+    "LogitEdit",
+    "KeySwap",
+    "AttentionEdits",
+    "edit_attention",
+    "TokenSpan",
+    "token_span",
+    "find_substring",
+    "load_model",
+    "FAMILIES",
+    "tiny_model",
+    "tiny_tokenizer",
 ]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qkcore.lm.positions import span_in_encoding
+from qkcore.lm.positions import span_in_encoding, special_token_ids, text_offsets
 
 PADDING_SIDES = ("left", "right")
 
@@ -27,7 +27,7 @@ PADDING_SIDES = ("left", "right")
 class EncodedBatch:
     """input_ids, attention_mask, position_ids: (batch, seq). lengths: (batch,) real tokens per prompt.
     offsets: (batch,) column of each prompt's first token (0 for right padding). offset_mapping: per prompt, the
-    (char_start, char_end) of each token in its text (None when built from token ids)."""
+    (char_start, char_end) of each token in its text, empty for special tokens (None when built from token ids)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -110,10 +110,11 @@ def encode_batch(tokenizer, texts: Sequence[str], padding_side: str = "left",
     if isinstance(texts, str):
         raise TypeError("texts must be a list of strings, not one string")
     ids, offsets = [], []
+    special = special_token_ids(tokenizer)
     for text in texts:
         enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
         ids.append(enc["input_ids"])
-        offsets.append(tuple(tuple(o) for o in enc["offset_mapping"]))
+        offsets.append(text_offsets(enc["offset_mapping"], enc["input_ids"], special))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     return pad_batch(ids, padding_side, pad, texts, tuple(offsets))
 

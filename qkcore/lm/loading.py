@@ -94,11 +94,12 @@ def load_model(
 
     if device is not None and device_map is not None:
         raise ValueError("give device or device_map, not both (device_map places the model itself)")
+    dtype = _as_dtype(dtype)
     source, local_only, cache = resolve_source(name_or_path, revision)
     common = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=local_only,
                   cache_dir=cache)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_as_dtype(dtype), device_map=device_map,
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map,
                                                      attn_implementation=attn_implementation, **common)
         tok = AutoTokenizer.from_pretrained(source, **common) if tokenizer else None
     except OSError as err:

@@ -1,8 +1,8 @@
 """Token positions of a substring (a list item, a box letter) through the tokenizer's character offsets (paper
 Figures 6–10 take keys at an item's last sub-token and queries at the prompt's last token).
 
-A substring is found in the text (whole words by default, so "A" does not match inside "Answer"); the tokens whose
-character spans overlap it form its span. This handles multi-token words, tokenizers that fold the leading space
+A substring is found in the text (whole words by default, so "A" does not match inside "Answer"; never inside a
+special token such as "<|user|>"); the tokens whose character spans overlap it form its span. This handles multi-token words, tokenizers that fold the leading space
 into the token ("Ġcat", "▁cat"), special tokens and chat templates (search the templated string). A missing or
 ambiguous substring is an error naming it; pick an occurrence explicitly when a word appears more than once.
 
@@ -38,16 +38,40 @@ class TokenSpan:
         return list(range(self.start, self.stop))
 
 
-def find_substring(text: str, substring: str, occurrence: int | None = None, whole_word: bool = True) -> tuple[
-        int, int]:
+def special_token_ids(tokenizer) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens, including added special tokens such as chat-template markers, but not
+    the unknown token (it stands for real text)."""
+    ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+    for i, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False):
+            ids.add(int(i))
+    ids.discard(getattr(tokenizer, "unk_token_id", None))
+    return frozenset(ids)
+
+
+def text_offsets(offsets: Offsets, token_ids: Sequence[int], special_ids: frozenset[int]) -> tuple[
+        tuple[int, int], ...]:
+    """Offsets with special tokens blanked to empty spans, so that text inside "<|user|>" is never a match."""
+    return tuple((int(e), int(e)) if t in special_ids else (int(s), int(e))
+                 for (s, e), t in zip(offsets, token_ids))
+
+
+def find_substring(text: str, substring: str, occurrence: int | None = None, whole_word: bool = True,
+                   offsets: Offsets | None = None) -> tuple[int, int]:
     """Character span (start, end) of `substring` in `text`. occurrence=None requires exactly one match;
-    an int picks one (0 = first, -1 = last). whole_word: the match may not touch a letter or digit on either side."""
+    an int picks one (0 = first, -1 = last). whole_word: the match may not touch a letter or digit on either side.
+    With token offsets given, matches not fully covered by tokens (inside special tokens) are ignored."""
     if not substring:
         raise ValueError("substring is empty")
     pattern = re.escape(substring)
     if whole_word:
         pattern = rf"(?<![^\W_]){pattern}(?![^\W_])"
     starts = [m.start() for m in re.finditer(f"(?=({pattern}))", text)]
+    if offsets is not None:
+        covered = [False] * len(text)
+        for s, e in offsets:
+            covered[s:e] = [True] * (e - s)
+        starts = [s for s in starts if all(covered[s:s + len(substring)])]
     where = f"{text[:60]!r}{'…' if len(text) > 60 else ''}"
     if not starts:
         kind = "as a whole word " if whole_word else ""
@@ -87,8 +111,9 @@ def char_span_to_tokens(text: str, offsets: Offsets, char_start: int, char_end: 
 
 def span_in_encoding(text: str, offsets: Offsets, substring: str, occurrence: int | None = None,
                      whole_word: bool = True, allow_partial: bool = False) -> TokenSpan:
-    """Token span of `substring` given a text and its tokens' offsets (from return_offsets_mapping=True)."""
-    cs, ce = find_substring(text, substring, occurrence, whole_word)
+    """Token span of `substring` given a text and its tokens' offsets (from return_offsets_mapping=True, special
+    tokens blanked with `text_offsets`)."""
+    cs, ce = find_substring(text, substring, occurrence, whole_word, offsets)
     return char_span_to_tokens(text, offsets, cs, ce, allow_partial)
 
 
@@ -99,4 +124,5 @@ def token_span(tokenizer, text: str, substring: str, occurrence: int | None = No
         raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; character offsets need one "
                         "(AutoTokenizer.from_pretrained(..., use_fast=True))")
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
-    return span_in_encoding(text, enc["offset_mapping"], substring, occurrence, whole_word, allow_partial)
+    offsets = text_offsets(enc["offset_mapping"], enc["input_ids"], special_token_ids(tokenizer))
+    return span_in_encoding(text, offsets, substring, occurrence, whole_word, allow_partial)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 # family -> (config class, model class, extra config fields)
 _FAMILIES = {
@@ -86,11 +86,11 @@ def tiny_tokenizer(kind: str = "byte_bpe") -> transformers.PreTrainedTokenizerFa
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=_SPECIALS, show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-        from tokenizers import decoders
         tok.decoder = decoders.ByteLevel()
     elif kind == "metaspace":
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
         trainer = trainers.BpeTrainer(vocab_size=150, special_tokens=_SPECIALS, show_progress=False)
     elif kind == "word":
         tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
