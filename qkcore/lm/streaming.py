@@ -13,6 +13,7 @@ not grow with the number of prompts (only with pairs per batch × heads × d_hea
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,6 +80,9 @@ class DeltaStreamer:
         self.acc = ContrastiveCovariance(self.layout.head_dim, head_shape=(len(self.heads),), weighting=weighting,
                                          device=device)
         self.prompts_seen = 0
+        # ΔC needs no logits: ask for the last position's only (saves the vocabulary projection of every token)
+        takes = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._forward_kwargs = {"logits_to_keep": 1} if takes else {}
 
     # -- accumulation ----------------------------------------------------------------------------------------
     def _pair_index(self, batch: EncodedBatch, pairs: Sequence[PromptPairs], positive: bool):
@@ -118,7 +122,7 @@ class DeltaStreamer:
                     got[s][layer] = (q, k)
 
         with attention_session(self.model, self._modules, on_call):
-            run_model(self.model, batch)
+            run_model(self.model, batch, **self._forward_kwargs)
         for s in (True, False):
             rows, _, _, n_prompts = index[s]
             if rows.numel() == 0:
