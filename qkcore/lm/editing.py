@@ -4,8 +4,9 @@ of that head, and see where its attention goes).
 
 The model's attention function runs unchanged; then, for each edited or read head, the head's raw logits q·k are
 recomputed from the same post-rotary q and k (float32), edited, passed through the model's own scaling, soft-capping
-and mask, and — on the edited query rows only — the head's output softmax(…)·v replaces the model's. Other rows, heads
-and layers keep the model's own values bit for bit, so downstream layers see exactly the edit. Positions here are batch columns (see EncodedBatch.padded).
+and mask, and — on the edited query rows only — the head's output softmax(…)·v replaces the model's. Other rows,
+heads and layers keep the model's own values bit for bit, so downstream layers see exactly the edit. Positions here
+are batch columns (see EncodedBatch.padded).
 
     swap = KeySwap(layer=16, head=1, basis=V, orig=orig_cols, target=target_cols, query=last_cols)
     with edit_attention(model, [swap], read=[(16, 1)]) as ed:

@@ -1,7 +1,7 @@
 """The one place where qkcore.lm touches a model's forward pass: a scoped wrapper around the attention function.
 
-Why this route. In transformers ≥ 5 every supported attention module computes q_proj → (q_norm) → rotary, then calls
-`ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)(module, query, key,
+Why this route. In transformers ≥ 5 every supported attention module computes q_proj → (q_norm) → rotary, then
+calls `ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)(module, query, key,
 value, attention_mask, scaling=..., **kwargs)` with query (batch, heads, q_len, d) and key (batch, kv_heads, kv_len, d)
 already post-rotary and keys not yet repeated for GQA: exactly the vectors whose dot product the head computes.
 We wrap whatever function `get_interface` returns (the model's own eager function with its soft-capping, sdpa,
@@ -16,7 +16,8 @@ flash, flex) instead of registering a new attention implementation, because
 The wrapper is installed on the `AttentionInterface` class while at least one session (capture, streaming, edit) is
 open, removed in `finally`, and it does nothing for modules no open session asked about. A forward hook on each
 watched module checks that the module really went through the wrapper, so an attention class that bypasses the
-interface fails loudly instead of yielding nothing.
+interface fails loudly instead of yielding nothing. The patch is process-wide while a session is open (a model run
+meanwhile in another thread passes through untouched); torch.compile'd models are not supported.
 
     with attention_session(model, modules, on_call) as session:   # on_call(call) -> replacement output or None
         model(**inputs)

@@ -2,9 +2,10 @@
 Figures 6–10 take keys at an item's last sub-token and queries at the prompt's last token).
 
 A substring is found in the text (whole words by default, so "A" does not match inside "Answer"; never inside a
-special token such as "<|user|>"); the tokens whose character spans overlap it form its span. This handles multi-token words, tokenizers that fold the leading space
-into the token ("Ġcat", "▁cat"), special tokens and chat templates (search the templated string). A missing or
-ambiguous substring is an error naming it; pick an occurrence explicitly when a word appears more than once.
+special token such as "<|user|>"); the tokens whose character spans overlap it form its span. This handles
+multi-token words, tokenizers that fold the leading space into the token ("Ġcat", "▁cat"), special tokens and chat
+templates (search the templated string). A missing or ambiguous substring is an error naming it; pick an occurrence
+explicitly when a word appears more than once.
 
     span = token_span(tokenizer, text, "scooter")      # TokenSpan(start=11, stop=13): tokens 11 and 12
     span.last                                           # 12, the item's last sub-token
