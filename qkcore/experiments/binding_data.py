@@ -1,0 +1,119 @@
+"""Binding prompts (qkcore.organisms.binding_task) through any tokenizer and model: token positions of the box
+letters, and one capture pass per batch that returns the query at the last token, the keys at the box letters, the
+head's attention on them and the model's choice among the prompt's letters (paper Figures 8–10).
+
+Keys are read at each box letter's last token, the query at the prompt's last token (the organism: "Box"; a chat
+model: the last token of the assistant's generation prompt, as in the authors' code).
+
+    enc = encode_prompts(tokenizer, prompts, chat=False)         # enc.letters (b, n_pairs) batch columns
+    vec = capture_binding(model, enc, heads=[(2, 1)], attention=True)
+    vec.q (H, b, d), vec.k (H, b, n_pairs, d), vec.attn (H, b, n_pairs), vec.choice (b,) clause the model picks
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from qkcore.experiments.lm_common import model_text
+from qkcore.lm import capture_qk, encode_batch, run_model
+from qkcore.lm.batching import EncodedBatch
+from qkcore.lm.positions import char_span_to_tokens
+from qkcore.organisms.binding_task import BindingPrompt
+
+
+@dataclass(frozen=True)
+class EncodedPrompts:
+    """A left-padded batch and, per prompt, the batch columns of its box letters and of its last token.
+
+    letters (b, n_pairs): column of clause i's box letter; last (b,): the query's column; answer (b,): the clause
+    asked about; letter_ids (b, n_pairs): the token id that says each clause's letter as an answer."""
+
+    prompts: tuple[BindingPrompt, ...]
+    batch: EncodedBatch
+    letters: torch.Tensor
+    last: torch.Tensor
+    answer: torch.Tensor
+    letter_ids: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return len(self.prompts)
+
+
+def answer_token_id(tokenizer, letter: str, chat: bool) -> int:
+    """The first token of the model's answer `letter`: "A" right after a chat template's generation prompt, " A"
+    after the plain prompt's final "Box" (the word-level organism tokenizer reads both as "A")."""
+    ids = tokenizer((letter if chat else " " + letter), add_special_tokens=False)["input_ids"]
+    if not ids or ids[0] == getattr(tokenizer, "unk_token_id", None):
+        raise ValueError(f"the tokenizer has no token for the box letter {letter!r}")
+    return int(ids[0])
+
+
+def encode_prompts(tokenizer, prompts: Sequence[BindingPrompt], chat: bool) -> EncodedPrompts:
+    """Tokenize prompts (inside the chat template when chat) and locate their box letters' tokens."""
+    if not prompts:
+        raise ValueError("no prompts to encode")
+    if len({p.n_pairs for p in prompts}) != 1:
+        raise ValueError("all prompts of a batch must have the same number of pairs")
+    texts, shifts = zip(*(model_text(tokenizer, p.text, chat) for p in prompts))
+    batch = encode_batch(tokenizer, list(texts), padding_side="left", add_special_tokens=not chat)
+    letters, ids = [], []
+    answer_ids = {x: answer_token_id(tokenizer, x, chat) for x in sorted({x for p in prompts for x in p.letters})}
+    for r, p in enumerate(prompts):
+        spans = [char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r])
+                 for s, e in p.letter_spans]
+        letters.append([batch.padded(r, sp.last) for sp in spans])
+        ids.append([answer_ids[x] for x in p.letters])
+    last = torch.tensor([batch.padded(r, -1) for r in range(len(prompts))])  # (b,)
+    answer = torch.tensor([p.query for p in prompts])  # (b,)
+    return EncodedPrompts(tuple(prompts), batch, torch.tensor(letters), last, answer, torch.tensor(ids))
+
+
+@dataclass(frozen=True)
+class BindingVectors:
+    """What one capture pass returns for heads[i]: q[i] (b, d) at the last token, k[i] (b, n_pairs, d) at the box
+    letters (float32, CPU), attn[i] (b, n_pairs) the last token's attention on each letter (None unless asked);
+    choice (b,) the clause whose letter the model's next-token logits rank first among the
+    prompt's letters."""
+
+    heads: tuple[tuple[int, int], ...]
+    q: torch.Tensor
+    k: torch.Tensor
+    attn: torch.Tensor | None
+    choice: torch.Tensor
+
+
+@torch.no_grad()
+def capture_binding(model: nn.Module, enc: EncodedPrompts, heads: Sequence[tuple[int, int]],
+                    attention: bool = False) -> BindingVectors:
+    """One forward pass of `enc.batch`, capturing post-rotary q and k of `heads` (an ordered list)."""
+    heads = tuple(tuple(h) for h in heads)
+    rows = torch.arange(enc.size)
+    qpos = enc.last[:, None]  # (b, 1)
+    with capture_qk(model, list(heads), query_positions=None if attention else qpos,
+                    key_positions=None if attention else enc.letters, keep_masks=attention) as cap:
+        out = run_model(model, enc.batch)
+    qs, ks, attns = [], [], []
+    for h in heads:
+        if attention:
+            qs.append(cap.q(*h)[rows, enc.last].float().cpu())  # (b, d)
+            ks.append(cap.k(*h)[rows[:, None], enc.letters].float().cpu())  # (b, n_pairs, d)
+            a = cap.attention(*h)[rows, enc.last]  # (b, seq) from the last token
+            attns.append(a.gather(1, enc.letters.to(a.device)).float().cpu())  # (b, n_pairs)
+        else:
+            qs.append(cap.q(*h)[:, 0].float().cpu())
+            ks.append(cap.k(*h).float().cpu())
+    logits = out.logits[rows, enc.last].float().cpu()  # (b, vocab)
+    choice = logits.gather(1, enc.letter_ids).argmax(-1)  # (b,)
+    return BindingVectors(heads, torch.stack(qs), torch.stack(ks), torch.stack(attns) if attention else None,
+                          choice)
+
+
+def chunks(n: int, size: int) -> list[range]:
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    return [range(s, min(n, s + size)) for s in range(0, n, size)]

@@ -1,0 +1,258 @@
+"""Binding subspaces (paper Figure 8): the order-ID and lexical-ID contrasts at every head of a model and of its
+randomly initialised copy, the heads chosen from the scan, and each studied head's ranks, spectra and logit gaps
+beside the controls (shuffled labels; random weights). The base of the interventions and attribution chapters.
+
+    P = BindingParams()                       # model="organism"; 9 pairs; heads=None → the top n_heads of the scan
+    analysis = analyse_binding(P)             # loads the model, streams both contrasts on it and on a random copy
+    analysis.head_table()                     # one row per studied head and condition (pandas DataFrame)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import torch
+
+import qkcore.organisms
+from qkcore.experiments.binding_contrasts import Contrast, ScanStats, lexical_contrast, order_contrast
+from qkcore.experiments.lm_common import LoadedLM, head_name, load_lm, random_init_copy
+from qkcore.lm import attention_layout
+from qkcore.organisms.binding_task import (EXTRA_OBJECTS, PAPER_OBJECTS, BindingPrompt, lexical_pairs,
+                                           order_id_prompts)
+from qkcore.params import check_types, require
+from qkcore.subspace import Decomposition, principal_angles
+
+PAPER_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+PAPER_HEADS = {"views": ((16, 21),), "swaps": ((16, 1), (16, 19), (17, 24)), "attribution": ((16, 1),)}
+ORGANISM_DIR = Path(qkcore.organisms.__file__).parent / "weights" / "binding"
+REGENERATE = "python -m qkcore.organisms.train_binding"
+CONDITIONS = ("trained", "shuffled labels", "random init")
+
+
+@dataclass(frozen=True)
+class BindingParams:
+    """What every binding chapter takes. model: "organism" or a hub id / local folder (real models read the prompt
+    inside their chat template, the organism reads it plain). heads: None → the n_heads heads with the largest
+    order-ID logit gap in the scan. Prompt counts: the paper uses 3,000 per contrast."""
+
+    model: str = "organism"
+    heads: tuple[tuple[int, int], ...] | None = None
+    n_heads: int = 3
+    n_pairs: int = 9
+    query_object: str = "tea"
+    n_order_prompts: int = 1000
+    n_lexical_prompts: int = 1000
+    seed: int = 0
+    weighting: Literal["pair_mean", "prompt_sum"] = "pair_mean"
+    energy: float = 0.99
+    batch_size: int = 50
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_types(self)
+        require(self.model.strip() != "", 'model must be "organism" or a hub id / local folder')
+        require(2 <= self.n_pairs <= len(PAPER_OBJECTS),
+                f"n_pairs must be in [2, {len(PAPER_OBJECTS)}] (the paper's objects), got {self.n_pairs}")
+        require(self.query_object in PAPER_OBJECTS,
+                f"query_object must be one of the paper's objects {PAPER_OBJECTS}, got {self.query_object!r}")
+        for name in ("n_heads", "n_order_prompts", "n_lexical_prompts", "batch_size"):
+            require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        require(0 < self.energy <= 1, f"energy must be in (0, 1] (the paper uses 0.99), got {self.energy}")
+        require(self.heads is None or len(self.heads) >= 1,
+                "heads must be None (chosen by the scan) or a non-empty list of [layer, head]")
+        require(self.heads is None or len(set(self.heads)) == len(self.heads), f"heads repeat: {self.heads}")
+
+
+def load_binding_lm(params: BindingParams) -> LoadedLM:
+    return load_lm(params.model, ORGANISM_DIR, params.dtype, params.device, regenerate=REGENERATE)
+
+
+def contrast_prompts(params: BindingParams) -> tuple[list[BindingPrompt], list[tuple[BindingPrompt, BindingPrompt]]]:
+    """The order-ID prompts and the lexical (prompt, counterfactual) pairs, from `seed`."""
+    g = torch.Generator().manual_seed(params.seed)
+    order = order_id_prompts(params.n_order_prompts, params.n_pairs, g, query_object=params.query_object)
+    lexical = lexical_pairs(params.n_lexical_prompts, params.n_pairs, g, PAPER_OBJECTS, EXTRA_OBJECTS)
+    return order, lexical
+
+
+@dataclass(frozen=True)
+class ModelContrasts:
+    """Both contrasts at every head of one model, and the attention scan (from the order prompts)."""
+
+    order: Contrast
+    lexical: Contrast
+    scan: ScanStats
+
+    def get(self, which: str) -> Contrast:
+        require(which in ("order", "lexical"), f'which must be "order" or "lexical", got {which!r}')
+        return self.order if which == "order" else self.lexical
+
+
+def stream_contrasts(model, tokenizer, chat: bool, params: BindingParams, order, lexical) -> ModelContrasts:
+    g = torch.Generator().manual_seed(params.seed + 1)  # the null groupings' coin flips
+    kw = dict(chat=chat, heads="all", batch_size=params.batch_size, weighting=params.weighting, generator=g)
+    o, scan = order_contrast(model, tokenizer, order, **kw)
+    return ModelContrasts(o, lexical_contrast(model, tokenizer, lexical, **kw), scan)
+
+
+def scan_heads(contrasts: ModelContrasts, n: int) -> tuple[tuple[int, int], ...]:
+    """The n heads with the largest order-ID logit gap E[q·k|answer box] − E[q·k|other box]."""
+    gap = contrasts.order.logit_gap()
+    top = torch.argsort(gap, descending=True, stable=True)[:n]
+    return tuple(contrasts.order.heads[int(i)] for i in top)
+
+
+@dataclass
+class BindingAnalysis:
+    """Both contrasts on the trained model and on its randomly initialised copy (same prompts, same null draws).
+    heads: the studied heads (from the scan unless given)."""
+
+    params: BindingParams
+    lm: LoadedLM
+    trained: ModelContrasts
+    random: ModelContrasts
+    random_model: torch.nn.Module
+    heads: tuple[tuple[int, int], ...]
+    heads_from_scan: bool
+
+    def decomposition(self, head, which: str, condition: str = "trained") -> Decomposition:
+        """ΔC's SVD and rank at `head` for which = "order" | "lexical" under a condition of CONDITIONS."""
+        require(condition in CONDITIONS, f"condition must be one of {CONDITIONS}, got {condition!r}")
+        source = self.random if condition == "random init" else self.trained
+        return source.get(which).decompose(head, self.params.energy, null=condition == "shuffled labels")
+
+    def grid(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-head values (H,) in the scan's order → (n_layers, n_heads)."""
+        layout = attention_layout(self.lm.model)
+        return values.reshape(layout.n_layers, layout.n_heads)
+
+    def head_table(self) -> pd.DataFrame:
+        """Per studied head and condition: ranks, logit gaps, query concentration and mean share of both
+        contrasts, and the smallest principal angle between the order and lexical key subspaces."""
+        rows = []
+        for head in self.heads:
+            for cond in CONDITIONS:
+                src = self.random if cond == "random init" else self.trained
+                null = cond == "shuffled labels"
+                row = {"head": head_name(head), "condition": cond}
+                bases = {}
+                for which in ("order", "lexical"):
+                    c = src.get(which)
+                    i = c.index(head)
+                    dec = self.decomposition(head, which, cond)
+                    bases[which] = dec.key_basis
+                    row[f"{which} rank"] = dec.rank
+                    row[f"{which} gap"] = float(c.logit_gap(null)[i])
+                    if not null:
+                        row[f"{which} |q̄|²/E|q|²"] = float(c.query_concentration[i])
+                        row[f"{which} mean share"] = float(c.mean_share[i])
+                angles = (principal_angles(bases["order"], bases["lexical"])
+                          if min(b.shape[1] for b in bases.values()) > 0 else torch.tensor([float("nan")]))
+                row["min angle order/lexical keys (°)"] = float(angles.min())
+                rows.append(row)
+        return pd.DataFrame(rows).set_index(["head", "condition"])
+
+    def accuracy_table(self) -> pd.DataFrame:
+        """How often each model's top letter (among the prompt's letters) is the answer."""
+        rows = {name: {**src.order.accuracy, **{f"lexical {k}": v for k, v in src.lexical.accuracy.items()}}
+                for name, src in (("trained", self.trained), ("random init", self.random))}
+        return pd.DataFrame(rows).T
+
+
+def analyse_binding(params: BindingParams, lm: LoadedLM | None = None) -> BindingAnalysis:
+    """Load the model (unless given), stream both contrasts on it and on a random-init copy, pick the heads."""
+    lm = lm if lm is not None else load_binding_lm(params)
+    order, lexical = contrast_prompts(params)
+    trained = stream_contrasts(lm.model, lm.tokenizer, lm.chat, params, order, lexical)
+    rnd_model = random_init_copy(lm.model, seed=params.seed)
+    rnd = stream_contrasts(rnd_model, lm.tokenizer, lm.chat, params, order, lexical)
+    if params.heads is None:
+        heads, from_scan = scan_heads(trained, params.n_heads), True
+    else:
+        layout = attention_layout(lm.model)
+        heads = tuple((layout.check_layer(l), layout.check_head(h)) for l, h in params.heads)
+        from_scan = False
+    return BindingAnalysis(params, lm, trained, rnd, rnd_model, heads, from_scan)
+
+
+def same_rank(dec: Decomposition, rank: int) -> Decomposition:
+    """The decomposition truncated (or extended) to `rank` directions: controls are compared at the trained rank."""
+    return Decomposition(dec.U, dec.S, dec.V, min(rank, dec.U.shape[1]), dec.energy)
+
+
+def control_decompositions(analysis: BindingAnalysis, head, which: str) -> dict[str, Decomposition]:
+    """The trained decomposition and, at the trained rank, the shuffled-label and random-init ones."""
+    real = analysis.decomposition(head, which)
+    return {"trained": real,
+            "shuffled labels": same_rank(analysis.decomposition(head, which, "shuffled labels"), real.rank),
+            "random init": same_rank(analysis.decomposition(head, which, "random init"), real.rank)}
+
+
+@dataclass(frozen=True)
+class SubspaceParams(BindingParams):
+    """BindingParams, plus: view_head (None → the first studied head), n_view_prompts fresh prompts for the
+    PCA/UMAP views, umap (False skips the UMAP view: its first fit compiles numba kernels for ~20 s),
+    umap_neighbours."""
+
+    view_head: tuple[int, int] | None = None
+    n_view_prompts: int = 200
+    umap: bool = True
+    umap_neighbours: int = 15
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.n_view_prompts >= 10, f"n_view_prompts must be ≥ 10, got {self.n_view_prompts}")
+        require(self.umap_neighbours >= 2, f"umap_neighbours must be ≥ 2, got {self.umap_neighbours}")
+
+
+@dataclass
+class SubspaceResult:
+    """The analysis, the view head, and the order / lexical views per condition (trained, shuffled labels,
+    random init; controls at the trained rank)."""
+
+    analysis: BindingAnalysis
+    view_head: tuple[int, int]
+    order_views: dict
+    lexical_views: dict
+
+    def view_table(self) -> pd.DataFrame:
+        """kNN accuracy of the clause index (order keys and queries) and of the queried object (lexical)."""
+        rows = {cond: {"order rank": self.order_views[cond].rank,
+                       "order: clause from keys": self.order_views[cond].key_knn,
+                       "order: clause from queries": self.order_views[cond].query_knn,
+                       "lexical rank": self.lexical_views[cond].rank,
+                       "lexical: object from keys": self.lexical_views[cond].key_knn,
+                       "lexical: object from queries": self.lexical_views[cond].query_knn}
+                for cond in CONDITIONS}
+        return pd.DataFrame(rows).T
+
+
+def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> SubspaceResult:
+    """The Figure 8 chapter: analysis (scan, contrasts, controls) and the views at the view head."""
+    from qkcore.experiments.binding_views import lexical_view, order_view
+    from qkcore.organisms.binding_task import sample_prompt
+
+    analysis = analyse_binding(params, lm)
+    head = analysis.heads[0] if params.view_head is None else tuple(params.view_head)
+    layout = attention_layout(analysis.lm.model)
+    layout.check_layer(head[0]), layout.check_head(head[1])
+    g = torch.Generator().manual_seed(params.seed + 2)
+    order = order_id_prompts(params.n_view_prompts, params.n_pairs, g, query_object=params.query_object)
+    plain = [sample_prompt(params.n_pairs, g) for _ in range(params.n_view_prompts)]
+    tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
+    models = {"trained": analysis.lm.model, "shuffled labels": analysis.lm.model,
+              "random init": analysis.random_model}
+    order_views, lexical_views = {}, {}
+    for which, views in (("order", order_views), ("lexical", lexical_views)):
+        for cond, dec in control_decompositions(analysis, head, which).items():
+            if which == "order":
+                views[cond] = order_view(models[cond], tok, chat, order, head, dec, bs)
+            else:
+                views[cond] = lexical_view(models[cond], tok, chat, plain, head, dec, bs,
+                                           umap_seed=params.seed if cond == "trained" and params.umap else None,
+                                           umap_neighbours=params.umap_neighbours)
+    return SubspaceResult(analysis, head, order_views, lexical_views)
