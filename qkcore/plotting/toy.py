@@ -85,21 +85,22 @@ def plot_spectra(decompositions: dict[str, Decomposition], energy: float, true_r
 
 
 def plot_angles(angles: dict[str, torch.Tensor], cross: dict[str, torch.Tensor] | None = None):
-    """Principal angles (degrees) between each recovered basis and its analytic span (and, hatched, the other
-    factor's span for contrast)."""
+    """Principal angles (degrees, log scale) between each recovered basis and its analytic span (and, hatched, the
+    other factor's span for contrast)."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
     labels, pos = [], 0.0
     for name, values in angles.items():
         xs = pos + np.arange(len(values))
         ax.bar(xs, values.numpy(), color="C0", width=0.8, label="vs own analytic span" if pos == 0 else None)
-        if cross is not None:
-            ax.bar(xs, cross[name].numpy(), color="none", edgecolor="C3", hatch="//", width=0.8,
+        if cross is not None:  # the other factor's span may have fewer dimensions: fewer angles
+            ax.bar(xs[: len(cross[name])], cross[name].numpy(), color="none", edgecolor="C3", hatch="//", width=0.8,
                    label="vs the other factor's span" if pos == 0 else None)
         labels.append((pos + (len(values) - 1) / 2, name))
         pos += len(values) + 1.5
     ax.set_xticks([p for p, _ in labels], [n for _, n in labels])
-    ax.set(ylabel="principal angle (degrees)", ylim=(0, 90))
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_yscale("log")
+    ax.set(ylabel="principal angle (degrees, log)", ylim=(1e-3, 180))
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
