@@ -1,0 +1,307 @@
+"""The filter-heads chapter (paper Figures 6–7): which heads attend to the asked category's items, the rank of each
+category's ΔC at those heads, the combined category subspace, 3-D PCA of keys and queries inside it, the key-swap
+intervention, and the controls (shuffled category labels; a randomly initialised copy of the model).
+
+    P = FilterHeadsParams()                      # model="organism": the CPU-trained filter-5x5 / filter-13 models
+    model, tokenizer, label = load_filter_model(P.model, P)
+    result = analyse_heads(model, tokenizer, P)  # scan, per-head analyses, PCA, controls (see FilterHeadsResult)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from qkcore.covariance import ContrastiveCovariance
+from qkcore.experiments.filter_heads_data import HeadScan, Vectors, collect_vectors, head_scan
+from qkcore.lm import attention_layout, load_model
+from qkcore.organisms.filter_organism import load_filter_organism
+from qkcore.organisms.llama import quiet_progress
+from qkcore.organisms.filter_task import (ALL_CATEGORY_NAMES, CATEGORIES, PAPER_CATEGORY_NAMES, FilterTask,
+                                          FilterTaskConfig)
+from qkcore.params import check_types, require
+from qkcore.subspace import combine_bases, decompose, rank_at_energy
+
+PAPER_HEADS = ((16, 19), (20, 26), (20, 14))  # Llama-3.1-8B-Instruct; L20H26 is the PCA figure's head
+
+
+@dataclass(frozen=True)
+class FilterHeadsParams:
+    model: str = "organism"  # "organism" (filter-5x5, and filter-13 for the 13-category view) or a hub id / folder
+    heads: tuple[tuple[int, int], ...] | None = None  # None: the top n_heads of the scan
+    n_heads: int = 2
+    categories: tuple[str, ...] = PAPER_CATEGORY_NAMES
+    categories_13: tuple[str, ...] = ALL_CATEGORY_NAMES
+    listed_13: int = 5  # categories listed per prompt in the 13-category view
+    n_delta_prompts: int = 1000  # ΔC prompts, asked categories in turn (paper: 2,000)
+    n_pca_prompts: int = 200  # fresh prompts for the PCA (paper: 200)
+    n_swap_prompts: int = 500  # 1 asked item among 20 others (paper: 1,000)
+    n_prompts_13: int = 1300
+    seed: int = 0
+    weighting: Literal["pair_mean", "prompt_sum"] = "pair_mean"
+    energy: float = 0.99
+    batch_size: int = 50
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        check_types(self)
+        for name in ("categories", "categories_13"):
+            cats = getattr(self, name)
+            bad = [c for c in cats if c not in CATEGORIES]
+            require(not bad and len(set(cats)) == len(cats) and len(cats) >= 2,
+                    f"{name} must be ≥ 2 distinct names from {list(CATEGORIES)}; bad: {bad}")
+        require(2 <= self.listed_13 <= len(self.categories_13), f"listed_13 must be in [2, {len(self.categories_13)}]")
+        require(len(self.categories) * 5 - 5 >= 20, "the swap prompts need ≥ 20 items outside the asked category: "
+                                                    "give at least 5 categories")
+        for name in ("n_heads", "n_delta_prompts", "n_pca_prompts", "n_swap_prompts", "n_prompts_13", "batch_size"):
+            require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        require(self.n_delta_prompts >= 2 * len(self.categories),
+                f"n_delta_prompts must give each category ≥ 2 prompts (≥ {2 * len(self.categories)})")
+        require(self.n_prompts_13 >= 2 * len(self.categories_13), f"n_prompts_13 must be ≥ {2 * len(self.categories_13)}")
+        require(0 < self.energy <= 1, f"energy must be in (0, 1] (the paper uses 0.99), got {self.energy}")
+        require(self.heads is None or len(self.heads) >= 1, "heads must be None or a non-empty list of [layer, head]")
+
+
+def load_filter_model(name: str, params: FilterHeadsParams, variant: str = "filter-5x5"):
+    """(model, tokenizer, description). "organism" loads the committed organism `variant`; anything else goes
+    through qkcore.lm.load_model (hub id or local folder) with the params' dtype and device."""
+    if name == "organism":
+        model, tok, info = load_filter_organism(variant)
+        acc = info["results"]["exact_match"]
+        return model, tok, (f"model organism {variant} ({info['results']['parameters']:,} parameters, trained here; "
+                            f"held-out exact match {acc['full']:.3f} on the paper's prompts)")
+    with quiet_progress():
+        model, tok = load_model(name, dtype=params.dtype, device=params.device)
+    return model, tok, name
+
+
+def random_copy(model, seed: int):
+    """The same architecture with fresh random weights (the model's own initialiser), same dtype and device."""
+    torch.manual_seed(seed)
+    copy = type(model)._from_config(model.config, attn_implementation=model.config._attn_implementation,
+                                    dtype=next(model.parameters()).dtype)
+    return copy.to(next(model.parameters()).device).eval()
+
+
+def null_grouping(categories: tuple[str, ...], generator: torch.Generator) -> dict[str, str]:
+    """A null grouping of the items: the same group sizes, items assigned to groups by a random permutation."""
+    items = [(item, c) for c in categories for item in CATEGORIES[c]]
+    perm = torch.randperm(len(items), generator=generator).tolist()
+    return {items[i][0]: items[j][1] for i, j in zip(range(len(items)), perm)}
+
+
+def relabel(vecs: Vectors, prompt_items: list[tuple[str, ...]], grouping: dict[str, str]) -> Vectors:
+    """The same vectors with item categories replaced by `grouping` (item → category); the asked label stays."""
+    index = {c: i for i, c in enumerate(vecs.categories)}
+    item_cat = torch.tensor([[index[grouping[i]] for i in items] for items in prompt_items])
+    return Vectors(vecs.heads, vecs.categories, vecs.q, vecs.k, vecs.attn, vecs.asked, item_cat)
+
+
+@dataclass
+class HeadAnalysis:
+    """One head under one condition. Per category: ΔC (C, d, d), energy fractions (C, d), rank (C,), logit gap (C,),
+    query_share |q̄|²/E|q|² (C,), mean_product = 1 − ‖ΔC − q̄ dᵀ‖²/‖ΔC‖² with d = E[k|+] − E[k|−] (C,), attention
+    on positives (C,). Combined: query/key bases (QR of the per-category bases, the paper's way), the singular
+    values of the stacked unit bases and the ranks they give at `energy`; closure ‖Σ_c d_c‖ / Σ_c ‖d_c‖;
+    key_pcs (d, d): principal directions of all item keys (centred), by decreasing variance; key_span (d, key_rank):
+    the stacked key bases' top left singular vectors (the subspace the key rank counts)."""
+
+    head: tuple[int, int]
+    deltas: torch.Tensor
+    energy_fractions: torch.Tensor
+    ranks: torch.Tensor
+    logit_gap: torch.Tensor
+    query_share: torch.Tensor
+    mean_product: torch.Tensor
+    attn_pos: torch.Tensor
+    query_basis: torch.Tensor
+    key_basis: torch.Tensor
+    query_stack_sv: torch.Tensor
+    key_stack_sv: torch.Tensor
+    query_rank: int
+    key_rank: int
+    closure: float
+    key_pcs: torch.Tensor
+    key_span: torch.Tensor
+
+
+def analyse_head(vecs: Vectors, head: tuple[int, int], weighting: str, energy: float) -> HeadAnalysis:
+    """ΔC per category from stored vectors (positives: items of the asked category; negatives: the others)."""
+    q_all, k_all = vecs.at(head)  # (n, d), (n, I, d)
+    d = q_all.shape[-1]
+    out = {k: [] for k in ("deltas", "fractions", "ranks", "gap", "share", "product", "attn", "U", "V", "diff")}
+    for c in range(len(vecs.categories)):
+        rows = (vecs.asked == c).nonzero().flatten()
+        pos = vecs.item_cat[rows] == c  # (n_c, I)
+        q, k = q_all[rows].double(), k_all[rows].double()  # (n_c, d), (n_c, I, d)
+        acc = ContrastiveCovariance(d, weighting=weighting)
+        for sign, mask in ((True, pos), (False, ~pos)):
+            r, i = mask.nonzero(as_tuple=True)
+            acc.add(q[r], k[r, i], positive=sign, prompts=len(rows))
+        delta = acc.delta()
+        dec = decompose(delta, energy)
+        diff = k[pos].mean(0) - k[~pos].mean(0)  # E[k|+] − E[k|−], (d,)
+        qbar = q.mean(0)
+        out["deltas"].append(delta), out["fractions"].append(dec.energy_fractions), out["ranks"].append(dec.rank)
+        out["gap"].append(torch.trace(delta)), out["diff"].append(diff)
+        out["share"].append(qbar.dot(qbar) / (q * q).sum(-1).mean())
+        pair_mean = ContrastiveCovariance(d)  # the identity ΔC = q̄ dᵀ + cov(q, k⁺−k⁻) holds for per-pair means
+        for sign, mask in ((True, pos), (False, ~pos)):
+            r, i = mask.nonzero(as_tuple=True)
+            pair_mean.add(q[r], k[r, i], positive=sign)
+        dm = pair_mean.delta()
+        out["product"].append(1 - (dm - torch.outer(qbar, diff)).norm() ** 2 / dm.norm() ** 2)
+        out["attn"].append((vecs.attn[vecs.heads.index(tuple(head))][rows] * pos).sum(-1).mean())
+        out["U"].append(dec.query_basis), out["V"].append(dec.key_basis)
+    q_stack, k_stack = torch.cat(out["U"], 1), torch.cat(out["V"], 1)  # (d, Σ r_c)
+    q_sv, k_sv = torch.linalg.svdvals(q_stack), torch.linalg.svdvals(k_stack)
+    diffs = torch.stack(out["diff"])  # (C, d)
+    keys = k_all.reshape(-1, d).double()  # (n·I, d) every item key
+    return HeadAnalysis(
+        head=tuple(head), deltas=torch.stack(out["deltas"]), energy_fractions=torch.stack(out["fractions"]),
+        ranks=torch.tensor(out["ranks"]), logit_gap=torch.stack(out["gap"]), query_share=torch.stack(out["share"]),
+        mean_product=torch.stack(out["product"]), attn_pos=torch.stack(out["attn"]).double(),
+        query_basis=combine_bases(out["U"]), key_basis=combine_bases(out["V"]), query_stack_sv=q_sv,
+        key_stack_sv=k_sv, query_rank=rank_at_energy(q_sv, energy), key_rank=rank_at_energy(k_sv, energy),
+        closure=float(diffs.sum(0).norm() / diffs.norm(dim=1).sum()),
+        key_pcs=torch.linalg.svd(keys - keys.mean(0), full_matrices=False).Vh.T,
+        key_span=torch.linalg.svd(k_stack, full_matrices=False).U[:, : rank_at_energy(k_sv, energy)])
+
+
+@dataclass
+class Projection:
+    """Keys (n·I, 3) and queries (n, 3) of fresh prompts: coordinates in the combined key / query basis, then PCA to
+    3-D. eta2 = between-category share of the variance of the full coordinates (1 = pure category code)."""
+
+    keys: torch.Tensor
+    key_labels: torch.Tensor
+    queries: torch.Tensor
+    query_labels: torch.Tensor
+    key_eta2: float
+    query_eta2: float
+    key_explained: torch.Tensor
+    query_explained: torch.Tensor
+
+
+def _pca3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x - x.mean(0)
+    u, s, vh = torch.linalg.svd(x, full_matrices=False)
+    vh = vh * torch.sign(vh[:, :1].sum(1, keepdim=True) + 1e-30)  # fixed signs: deterministic plots
+    xyz = x @ vh[:3].T
+    if xyz.shape[1] < 3:
+        xyz = torch.cat([xyz, torch.zeros(len(x), 3 - xyz.shape[1], dtype=x.dtype)], 1)
+    return xyz, (s**2 / (s**2).sum())[:3]
+
+
+def eta_squared(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Between-group sum of squares / total sum of squares of the rows of x (n, r)."""
+    x = x - x.mean(0)
+    total = x.square().sum()
+    if total <= 1e-12 * max(1, x.numel()):
+        return float("nan")  # no variance at all (e.g. identical queries): the share is undefined
+    between = sum(int((labels == g).sum()) * x[labels == g].mean(0).square().sum() for g in labels.unique())
+    return float(between / total)
+
+
+def project(vecs: Vectors, head: tuple[int, int], analysis: HeadAnalysis) -> Projection:
+    q, k = vecs.at(head)  # (n, d), (n, I, d)
+    kc = k.reshape(-1, k.shape[-1]).double() @ analysis.key_basis  # (n·I, r_k)
+    qc = q.double() @ analysis.query_basis  # (n, r_q)
+    k_labels, q_labels = vecs.item_cat.reshape(-1), vecs.asked
+    kxyz, kexp = _pca3(kc)
+    qxyz, qexp = _pca3(qc)
+    return Projection(kxyz.float(), k_labels, qxyz.float(), q_labels, eta_squared(kc, k_labels),
+                      eta_squared(qc, q_labels), kexp, qexp)
+
+
+def delta_prompts(categories: tuple[str, ...], n: int, generator: torch.Generator, listed: int | None = None):
+    """n prompts in the paper's format (every listed category with all 5 items), asked categories in turn."""
+    task = FilterTask(FilterTaskConfig(categories=categories, listed=listed))
+    return [task.sample(1, generator, asked=categories[i % len(categories)], full=True)[0] for i in range(n)]
+
+
+@dataclass
+class FilterHeadsResult:
+    """Everything the chapter shows for the 5-category part (the 13-category view: `keys_13`)."""
+
+    model_label: str
+    scan: HeadScan
+    random_scan: HeadScan
+    heads: tuple[tuple[int, int], ...]
+    random_model: torch.nn.Module
+    analyses: dict[str, dict[tuple[int, int], HeadAnalysis]]  # condition → head → analysis
+    projections: dict[str, dict[tuple[int, int], Projection]]
+    grouping: dict[str, str]
+
+
+CONDITIONS = ("model", "shuffled labels", "random init")
+
+
+def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str = "") -> FilterHeadsResult:
+    """Scan, choose heads, analyse them and the two controls, project fresh prompts."""
+    g = torch.Generator().manual_seed(params.seed)
+    cats = tuple(params.categories)
+    prompts = delta_prompts(cats, params.n_delta_prompts, g)
+    fresh = delta_prompts(cats, params.n_pca_prompts, g)
+    grouping = null_grouping(cats, g)
+    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    layout = attention_layout(model)
+    heads = layout.select(params.heads) if params.heads is not None else tuple(scan.ranking()[: params.n_heads])
+    rand = random_copy(model, params.seed + 1)
+    random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    vecs = {"model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size),
+            "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size)}
+    fresh_vecs = {"model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size),
+                  "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size)}
+    vecs["shuffled labels"] = relabel(vecs["model"], [p.items for p in prompts], grouping)
+    fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
+    analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}
+    projections = {c: {h: project(fresh_vecs[c], h, analyses[c][h]) for h in heads} for c in CONDITIONS}
+    return FilterHeadsResult(model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping)
+
+
+@dataclass
+class Keys13Result:
+    """The 13-category keys-only view: the head (top of this model's own scan unless given), per-category analysis,
+    keys of fresh prompts in the combined key subspace, and the same with a null grouping of the items."""
+
+    model_label: str
+    categories: tuple[str, ...]
+    scan: HeadScan
+    head: tuple[int, int]
+    analysis: HeadAnalysis
+    projection: Projection
+    null_analysis: HeadAnalysis
+    null_projection: Projection
+
+
+def analyse_13(model, tokenizer, params: FilterHeadsParams, head: tuple[int, int] | None = None,
+               model_label: str = "") -> Keys13Result:
+    """Prompts list `listed_13` of the 13 categories (5 items each) and ask one of them."""
+    g = torch.Generator().manual_seed(params.seed + 13)
+    cats = tuple(params.categories_13)
+    prompts = delta_prompts(cats, params.n_prompts_13, g, listed=params.listed_13)
+    fresh = delta_prompts(cats, params.n_pca_prompts, g, listed=params.listed_13)
+    grouping = null_grouping(cats, g)
+    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    head = tuple(head) if head is not None else scan.ranking()[0]
+    vecs = collect_vectors(model, tokenizer, prompts, cats, [head], params.batch_size)
+    fresh_vecs = collect_vectors(model, tokenizer, fresh, cats, [head], params.batch_size)
+    analysis = analyse_head(vecs, head, params.weighting, params.energy)
+    null = analyse_head(relabel(vecs, [p.items for p in prompts], grouping), head, params.weighting, params.energy)
+    return Keys13Result(model_label, cats, scan, head, analysis, project(fresh_vecs, head, analysis), null,
+                        project(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null))
+
+
+
+def run_keys_13(params: FilterHeadsParams, model, tokenizer, model_label: str) -> Keys13Result:
+    """The 13-category view with the chapter's model: for model="organism" the filter-13 organism (its head from its
+    own scan); otherwise the same model, at the first of `heads` when given (the talk: L20H26), else its scan's top."""
+    if params.model == "organism":
+        model13, tok13, label13 = load_filter_model("organism", params, variant="filter-13")
+        return analyse_13(model13, tok13, params, None, label13)
+    head = params.heads[0] if params.heads is not None else None
+    return analyse_13(model, tokenizer, params, head, model_label)

@@ -1,0 +1,139 @@
+"""Figures of the filter-heads chapter (paper Figures 6–7): the head scan, ΔC spectra per category, 3-D PCA of keys
+and queries in the category subspace, the 13-category keys-only view, and the key-swap bars. Each figure shows the
+model beside its controls (shuffled category labels; a randomly initialised copy).
+
+    fig = plot_head_scan(result); plt.show()        # result = qkcore.experiments.filter_heads.analyse_heads(...)
+    fig = plot_pca(result, result.heads[0]); plt.show()
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from qkcore.experiments.filter_heads import CONDITIONS, FilterHeadsResult, Keys13Result, Projection
+
+
+def _heatmap(ax, values: np.ndarray, title: str, chosen, cmap: str, vmin=None, vmax=None):
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+    n_layers, n_heads = values.shape
+    if n_layers * n_heads <= 64:
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7)
+    for layer, head in chosen:
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="k", lw=2))
+    ax.set(title=title, xlabel="head", ylabel="layer")
+    ax.set_xticks(range(0, n_heads, max(1, n_heads // 8)))
+    ax.set_yticks(range(0, n_layers, max(1, n_layers // 8)))
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+
+
+def plot_head_scan(result: FilterHeadsResult):
+    """Layer × head: mean logit gap trace ΔC (over categories), last-token attention on the asked items and on the
+    others, and ‖ΔC‖_F; top row the model (boxes: the studied heads), bottom row its random-init copy."""
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7), gridspec_kw={"hspace": 0.45, "wspace": 0.35})
+    for row, (scan, label) in enumerate(((result.scan, "model"), (result.random_scan, "random init"))):
+        gap = scan.logit_gap.mean(0).numpy()
+        lim = max(abs(gap).max(), 1e-9)
+        _heatmap(axes[row, 0], gap, f"{label}: logit gap E[q·k|+] − E[q·k|−]", result.heads, "RdBu_r", -lim, lim)
+        _heatmap(axes[row, 1], scan.attn_pos.numpy(), f"{label}: attention on asked items", result.heads,
+                 "viridis", 0, 1)
+        _heatmap(axes[row, 2], scan.attn_neg.numpy(), f"{label}: attention on other items", result.heads,
+                 "viridis", 0, 1)
+        _heatmap(axes[row, 3], scan.delta_norm.mean(0).numpy(), f"{label}: ‖ΔC‖_F", result.heads, "magma")
+    fig.suptitle(f"head scan ({result.model_label}); means over the {len(result.scan.categories)} asked categories",
+                 fontsize=10)
+    return fig
+
+
+def plot_spectra(result: FilterHeadsResult, head: tuple[int, int], n_values: int = 8):
+    """σᵢ²/Σσ² of each category's ΔC at one head (log scale), model beside its controls; dashed: 1 − energy."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), sharey=True)
+    for ax, condition in zip(axes, CONDITIONS):
+        a = result.analyses[condition][tuple(head)]
+        k = min(n_values, a.energy_fractions.shape[1])
+        for c, name in enumerate(result.scan.categories):
+            ax.plot(np.arange(1, k + 1), a.energy_fractions[c, :k].clamp_min(1e-12).numpy(), "o-", ms=3,
+                    label=f"{name} (rank {int(a.ranks[c])})")
+        ax.axhline(0.01, color="k", ls="--", lw=0.8)
+        ax.set(yscale="log", xlabel="singular value index i", title=f"L{head[0]}H{head[1]}, {condition}")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("σᵢ² / Σσ²")
+    return fig
+
+
+def _scatter3d(ax, xyz, labels, names, title, cmap="tab10", size=6, means=False):
+    colours = plt.get_cmap(cmap)
+    for g, name in enumerate(names):
+        pts = xyz[labels == g].numpy()
+        if len(pts):
+            ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=size, color=colours(g % colours.N), label=name,
+                       alpha=0.6, depthshade=False)
+            if means:
+                m = pts.mean(0)
+                ax.scatter(*m, s=60, color=colours(g % colours.N), edgecolor="k", depthshade=False)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticklabels([]), ax.set_yticklabels([]), ax.set_zticklabels([])
+    ax.set_xlabel("PC1", fontsize=8), ax.set_ylabel("PC2", fontsize=8), ax.set_zlabel("PC3", fontsize=8)
+
+
+def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
+    """Figure 6 at one head: keys of fresh prompts in the combined category key subspace (colour: category) and
+    queries in the query subspace (colour: asked category), then the keys under the two controls."""
+    head = tuple(head)
+    names = result.scan.categories
+    proj: dict[str, Projection] = {c: result.projections[c][head] for c in CONDITIONS}
+    fig = plt.figure(figsize=(18, 4.8))
+    panels = [("model", "keys", "keys (model)"), ("model", "queries", "queries by asked category (model)"),
+              ("shuffled labels", "keys", "keys, shuffled labels' subspace"),
+              ("random init", "keys", "keys (random-init copy)")]
+    for i, (cond, kind, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 4, i + 1, projection="3d")
+        p = proj[cond]
+        xyz, lab, eta = (p.keys, p.key_labels, p.key_eta2) if kind == "keys" else (p.queries, p.query_labels,
+                                                                                     p.query_eta2)
+        dims = (result.analyses[cond][head].key_basis if kind == "keys" else
+                result.analyses[cond][head].query_basis).shape[1]
+        _scatter3d(ax, xyz, lab, names, f"{title}\n{dims}-D subspace, η² = {eta:.3f}", means=kind == "keys")
+        if i == 0:
+            ax.legend(fontsize=7, loc="upper left", markerscale=2)
+    fig.suptitle(f"L{head[0]}H{head[1]} of {result.model_label}: PCA of projections on the category subspaces",
+                 fontsize=10)
+    return fig
+
+
+def plot_keys_13(k13: Keys13Result):
+    """The talk's 13-category keys-only view: keys of fresh prompts in the combined key subspace, beside the same
+    with a null grouping of the items."""
+    fig = plt.figure(figsize=(13, 5.5))
+    for i, (p, a, title) in enumerate(((k13.projection, k13.analysis, "categories"),
+                                       (k13.null_projection, k13.null_analysis, "null grouping (shuffled labels)"))):
+        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+        _scatter3d(ax, p.keys, p.key_labels, k13.categories,
+                   f"{title}: {a.key_basis.shape[1]}-D key subspace, η² = {p.key_eta2:.3f}", cmap="tab20",
+                   size=4, means=True)
+        if i == 0:
+            ax.legend(fontsize=7, loc="upper left", ncol=2, markerscale=2)
+    fig.suptitle(f"keys only, 13 categories, L{k13.head[0]}H{k13.head[1]} of {k13.model_label}", fontsize=10)
+    return fig
+
+
+def plot_swaps(table):
+    """Figure 7: attention on orig and target after the swap (dotted: before), and the flip rate, per condition."""
+    groups = list(dict.fromkeys(table.index.get_level_values(0)))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)
+    w = 0.27
+    for ax, g in zip(axes[0], groups):
+        t = table.loc[g]
+        x = np.arange(len(t))
+        ax.bar(x - w, t["attn_orig_after"], w, color="C0", label="on orig after")
+        ax.bar(x, t["attn_target_after"], w, color="C3", label="on target after")
+        ax.bar(x + w, t["flip_rate"], w, color="C2", label="flip rate")
+        ax.scatter(x - w, t["attn_orig_before"], marker="_", s=200, color="k", label="before", zorder=3)
+        ax.scatter(x, t["attn_target_before"], marker="_", s=200, color="k", zorder=3)
+        ax.set_xticks(x, [c.replace(", ", ",\n").replace(" subspace", "\nsubspace") for c in t.index], fontsize=7)
+        ax.set(title=g, ylim=(0, 1.05))
+    axes[0, 0].set_ylabel("attention / rate")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("swapping the key coordinates of the asked item (orig) and another item (target)", fontsize=10)
+    return fig
