@@ -1,8 +1,10 @@
 """The two binding contrasts of the paper's Figures 8–10, streamed at every head, each with its null grouping.
 
 Order ID: the queried object is the same word at a random clause. Positive pair = (q at the last token, key at the
-answer box's letter); negatives = (q, each other box letter of the same prompt). Null grouping: a random non-answer
-box plays "answer" (its letter is the positive, the other letters, the true answer included, are the negatives).
+answer box's letter); negatives = (q, each other box letter of the same prompt). Null grouping: the "answer" label is
+drawn uniformly from all clauses, independently of the prompt (so E[ΔC_null] = 0: only sampling noise is left). A
+null that never picks the true answer would not be null: its negatives would hold the answer, and its ΔC would be
+−1/(n−1) times the real one.
 
 Lexical ID: positive = (q, answer-letter key) in a prompt; negative = the same in its counterfactual, where the
 queried object (in its clause and in the question) is an unused object. Null grouping: a fair coin per pair decides
@@ -152,7 +154,7 @@ def order_contrast(model: nn.Module, tokenizer, prompts: Sequence[BindingPrompt]
         b = enc.size
         rows = torch.arange(b)
         _add_split(acc, vec.q, vec.k, enc.answer)
-        fake = _others(enc.answer, n_pairs)[rows, torch.randint(n_pairs - 1, (b,), generator=g)]  # (b,)
+        fake = torch.randint(n_pairs, (b,), generator=g)  # (b,) labels independent of the prompts
         _add_split(acc.null, vec.q, vec.k, fake)
         on_answer = vec.attn[:, rows, enc.answer]  # (H, b)
         attn_answer += on_answer.double().sum(1)

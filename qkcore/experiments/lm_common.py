@@ -104,3 +104,18 @@ def head_name(head: tuple[int, int]) -> str:
 
 def head_names(heads) -> str:
     return ", ".join(head_name(h) for h in heads)
+
+
+def rounded(frame, digits: int = 3):
+    """A DataFrame's numeric columns rounded for printing, with −0.0 turned into 0.0 (a sign that float noise may flip
+    between runs, which nbval would report)."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype.kind == "f":
+            out[col] = out[col].round(digits) + 0.0
+    return out
+
+
+def num(x: float, digits: int = 3) -> str:
+    """A number for printing: rounded, never "−0.000"."""
+    return f"{round(float(x), digits) + 0.0:.{digits}f}"
