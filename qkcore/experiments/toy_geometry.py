@@ -16,7 +16,7 @@ import torch
 from qkcore.params import check_types, require
 from qkcore.subspace import principal_angles
 from qkcore.toy.analysis import (ModelAnalysis, analyse_model, expected_delta, ground_truth_maps,
-                                 interaction_matrix, subspace_angles)
+                                 interaction_matrix, reference_accuracy, subspace_angles)
 from qkcore.toy.task import FACTORS, TASK_KINDS, TaskConfig
 from qkcore.toy.train import ToyTrainConfig, TrainedModel, train_one
 
@@ -69,6 +69,7 @@ class WhyItWorksResult:
     cross_angles: dict[str, torch.Tensor]  # "z1/query" → recovered z₁ basis vs the *other* factor's map
     relative_error: dict[str, float]  # ‖ΔC_est − E[ΔC]‖_F / ‖E[ΔC]‖_F per factor
     G: torch.Tensor  # (r1 + r2, r1 + r2) interaction matrix
+    reference: float  # accuracy of the ideal single head on the model's test sequences
 
 
 def run_why_it_works(params: WhyItWorksParams) -> WhyItWorksResult:
@@ -87,4 +88,5 @@ def run_why_it_works(params: WhyItWorksParams) -> WhyItWorksResult:
         truth = expected_delta(model, f)
         errors[f] = float((analysis.delta[f] - truth).norm() / truth.norm())
     return WhyItWorksResult(model=model, analysis=analysis, angles=subspace_angles(model, analysis),
-                            cross_angles=cross, relative_error=errors, G=interaction_matrix(model))
+                            cross_angles=cross, relative_error=errors, G=interaction_matrix(model),
+                            reference=reference_accuracy(model.task, model.train_config.test_size))

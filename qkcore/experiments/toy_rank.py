@@ -75,8 +75,8 @@ def run_rank_recovery(params: RankRecoveryParams) -> RankRecoveryResult:
     """Train every (task, r₁, r₂, d_head) model in one batched run, then recover the ranks of ΔC_z₁ and ΔC_z₂.
 
     Table columns: kind, r1, r2, d_head, rank_z1, rank_z2 (recovered), exact (both equal r₁, r₂), crosstalk
-    (share of the interaction matrix G's energy that pairs z₁ with z₂, see `crosstalk`), accuracy (held-out), ceiling (Bayes), reference
-    (ideal single head on the same test sequences), gap = reference − accuracy."""
+    (share of the interaction matrix G's energy that pairs z₁ with z₂, see `crosstalk`), accuracy (held-out),
+    ceiling (Bayes), reference (ideal single head on the same test sequences), gap = reference − accuracy."""
     start = time.perf_counter()
     tasks = grid_tasks(params.seed, params.latent_dims, params.tasks)
     grid = train_grid(tasks, params.d_heads, params.train_config())

@@ -40,8 +40,8 @@ def plot_rank_heatmaps(table: pd.DataFrame):
                             color="k" if rec[a, b] == true[a, b] else "w")
                 ax.set_xticks(range(len(r2s)), r2s)
                 ax.set_yticks(range(len(r1s)), r1s)
-                ax.set_title(f"{kind}, $d_{{head}}$={dh}\nrank $\\Delta C_{{{factor}}}$ (true {'$r_1$' if f == 0 else '$r_2$'})",
-                             fontsize=9)
+                true_name = "$r_1$" if f == 0 else "$r_2$"
+                ax.set_title(f"{kind}, $d_{{head}}$={dh}\nrank $\\Delta C_{{{factor}}}$ (true {true_name})", fontsize=9)
                 ax.set_xlabel("$r_2$")
                 ax.set_ylabel("$r_1$")
     fig.colorbar(im, ax=axes, shrink=0.6, label="recovered − true rank")

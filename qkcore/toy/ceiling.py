@@ -15,10 +15,12 @@ computed in exact rational arithmetic: P(max ≤ t) = #{ways to put m labelled b
 Gaussian task. Two tokens share a code with probability 0, so the Bayes ceiling is 1 up to the chance that noise
 ε ~ N(0, 0.01²) makes two codes indistinguishable; `gaussian_bayes_error_bound` bounds that chance (below 2e-4
 for every task of the grid, seed 11). But a single head cannot reach it: its logit q·k_i = x_qᵀ W_QᵀW_K x_i is
-bilinear, so it ranks context tokens by an inner product z*ᵀ M z_i and can never prefer "equal to z*" over "further along z*" — no ‖z_i‖² term
-exists. `bilinear_head_reference` estimates the accuracy of the ideal such head (M = I, zero temperature:
-attend to the top inner products, answer the most attended payload), by Monte Carlo; for the binary task that
-head is exactly Bayes-optimal (all codes have norm √r, so z*·z_i is maximal only for exact matches).
+bilinear, so it ranks context tokens by an inner product z*ᵀ M z_i and can never prefer "equal to z*" over
+"further along z*" — no ‖z_i‖² term exists. `bilinear_head_reference` estimates the accuracy of the ideal such
+head (M = I, zero temperature: attend to the top inner products, answer the most attended payload) by Monte
+Carlo. M = I is the natural choice, not a proven optimum; the trained heads land within a few tenths of a point
+of it. For the binary task that head is exactly Bayes-optimal (all codes have norm √r, so z*·z_i is maximal only
+for exact matches).
 
     binary_ceiling(3, 5)                         # 0.97415... (float); binary_ceiling_fraction(3, 5) exact
     bilinear_head_reference(3, 3, "gaussian")    # ≈ 0.78: what the best single head can reach
