@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
@@ -122,4 +123,8 @@ def test_chapter_runs_with_a_tiny_model_folder(tmp_path):
         args += ["-p", key, str(value)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "model organism" not in out.read_text()  # the figures came from the folder's model
+    outputs = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
+                      for o in c.get("outputs", []))
+    assert f"model: {path}" in outputs and "chat template: yes" in outputs  # the folder's model made the figures
+    assert "studied heads:" in outputs
+    assert "13 categories: key η² (model, null grouping, random init)" in outputs

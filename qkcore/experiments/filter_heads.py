@@ -35,10 +35,10 @@ class FilterHeadsParams:
     categories: tuple[str, ...] = PAPER_CATEGORY_NAMES
     categories_13: tuple[str, ...] = ALL_CATEGORY_NAMES
     listed_13: int = 5  # categories listed per prompt in the 13-category view
-    n_delta_prompts: int = 1000  # ΔC prompts, asked categories in turn (paper: 2,000)
+    n_delta_prompts: int = 500  # ΔC prompts, asked categories in turn (paper: 2,000)
     n_pca_prompts: int = 200  # fresh prompts for the PCA (paper: 200)
-    n_swap_prompts: int = 500  # 1 asked item among 20 others (paper: 1,000)
-    n_prompts_13: int = 1300
+    n_swap_prompts: int = 300  # 1 asked item among 20 others (paper: 1,000)
+    n_prompts_13: int = 650
     seed: int = 0
     weighting: Literal["pair_mean", "prompt_sum"] = "pair_mean"
     energy: float = 0.99
@@ -72,7 +72,7 @@ def load_filter_model(name: str, params: FilterHeadsParams, variant: str = "filt
         model, tok, info = load_filter_organism(variant)
         acc = info["results"]["exact_match"]
         return model, tok, (f"model organism {variant} ({info['results']['parameters']:,} parameters, trained here; "
-                            f"held-out exact match {acc['full']:.3f} on the paper's prompts)")
+                            f"held-out exact match {acc['full']:.3f} on full lists)")
     with quiet_progress():
         model, tok = load_model(name, dtype=params.dtype, device=params.device)
     return model, tok, name
@@ -266,7 +266,8 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
 @dataclass
 class Keys13Result:
     """The 13-category keys-only view: the head (top of this model's own scan unless given), per-category analysis,
-    keys of fresh prompts in the combined key subspace, and the same with a null grouping of the items."""
+    keys of fresh prompts in the combined key subspace, and the same with a null grouping of the items and on a
+    randomly initialised copy of the model (same head)."""
 
     model_label: str
     categories: tuple[str, ...]
@@ -276,6 +277,8 @@ class Keys13Result:
     projection: Projection
     null_analysis: HeadAnalysis
     null_projection: Projection
+    random_analysis: HeadAnalysis
+    random_projection: Projection
 
 
 def analyse_13(model, tokenizer, params: FilterHeadsParams, head: tuple[int, int] | None = None,
@@ -292,8 +295,13 @@ def analyse_13(model, tokenizer, params: FilterHeadsParams, head: tuple[int, int
     fresh_vecs = collect_vectors(model, tokenizer, fresh, cats, [head], params.batch_size)
     analysis = analyse_head(vecs, head, params.weighting, params.energy)
     null = analyse_head(relabel(vecs, [p.items for p in prompts], grouping), head, params.weighting, params.energy)
+    rand = random_copy(model, params.seed + 1)
+    rand_vecs = collect_vectors(rand, tokenizer, prompts, cats, [head], params.batch_size)
+    rand_analysis = analyse_head(rand_vecs, head, params.weighting, params.energy)
+    rand_fresh = collect_vectors(rand, tokenizer, fresh, cats, [head], params.batch_size)
     return Keys13Result(model_label, cats, scan, head, analysis, project(fresh_vecs, head, analysis), null,
-                        project(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null))
+                        project(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null),
+                        rand_analysis, project(rand_fresh, head, rand_analysis))
 
 
 

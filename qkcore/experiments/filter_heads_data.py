@@ -99,7 +99,7 @@ class HeadScan:
 def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Sequence[str],
               weighting: str = "pair_mean", batch_size: int = 50) -> HeadScan:
     """One ΔC per category at every head (prompts grouped by asked category, streamed through qkcore.lm), and
-    each head's attention from the last token on positive vs negative items (a second pass per batch)."""
+    each head's attention from the last token on positive vs negative items (captured in the same forward pass)."""
     categories = tuple(categories)
     asked, item_cat = _labels(prompts, categories)
     layout = attention_layout(model)
@@ -117,11 +117,10 @@ def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Seq
             pairs = [PromptPairs(positive=[(-1, [p for p, m in zip(items[r], pos[r]) if m])],
                                  negative=[(-1, [p for p, m in zip(items[r], pos[r]) if not m])])
                      for r in range(len(idx))]
-            streamers[c].add(batch, pairs)
+            with capture_qk(model, "all", keep_masks=True) as cap:  # records during the streamer's forward pass
+                streamers[c].add(batch, pairs)
             cols = batch.padded_positions(items)  # (b, n_items) batch columns
             last = torch.tensor([batch.padded(r, -1) for r in range(len(idx))])
-            with capture_qk(model, "all", keep_masks=True) as cap:
-                run_model(model, batch)
             rr = torch.arange(len(idx))
             for layer, head in layout.all_heads():
                 a = cap.attention(layer, head)[rr, last].double().cpu()  # (b, seq) from the last token

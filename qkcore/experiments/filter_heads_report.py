@@ -110,5 +110,7 @@ def key_numbers(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Resul
     out["13 categories: head"] = f"L{k13.head[0]}H{k13.head[1]}"
     out["13 categories: ΔC ranks"] = k13.analysis.ranks.tolist()
     out["13 categories: key rank (dims)"] = (k13.analysis.key_rank, k13.analysis.key_basis.shape[1])
-    out["13 categories: key η² (model, null)"] = (r3(k13.projection.key_eta2), r3(k13.null_projection.key_eta2))
+    out["13 categories: key rank, random init"] = k13.random_analysis.key_rank
+    out["13 categories: key η² (model, null grouping, random init)"] = (
+        r3(k13.projection.key_eta2), r3(k13.null_projection.key_eta2), r3(k13.random_projection.key_eta2))
     return out

@@ -35,10 +35,10 @@ def plot_head_scan(result: FilterHeadsResult):
     for row, (scan, label) in enumerate(((result.scan, "model"), (result.random_scan, "random init"))):
         gap = scan.logit_gap.mean(0).numpy()
         lim = max(abs(gap).max(), 1e-9)
-        _heatmap(axes[row, 0], gap, f"{label}: logit gap E[q·k|+] − E[q·k|−]", result.heads, "RdBu_r", -lim, lim)
-        _heatmap(axes[row, 1], scan.attn_pos.numpy(), f"{label}: attention on asked items", result.heads,
+        _heatmap(axes[row, 0], gap, f"{label}: E[q·k|+] − E[q·k|−]", result.heads, "RdBu_r", -lim, lim)
+        _heatmap(axes[row, 1], scan.attn_pos.numpy(), f"{label}: attn. on asked items", result.heads,
                  "viridis", 0, 1)
-        _heatmap(axes[row, 2], scan.attn_neg.numpy(), f"{label}: attention on other items", result.heads,
+        _heatmap(axes[row, 2], scan.attn_neg.numpy(), f"{label}: attn. on other items", result.heads,
                  "viridis", 0, 1)
         _heatmap(axes[row, 3], scan.delta_norm.mean(0).numpy(), f"{label}: ‖ΔC‖_F", result.heads, "magma")
     fig.suptitle(f"head scan ({result.model_label}); means over the {len(result.scan.categories)} asked categories",
@@ -85,7 +85,7 @@ def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
     proj: dict[str, Projection] = {c: result.projections[c][head] for c in CONDITIONS}
     fig = plt.figure(figsize=(18, 4.8))
     panels = [("model", "keys", "keys (model)"), ("model", "queries", "queries by asked category (model)"),
-              ("shuffled labels", "keys", "keys, shuffled labels' subspace"),
+              ("shuffled labels", "keys", "keys in the shuffled-label subspace\n(colour: shuffled groups)"),
               ("random init", "keys", "keys (random-init copy)")]
     for i, (cond, kind, title) in enumerate(panels):
         ax = fig.add_subplot(1, 4, i + 1, projection="3d")
@@ -104,13 +104,14 @@ def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
 
 def plot_keys_13(k13: Keys13Result):
     """The talk's 13-category keys-only view: keys of fresh prompts in the combined key subspace, beside the same
-    with a null grouping of the items."""
-    fig = plt.figure(figsize=(13, 5.5))
+    with a null grouping of the items and on the random-init copy."""
+    fig = plt.figure(figsize=(18, 5.5))
     for i, (p, a, title) in enumerate(((k13.projection, k13.analysis, "categories"),
-                                       (k13.null_projection, k13.null_analysis, "null grouping (shuffled labels)"))):
-        ax = fig.add_subplot(1, 2, i + 1, projection="3d")
+                                       (k13.null_projection, k13.null_analysis, "null grouping (shuffled labels)"),
+                                       (k13.random_projection, k13.random_analysis, "random-init copy"))):
+        ax = fig.add_subplot(1, 3, i + 1, projection="3d")
         _scatter3d(ax, p.keys, p.key_labels, k13.categories,
-                   f"{title}: {a.key_basis.shape[1]}-D key subspace, η² = {p.key_eta2:.3f}", cmap="tab20",
+                   f"{title}\n{a.key_basis.shape[1]}-D key subspace, η² = {p.key_eta2:.3f}", cmap="tab20",
                    size=4, means=True)
         if i == 0:
             ax.legend(fontsize=7, loc="upper left", ncol=2, markerscale=2)
