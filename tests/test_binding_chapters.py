@@ -178,3 +178,17 @@ def test_params_validation(monkeypatch, tmp_path):
     monkeypatch.setattr(subspaces, "ORGANISM_DIR", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="regenerate"):
         load_binding_lm(BindingParams())
+
+
+def test_key_offset_moves_the_keys(tiny):
+    _, lm = tiny
+    prompts = [sample_prompt(3, torch.Generator().manual_seed(s)) for s in range(2)]
+    for offset, expected in ((0, None), (1, {",", "."}), (-4, None)):
+        enc = encode_prompts(lm.tokenizer, prompts, lm.chat, key_offset=offset)
+        assert torch.equal(enc.keys, enc.letters + offset)
+        for r, p in enumerate(prompts):
+            toks = lm.tokenizer.convert_ids_to_tokens(enc.batch.input_ids[r, enc.keys[r]].tolist())
+            want = {0: list(p.letters), -4: list(p.objects)}.get(offset)
+            assert (set(toks) <= expected) if expected else toks == want
+    with pytest.raises(ValueError, match="key_offset"):
+        BindingParams(key_offset=2)

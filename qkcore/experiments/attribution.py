@@ -95,38 +95,39 @@ class AttributionParams(BindingParams):
 @dataclass(frozen=True)
 class Captured:
     """q (n, d) at the last token and K (n, S, d) at every position of the padded batch (float64), valid (n, S)
-    True on the prompt's tokens, letters (n, n_pairs) and answer (n,) as columns / clause indices."""
+    True on the prompt's tokens, keys (n, n_pairs) the columns of the boxes' keys and answer (n,) clause indices."""
 
     q: torch.Tensor
     K: torch.Tensor
     valid: torch.Tensor
-    letters: torch.Tensor
+    keys: torch.Tensor
     answer: torch.Tensor
 
 
 @torch.no_grad()
-def capture_head(model, tokenizer, chat: bool, prompts: list[BindingPrompt], head, batch_size: int) -> Captured:
+def capture_head(model, tokenizer, chat: bool, prompts: list[BindingPrompt], head, batch_size: int,
+                 key_offset: int = 0) -> Captured:
     """The query and all keys of one head, prompts padded to a common length (left padding)."""
-    enc = encode_prompts(tokenizer, prompts, chat)  # one batch layout for all prompts
+    enc = encode_prompts(tokenizer, prompts, chat, key_offset)  # one batch layout for all prompts
     qs, ks = [], []
     for idx in chunks(len(prompts), batch_size):
-        sub = encode_prompts(tokenizer, [prompts[i] for i in idx], chat)
+        sub = encode_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
         with capture_qk(model, [head], query_positions=sub.last[:, None]) as cap:
             run_model(model, sub.batch)
         pad = enc.batch.input_ids.shape[1] - sub.batch.input_ids.shape[1]  # extra left padding of the full batch
         k = cap.k(*head).double().cpu()  # (b, seq, d)
         qs.append(cap.q(*head)[:, 0].double().cpu())
         ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-    return Captured(torch.cat(qs), torch.cat(ks), enc.batch.attention_mask.bool(), enc.letters, enc.answer)
+    return Captured(torch.cat(qs), torch.cat(ks), enc.batch.attention_mask.bool(), enc.keys, enc.answer)
 
 
 def selectivity(parts: LogitParts, cap: Captured) -> dict[str, float]:
-    """Mean over prompts of (contribution at the answer letter − mean contribution at the other letters), per part
-    and for the total: which part makes the head prefer the answer's box."""
+    """Mean over prompts of (contribution at the answer box's key − mean contribution at the other boxes' keys), per
+    part and for the total: which part makes the head prefer the answer's box."""
     rows = torch.arange(cap.q.shape[0])
     out = {}
     for name in ("total", *PARTS):
-        at = getattr(parts, name).gather(1, cap.letters)  # (n, P)
+        at = getattr(parts, name).gather(1, cap.keys)  # (n, P)
         ans = at[rows, cap.answer]
         out[name] = (ans - (at.sum(-1) - ans) / (at.shape[1] - 1)).mean().item()
     return out
@@ -146,7 +147,7 @@ def shown_positions(tokenizer, prompt: BindingPrompt, chat: bool) -> tuple[list[
 @dataclass
 class AttributionResult:
     """analysis; head; ranks (order, lexical); example: the plotted prompt's parts at its shown tokens; fractions:
-    explained fraction per prompt and condition (DataFrame); fractions_letters: the same over the box letters only;
+    explained fraction per prompt and condition (DataFrame); fractions_keys: the same over the boxes' keys only;
     selectivity: answer-vs-other-letter contribution per part and condition."""
 
     analysis: BindingAnalysis
@@ -156,7 +157,7 @@ class AttributionResult:
     example_tokens: list[str]
     example: LogitParts
     fractions: pd.DataFrame
-    fractions_letters: pd.DataFrame
+    fractions_keys: pd.DataFrame
     selectivity: pd.DataFrame
 
     def summary(self) -> pd.DataFrame:
@@ -173,21 +174,22 @@ def run_attribution(params: AttributionParams, lm: LoadedLM | None = None,
     g = torch.Generator().manual_seed(params.seed + 5)
     prompts = [sample_prompt(params.n_pairs, g) for _ in range(params.n_attr_prompts)]
     tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
-    caps = {"trained": capture_head(analysis.lm.model, tok, chat, prompts, head, bs)}
-    caps["random init"] = capture_head(analysis.random_model, tok, chat, prompts, head, bs)
+    ko = params.key_offset
+    caps = {"trained": capture_head(analysis.lm.model, tok, chat, prompts, head, bs, ko)}
+    caps["random init"] = capture_head(analysis.random_model, tok, chat, prompts, head, bs, ko)
     decs = {w: control_decompositions(analysis, head, w) for w in ("order", "lexical")}
     bases = {cond: (decs["order"][cond].query_basis, decs["lexical"][cond].query_basis)
              for cond in ("trained", "shuffled labels", "random init")}
     r_o, r_l = bases["trained"][0].shape[1], bases["trained"][1].shape[1]
     d = caps["trained"].q.shape[-1]
-    fr, fr_letters, sel = {}, {}, {}
-    letter_mask = torch.zeros_like(caps["trained"].valid)
-    letter_mask.scatter_(1, caps["trained"].letters, True)
+    fr, fr_keys, sel = {}, {}, {}
+    key_mask = torch.zeros_like(caps["trained"].valid)
+    key_mask.scatter_(1, caps["trained"].keys, True)
 
     def record(name, cap, U_o, U_l):
         parts = split_logits(cap.q, cap.K, U_o, U_l)
         fr[name] = explained_fraction(parts, cap.valid).numpy()
-        fr_letters[name] = explained_fraction(parts, letter_mask).numpy()
+        fr_keys[name] = explained_fraction(parts, key_mask).numpy()
         sel[name] = selectivity(parts, cap)
         return parts
 
@@ -199,9 +201,9 @@ def run_attribution(params: AttributionParams, lm: LoadedLM | None = None,
              for _ in range(params.n_random)]
     draw_parts = [split_logits(caps["trained"].q, caps["trained"].K, *b) for b in draws]
     fr["random subspaces"] = torch.stack([explained_fraction(p, caps["trained"].valid) for p in draw_parts]).mean(0)
-    fr_letters["random subspaces"] = torch.stack([explained_fraction(p, letter_mask) for p in draw_parts]).mean(0)
-    fr["random subspaces"], fr_letters["random subspaces"] = (fr["random subspaces"].numpy(),
-                                                              fr_letters["random subspaces"].numpy())
+    fr_keys["random subspaces"] = torch.stack([explained_fraction(p, key_mask) for p in draw_parts]).mean(0)
+    fr["random subspaces"], fr_keys["random subspaces"] = (fr["random subspaces"].numpy(),
+                                                           fr_keys["random subspaces"].numpy())
     draw_sel = [selectivity(p, caps["trained"]) for p in draw_parts]
     sel["random subspaces"] = {k: sum(s[k] for s in draw_sel) / len(draw_sel) for k in draw_sel[0]}
     ex = params.example
@@ -209,5 +211,5 @@ def run_attribution(params: AttributionParams, lm: LoadedLM | None = None,
     cols = [int(caps["trained"].valid.shape[1] - caps["trained"].valid[ex].sum()) + p for p in pos]  # left padding
     example = LogitParts(*(getattr(parts, f)[ex, cols] for f in ("total", *PARTS)))
     return AttributionResult(analysis, head, (r_o, r_l), prompts[ex], tokens, example, pd.DataFrame(fr),
-                             pd.DataFrame(fr_letters), pd.DataFrame(sel).T)
+                             pd.DataFrame(fr_keys), pd.DataFrame(sel).T)
 

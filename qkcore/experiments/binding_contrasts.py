@@ -65,13 +65,18 @@ class Contrast:
         return decompose((self.null_delta if null else self.delta)[i], energy)
 
 
+CLAUSE_OFFSETS = (-4, -3, -2, -1, 0, 1)  # letter offsets of "egg is in Box A ," (the organism's tokens)
+
+
 @dataclass(frozen=True)
 class ScanStats:
-    """Mean attention from the last token on the answer's box letter and on one other box letter (averaged over the
-    other letters), per head (H,); over the order prompts."""
+    """Mean attention from the last token on the answer box's key and on one other box's key (averaged over the
+    other boxes), per head (H,); clause_attn (H, 6): on the answer clause's tokens at letter offsets CLAUSE_OFFSETS.
+    Over the order prompts."""
 
     attn_answer: torch.Tensor
     attn_other: torch.Tensor
+    clause_attn: torch.Tensor
 
 
 class _Accumulator:
@@ -135,7 +140,7 @@ def _add_split(acc, q: torch.Tensor, k: torch.Tensor, positive: torch.Tensor) ->
 @torch.no_grad()
 def order_contrast(model: nn.Module, tokenizer, prompts: Sequence[BindingPrompt], chat: bool, heads="all",
                    batch_size: int = 50, weighting: Weighting = "pair_mean",
-                   generator: torch.Generator | None = None) -> tuple[Contrast, ScanStats]:
+                   generator: torch.Generator | None = None, key_offset: int = 0) -> tuple[Contrast, ScanStats]:
     """Order-ID ΔC (and its null) at `heads` over order-ID prompts, plus the attention scan statistics."""
     heads = _heads(model, heads)
     n_pairs = prompts[0].n_pairs
@@ -145,9 +150,10 @@ def order_contrast(model: nn.Module, tokenizer, prompts: Sequence[BindingPrompt]
     acc = None
     attn_answer = torch.zeros(len(heads), dtype=torch.float64)
     attn_other = torch.zeros(len(heads), dtype=torch.float64)
+    clause = torch.zeros(len(heads), len(CLAUSE_OFFSETS), dtype=torch.float64)
     correct = 0
     for idx in chunks(len(prompts), batch_size):
-        enc = encode_prompts(tokenizer, [prompts[i] for i in idx], chat)
+        enc = encode_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
         vec = capture_binding(model, enc, heads, attention=True)
         if acc is None:
             acc = _Accumulator(len(heads), vec.q.shape[-1], weighting)
@@ -159,25 +165,26 @@ def order_contrast(model: nn.Module, tokenizer, prompts: Sequence[BindingPrompt]
         on_answer = vec.attn[:, rows, enc.answer]  # (H, b)
         attn_answer += on_answer.double().sum(1)
         attn_other += ((vec.attn.sum(-1) - on_answer) / (n_pairs - 1)).double().sum(1)
+        clause += vec.clause_attn.double().sum(1)
         correct += int((vec.choice == enc.answer).sum())
     n = len(prompts)
     contrast = Contrast("order", heads, acc.real.delta(), acc.null.delta(), acc.query_concentration(), acc.mean_share(),
                         {"order prompts": correct / n}, n)
-    return contrast, ScanStats(attn_answer / n, attn_other / n)
+    return contrast, ScanStats(attn_answer / n, attn_other / n, clause / n)
 
 
 @torch.no_grad()
 def lexical_contrast(model: nn.Module, tokenizer, pairs: Sequence[tuple[BindingPrompt, BindingPrompt]], chat: bool,
                      heads="all", batch_size: int = 50, weighting: Weighting = "pair_mean",
-                     generator: torch.Generator | None = None) -> Contrast:
+                     generator: torch.Generator | None = None, key_offset: int = 0) -> Contrast:
     """Lexical-ID ΔC (and its null) at `heads` over (prompt, counterfactual) pairs."""
     heads = _heads(model, heads)
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     acc = None
     correct = {"prompts": 0, "counterfactuals": 0}
     for idx in chunks(len(pairs), batch_size):
-        enc_p = encode_prompts(tokenizer, [pairs[i][0] for i in idx], chat)
-        enc_c = encode_prompts(tokenizer, [pairs[i][1] for i in idx], chat)
+        enc_p = encode_prompts(tokenizer, [pairs[i][0] for i in idx], chat, key_offset)
+        enc_c = encode_prompts(tokenizer, [pairs[i][1] for i in idx], chat, key_offset)
         vp = capture_binding(model, enc_p, heads)
         vc = capture_binding(model, enc_c, heads)
         if acc is None:

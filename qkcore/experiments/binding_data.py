@@ -1,11 +1,12 @@
 """Binding prompts (qkcore.organisms.binding_task) through any tokenizer and model: token positions of the box
-letters, and one capture pass per batch that returns the query at the last token, the keys at the box letters, the
-head's attention on them and the model's choice among the prompt's letters (paper Figures 8–10).
+letters, and one capture pass per batch that returns the query at the last token, the keys of the boxes, the head's
+attention on them and the model's choice among the prompt's letters (paper Figures 8–10).
 
-Keys are read at each box letter's last token, the query at the prompt's last token (the organism: "Box"; a chat
-model: the last token of the assistant's generation prompt, as in the authors' code).
+The query is the prompt's last token (the organism: "Box"; a chat model: the last token of the assistant's
+generation prompt, as in the authors' code). A box's key is read at its letter's last token (the paper), or
+`key_offset` tokens after it: a small model may read the letter from the "," or "." that follows it.
 
-    enc = encode_prompts(tokenizer, prompts, chat=False)         # enc.letters (b, n_pairs) batch columns
+    enc = encode_prompts(tokenizer, prompts, chat=False)         # enc.keys (b, n_pairs) batch columns
     vec = capture_binding(model, enc, heads=[(2, 1)], attention=True)
     vec.q (H, b, d), vec.k (H, b, n_pairs, d), vec.attn (H, b, n_pairs), vec.choice (b,) clause the model picks
 """
@@ -27,14 +28,16 @@ from qkcore.organisms.binding_task import BindingPrompt
 
 @dataclass(frozen=True)
 class EncodedPrompts:
-    """A left-padded batch and, per prompt, the batch columns of its box letters and of its last token.
+    """A left-padded batch and, per prompt, the batch columns of its box letters, keys and last token.
 
-    letters (b, n_pairs): column of clause i's box letter; last (b,): the query's column; answer (b,): the clause
-    asked about; letter_ids (b, n_pairs): the token id that says each clause's letter as an answer."""
+    letters (b, n_pairs): column of clause i's box letter (its last token); keys = letters + key_offset: where the
+    box's key is read; last (b,): the query's column; answer (b,): the clause asked about; letter_ids (b, n_pairs):
+    the token id that says each clause's letter as an answer."""
 
     prompts: tuple[BindingPrompt, ...]
     batch: EncodedBatch
     letters: torch.Tensor
+    keys: torch.Tensor
     last: torch.Tensor
     answer: torch.Tensor
     letter_ids: torch.Tensor
@@ -53,8 +56,8 @@ def answer_token_id(tokenizer, letter: str, chat: bool) -> int:
     return int(ids[0])
 
 
-def encode_prompts(tokenizer, prompts: Sequence[BindingPrompt], chat: bool) -> EncodedPrompts:
-    """Tokenize prompts (inside the chat template when chat) and locate their box letters' tokens."""
+def encode_prompts(tokenizer, prompts: Sequence[BindingPrompt], chat: bool, key_offset: int = 0) -> EncodedPrompts:
+    """Tokenize prompts (inside the chat template when chat) and locate their box letters' tokens and keys."""
     if not prompts:
         raise ValueError("no prompts to encode")
     if len({p.n_pairs for p in prompts}) != 1:
@@ -70,20 +73,26 @@ def encode_prompts(tokenizer, prompts: Sequence[BindingPrompt], chat: bool) -> E
         ids.append([answer_ids[x] for x in p.letters])
     last = torch.tensor([batch.padded(r, -1) for r in range(len(prompts))])  # (b,)
     answer = torch.tensor([p.query for p in prompts])  # (b,)
-    return EncodedPrompts(tuple(prompts), batch, torch.tensor(letters), last, answer, torch.tensor(ids))
+    letters = torch.tensor(letters)  # (b, n_pairs)
+    keys = letters + key_offset
+    if key_offset and not ((keys >= torch.as_tensor(batch.offsets)[:, None]).all() and (keys < last[:, None]).all()):
+        raise ValueError(f"key_offset={key_offset} moves a key outside its prompt or onto the query token")
+    return EncodedPrompts(tuple(prompts), batch, letters, keys, last, answer, torch.tensor(ids))
 
 
 @dataclass(frozen=True)
 class BindingVectors:
     """What one capture pass returns for heads[i]: q[i] (b, d) at the last token, k[i] (b, n_pairs, d) at the box
-    letters (float32, CPU), attn[i] (b, n_pairs) the last token's attention on each letter (None unless asked);
-    choice (b,) the clause whose letter the model's next-token logits rank first among the
-    prompt's letters."""
+    keys (float32, CPU), attn[i] (b, n_pairs) the last token's attention on each key and clause_attn[i] (b, 6) on the
+    answer clause's tokens at letter offsets −4…+1 (object, "is", "in", "Box", letter, "," for the organism; None
+    unless asked); choice (b,) the clause whose letter the model's next-token logits rank first among the prompt's
+    letters."""
 
     heads: tuple[tuple[int, int], ...]
     q: torch.Tensor
     k: torch.Tensor
     attn: torch.Tensor | None
+    clause_attn: torch.Tensor | None
     choice: torch.Tensor
 
 
@@ -95,22 +104,25 @@ def capture_binding(model: nn.Module, enc: EncodedPrompts, heads: Sequence[tuple
     rows = torch.arange(enc.size)
     qpos = enc.last[:, None]  # (b, 1)
     with capture_qk(model, list(heads), query_positions=None if attention else qpos,
-                    key_positions=None if attention else enc.letters, keep_masks=attention) as cap:
+                    key_positions=None if attention else enc.keys, keep_masks=attention) as cap:
         out = run_model(model, enc.batch)
-    qs, ks, attns = [], [], []
+    qs, ks, attns, clause = [], [], [], []
+    answer_letter = enc.letters[rows, enc.answer]  # (b,)
+    near = (answer_letter[:, None] + torch.arange(-4, 2)).clamp(0, enc.batch.input_ids.shape[1] - 1)  # (b, 6)
     for h in heads:
         if attention:
             qs.append(cap.q(*h)[rows, enc.last].float().cpu())  # (b, d)
-            ks.append(cap.k(*h)[rows[:, None], enc.letters].float().cpu())  # (b, n_pairs, d)
-            a = cap.attention(*h)[rows, enc.last]  # (b, seq) from the last token
-            attns.append(a.gather(1, enc.letters.to(a.device)).float().cpu())  # (b, n_pairs)
+            ks.append(cap.k(*h)[rows[:, None], enc.keys].float().cpu())  # (b, n_pairs, d)
+            a = cap.attention(*h)[rows, enc.last].float().cpu()  # (b, seq) from the last token
+            attns.append(a.gather(1, enc.keys))  # (b, n_pairs)
+            clause.append(a.gather(1, near))  # (b, 6)
         else:
             qs.append(cap.q(*h)[:, 0].float().cpu())
             ks.append(cap.k(*h).float().cpu())
     logits = out.logits[rows, enc.last].float().cpu()  # (b, vocab)
     choice = logits.gather(1, enc.letter_ids).argmax(-1)  # (b,)
     return BindingVectors(heads, torch.stack(qs), torch.stack(ks), torch.stack(attns) if attention else None,
-                          choice)
+                          torch.stack(clause) if attention else None, choice)
 
 
 def chunks(n: int, size: int) -> list[range]:

@@ -67,13 +67,13 @@ def swap_prompt_set(params: InterventionParams) -> tuple[list[BindingPrompt], to
 class _Batches:
     """Encoded swap prompts, their orig/target/last columns, and the unedited attention of the heads."""
 
-    def __init__(self, model, tokenizer, chat, prompts, targets, heads, batch_size):
+    def __init__(self, model, tokenizer, chat, prompts, targets, heads, batch_size, key_offset=0):
         self.items = []
         self.correct = 0  # prompts whose top letter (among the prompt's letters) is the answer
         for idx in chunks(len(prompts), batch_size):
-            enc = encode_prompts(tokenizer, [prompts[i] for i in idx], chat)
+            enc = encode_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
             rows = torch.arange(enc.size)
-            orig, target = enc.letters[rows, enc.answer], enc.letters[rows, targets[list(idx)]]  # (b,) columns
+            orig, target = enc.keys[rows, enc.answer], enc.keys[rows, targets[list(idx)]]  # (b,) columns
             with edit_attention(model, [], read=list(heads)) as ed:
                 out = run_model(model, enc.batch)
             before = {h: ed.attention(*h)[rows, enc.last].float().cpu() for h in heads}  # (b, kv_len)
@@ -160,8 +160,8 @@ def run_interventions(params: InterventionParams, lm: LoadedLM | None = None,
     analysis = analysis if analysis is not None else analyse_binding(params, lm)
     prompts, targets = swap_prompt_set(params)
     tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
-    trained = _Batches(analysis.lm.model, tok, chat, prompts, targets, analysis.heads, bs)
-    control = _Batches(analysis.random_model, tok, chat, prompts, targets, analysis.heads, bs)
+    trained = _Batches(analysis.lm.model, tok, chat, prompts, targets, analysis.heads, bs, params.key_offset)
+    control = _Batches(analysis.random_model, tok, chat, prompts, targets, analysis.heads, bs, params.key_offset)
     g = torch.Generator().manual_seed(params.seed + 4)
     rows = [r for head in analysis.heads for r in head_swaps(analysis, head, trained, control, params.n_random, g)]
     table = pd.DataFrame(rows).set_index(["head", "condition"])
@@ -170,8 +170,8 @@ def run_interventions(params: InterventionParams, lm: LoadedLM | None = None,
 
 
 def baseline_table(heads: Sequence[tuple[int, int]], batches: dict[str, _Batches]) -> pd.DataFrame:
-    """Unedited attention from the last token on the answer letter and on the target letter, how often the answer
-    letter is the head's argmax, and the model's letter accuracy on the swap prompts."""
+    """Unedited attention from the last token on the answer box's key and on the target's, how often the answer's
+    key is the head's argmax, and the model's letter accuracy on the swap prompts."""
     rows = []
     for name, b in batches.items():
         for head in heads:

@@ -28,19 +28,24 @@ from qkcore.subspace import Decomposition, principal_angles
 PAPER_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PAPER_HEADS = {"views": ((16, 21),), "swaps": ((16, 1), (16, 19), (17, 24)), "attribution": ((16, 1),)}
 ORGANISM_DIR = Path(qkcore.organisms.__file__).parent / "weights" / "binding"
-REGENERATE = "python -m qkcore.organisms.train_binding"
+REGENERATE = "OMP_NUM_THREADS=1 python -m qkcore.organisms.train_binding"
 CONDITIONS = ("trained", "shuffled labels", "random init")
 
 
 @dataclass(frozen=True)
 class BindingParams:
     """What every binding chapter takes. model: "organism" or a hub id / local folder (real models read the prompt
-    inside their chat template, the organism reads it plain). heads: None → the n_heads heads with the largest
-    order-ID logit gap in the scan. Prompt counts: the paper uses 3,000 per contrast."""
+    inside their chat template, the organism reads it plain). heads: None → the top n_heads of the scan, ranked by
+    scan_by: "attention" (last-token attention on the answer box's key minus that on another box's key) or
+    "logit_gap" (trace of the order-ID ΔC). key_offset: keys are read this many tokens after each box letter (0 = the
+    letter, as in the paper; −4…+1 reach the clause's object … the "," after the letter). Prompt counts: the paper
+    uses 3,000 per contrast."""
 
     model: str = "organism"
     heads: tuple[tuple[int, int], ...] | None = None
     n_heads: int = 3
+    scan_by: Literal["attention", "logit_gap"] = "attention"
+    key_offset: int = 0
     n_pairs: int = 9
     query_object: str = "tea"
     n_order_prompts: int = 1000
@@ -65,10 +70,19 @@ class BindingParams:
         require(self.heads is None or len(self.heads) >= 1,
                 "heads must be None (chosen by the scan) or a non-empty list of [layer, head]")
         require(self.heads is None or len(set(self.heads)) == len(self.heads), f"heads repeat: {self.heads}")
+        require(-4 <= self.key_offset <= 1, "key_offset must be in [-4, 1] (from the clause's object to the token "
+                                            f"after the box letter), got {self.key_offset}")
 
 
 def load_binding_lm(params: BindingParams) -> LoadedLM:
-    return load_lm(params.model, ORGANISM_DIR, params.dtype, params.device, regenerate=REGENERATE)
+    """The model of `params.model`; the organism's name carries its held-out accuracy from its organism.json."""
+    lm = load_lm(params.model, ORGANISM_DIR, params.dtype, params.device, regenerate=REGENERATE)
+    results = lm.info.get("results", {})
+    accs = [f"{k.removeprefix('acc_').replace('_', ' ')} {v:.3f}" for k, v in sorted(results.items())
+            if k.startswith("acc_") and isinstance(v, (int, float))]
+    if accs:
+        lm.name += f"; held-out accuracy: {', '.join(accs)}"
+    return lm
 
 
 def contrast_prompts(params: BindingParams) -> tuple[list[BindingPrompt], list[tuple[BindingPrompt, BindingPrompt]]]:
@@ -94,15 +108,24 @@ class ModelContrasts:
 
 def stream_contrasts(model, tokenizer, chat: bool, params: BindingParams, order, lexical) -> ModelContrasts:
     g = torch.Generator().manual_seed(params.seed + 1)  # the null groupings' coin flips
-    kw = dict(chat=chat, heads="all", batch_size=params.batch_size, weighting=params.weighting, generator=g)
+    kw = dict(chat=chat, heads="all", batch_size=params.batch_size, weighting=params.weighting, generator=g,
+              key_offset=params.key_offset)
     o, scan = order_contrast(model, tokenizer, order, **kw)
     return ModelContrasts(o, lexical_contrast(model, tokenizer, lexical, **kw), scan)
 
 
-def scan_heads(contrasts: ModelContrasts, n: int) -> tuple[tuple[int, int], ...]:
-    """The n heads with the largest order-ID logit gap E[q·k|answer box] − E[q·k|other box]."""
-    gap = contrasts.order.logit_gap()
-    top = torch.argsort(gap, descending=True, stable=True)[:n]
+def scan_score(contrasts: ModelContrasts, scan_by: str) -> torch.Tensor:
+    """Per head (H,): attention on the answer box's key minus attention on another box's key ("attention"), or the
+    order-ID logit gap E[q·k|answer box] − E[q·k|other box] ("logit_gap")."""
+    require(scan_by in ("attention", "logit_gap"), f'scan_by must be "attention" or "logit_gap", got {scan_by!r}')
+    if scan_by == "attention":
+        return contrasts.scan.attn_answer - contrasts.scan.attn_other
+    return contrasts.order.logit_gap()
+
+
+def scan_heads(contrasts: ModelContrasts, n: int, scan_by: str = "attention") -> tuple[tuple[int, int], ...]:
+    """The n heads with the largest scan score."""
+    top = torch.argsort(scan_score(contrasts, scan_by), descending=True, stable=True)[:n]
     return tuple(contrasts.order.heads[int(i)] for i in top)
 
 
@@ -156,6 +179,24 @@ class BindingAnalysis:
                 rows.append(row)
         return pd.DataFrame(rows).set_index(["head", "condition"])
 
+    def scan_table(self, n: int = 6) -> pd.DataFrame:
+        """The top n heads of the scan: score, logit gap, attention on the answer box's key and on another box's
+        key, and the attention on each token of the answer's clause, by offset from its letter (where does the head
+        read the box from? the column names are the organism's one-word tokens)."""
+        from qkcore.experiments.binding_contrasts import CLAUSE_OFFSETS
+
+        src = self.trained
+        score = scan_score(src, self.params.scan_by)
+        names = {-4: "object", -3: "is", -2: "in", -1: "Box", 0: "letter", 1: "after letter"}  # one token each
+        rows = []
+        for i in torch.argsort(score, descending=True, stable=True)[:n].tolist():
+            row = {"head": head_name(src.order.heads[i]), "score": float(score[i]),
+                   "order gap": float(src.order.logit_gap()[i]), "attn answer key": float(src.scan.attn_answer[i]),
+                   "attn other key": float(src.scan.attn_other[i])}
+            row.update({f"attn {names[o]}": float(src.scan.clause_attn[i, j]) for j, o in enumerate(CLAUSE_OFFSETS)})
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("head")
+
     def accuracy_table(self) -> pd.DataFrame:
         """How often each model's top letter (among the prompt's letters) is the answer."""
         rows = {name: {**src.order.accuracy, **{f"lexical {k}": v for k, v in src.lexical.accuracy.items()}}
@@ -171,7 +212,7 @@ def analyse_binding(params: BindingParams, lm: LoadedLM | None = None) -> Bindin
     rnd_model = random_init_copy(lm.model, seed=params.seed)
     rnd = stream_contrasts(rnd_model, lm.tokenizer, lm.chat, params, order, lexical)
     if params.heads is None:
-        heads, from_scan = scan_heads(trained, params.n_heads), True
+        heads, from_scan = scan_heads(trained, params.n_heads, params.scan_by), True
     else:
         layout = attention_layout(lm.model)
         heads = tuple((layout.check_layer(l), layout.check_head(h)) for l, h in params.heads)
@@ -250,9 +291,9 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
     for which, views in (("order", order_views), ("lexical", lexical_views)):
         for cond, dec in control_decompositions(analysis, head, which).items():
             if which == "order":
-                views[cond] = order_view(models[cond], tok, chat, order, head, dec, bs)
+                views[cond] = order_view(models[cond], tok, chat, order, head, dec, bs, params.key_offset)
             else:
                 views[cond] = lexical_view(models[cond], tok, chat, plain, head, dec, bs,
                                            umap_seed=params.seed if cond == "trained" and params.umap else None,
-                                           umap_neighbours=params.umap_neighbours)
+                                           umap_neighbours=params.umap_neighbours, key_offset=params.key_offset)
     return SubspaceResult(analysis, head, order_views, lexical_views)

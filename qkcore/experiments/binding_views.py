@@ -83,10 +83,10 @@ class View:
     umap: np.ndarray | None = None
 
 
-def _collect(model, tokenizer, chat, prompts, head, batch_size):
+def _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset):
     qs, ks, answers = [], [], []
     for idx in chunks(len(prompts), batch_size):
-        enc = encode_prompts(tokenizer, [prompts[i] for i in idx], chat)
+        enc = encode_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
         vec = capture_binding(model, enc, [head])
         qs.append(vec.q[0]), ks.append(vec.k[0]), answers.append(enc.answer)
     return torch.cat(qs), torch.cat(ks), torch.cat(answers)  # (n, d), (n, P, d), (n,)
@@ -107,9 +107,9 @@ def _view(dec: Decomposition, q: torch.Tensor, k: torch.Tensor, q_labels, k_labe
 
 @torch.no_grad()
 def order_view(model, tokenizer, chat: bool, prompts: Sequence[BindingPrompt], head: tuple[int, int],
-               decomposition: Decomposition, batch_size: int = 50) -> View:
-    """Every box letter's key (labelled by its clause index) and each query (labelled by the queried clause)."""
-    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size)
+               decomposition: Decomposition, batch_size: int = 50, key_offset: int = 0) -> View:
+    """Every box's key (labelled by its clause index) and each query (labelled by the queried clause)."""
+    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
     n, P, d = k.shape
     return _view(decomposition, q, k.reshape(n * P, d), answer.numpy(), np.tile(np.arange(P), n))
 
@@ -117,9 +117,9 @@ def order_view(model, tokenizer, chat: bool, prompts: Sequence[BindingPrompt], h
 @torch.no_grad()
 def lexical_view(model, tokenizer, chat: bool, prompts: Sequence[BindingPrompt], head: tuple[int, int],
                  decomposition: Decomposition, batch_size: int = 50, umap_seed: int | None = 0,
-                 umap_neighbours: int = 15) -> View:
-    """The answer letter's key and the query, both labelled by the queried object (index into OBJECTS)."""
-    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size)
+                 umap_neighbours: int = 15, key_offset: int = 0) -> View:
+    """The answer box's key and the query, both labelled by the queried object (index into OBJECTS)."""
+    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
     labels = np.array([OBJECTS.index(p.query_object) for p in prompts])
     k_answer = k[torch.arange(len(prompts)), answer]  # (n, d)
     return _view(decomposition, q, k_answer, labels, labels, umap_seed, umap_neighbours)

@@ -34,14 +34,14 @@ def _heatmap(ax, values: np.ndarray, title: str, chosen, cmap: str, vmin=None, v
 
 def plot_scan(analysis: BindingAnalysis):
     """Layer × head, trained model (top) and its random-init copy (bottom): the order-ID logit gap
-    E[q·k|answer box] − E[q·k|other box], the last token's attention on the answer's letter and on another letter,
-    and the lexical logit gap. Boxes: the studied heads."""
+    E[q·k|answer box] − E[q·k|other box], the last token's attention on the answer box's key and on another box's
+    key, and the lexical logit gap. Boxes: the studied heads."""
     fig, axes = plt.subplots(2, 4, figsize=(17, 7), gridspec_kw={"hspace": 0.45, "wspace": 0.35})
     for row, (src, label) in enumerate(((analysis.trained, "trained"), (analysis.random, "random init"))):
         for col, (values, title, cmap) in enumerate((
                 (src.order.logit_gap(), "order logit gap", "RdBu_r"),
-                (src.scan.attn_answer, "attention on answer letter", "viridis"),
-                (src.scan.attn_other, "attention on another letter", "viridis"),
+                (src.scan.attn_answer, "attention on answer key", "viridis"),
+                (src.scan.attn_other, "attention on another key", "viridis"),
                 (src.lexical.logit_gap(), "lexical logit gap", "RdBu_r"))):
             v = analysis.grid(values.float()).numpy()
             lim = max(float(np.abs(v).max()), 1e-9)
@@ -166,10 +166,10 @@ def plot_attribution(result):
 
 def plot_explained(result):
     """Distribution over prompts of the explained fraction 1 − ‖res‖²/‖total‖², per condition; left: over all key
-    positions, right: over the box letters only."""
+    positions, right: over the boxes' keys only."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.6), sharey=True)
     for ax, (frame, where) in zip(axes, ((result.fractions, "all key positions"),
-                                         (result.fractions_letters, "box letters only"))):
+                                         (result.fractions_keys, "boxes' keys only"))):
         data = [frame[c].to_numpy() for c in frame.columns]
         ax.boxplot(data, vert=False, showfliers=False)
         ax.set_yticks(np.arange(1, len(data) + 1), list(frame.columns))
