@@ -117,10 +117,10 @@ def test_full_space_swap_exchanges_orig_and_target(tiny):
             ids = enc.batch.input_ids[r]
             assert lm.tokenizer.convert_ids_to_tokens([int(ids[orig[r]]), int(ids[target[r]])]) == [
                 p.answer, p.letters[clause[r]]] and clause[r] != p.query
-    m = _swap(lm.model, batches, head, torch.eye(16))
+    m = _swap(lm.model, batches, [(head, torch.eye(16))])
     assert abs(m["attn_orig_after"] - m["attn_target_before"]) < 1e-5
     assert abs(m["attn_target_after"] - m["attn_orig_before"]) < 1e-5
-    same = _swap(lm.model, batches, head, torch.zeros(16, 0))  # an empty subspace changes nothing
+    same = _swap(lm.model, batches, [(head, torch.zeros(16, 0))])  # an empty subspace changes nothing
     assert abs(same["target_shift"]) < 1e-6 and abs(same["attn_orig_after"] - same["attn_orig_before"]) < 1e-6
 
 
@@ -144,10 +144,12 @@ def test_subspaces_end_to_end(tiny):
 
 def test_interventions_and_attribution_end_to_end(tiny):
     path, lm = tiny
-    ri = run_interventions(InterventionParams(model=str(path), heads=[[1, 0]], n_swap_prompts=10, n_random=2,
-                                              **SMALL), lm)
+    ri = run_interventions(InterventionParams(model=str(path), heads=[[1, 0], [1, 1]], n_swap_prompts=10,
+                                              n_random=2, **SMALL), lm)
     t = ri.table
-    assert t.index.get_level_values(0).unique().tolist() == ["L1H0"]
+    assert t.index.get_level_values(0).unique().tolist() == ["L1H0", "L1H1", "all studied"]
+    ranks = t.loc[("all studied", "order+lexical"), "rank"]
+    assert ranks == t.loc[("L1H0", "order+lexical"), "rank"] + t.loc[("L1H1", "order+lexical"), "rank"]
     assert {"order", "lexical", "order+lexical", "random (order rank)", "shuffled labels: order",
             "random init: order"} <= set(t.index.get_level_values(1))
     assert ((t["flip_rate"].dropna() >= 0) & (t["flip_rate"].dropna() <= 1)).all()

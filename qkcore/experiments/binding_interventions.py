@@ -82,22 +82,30 @@ class _Batches:
             self.items.append((enc, orig, target, before, targets[list(idx)]))
 
 
+def _attention_metrics(a0: torch.Tensor, a1: torch.Tensor, orig: torch.Tensor, target: torch.Tensor) -> dict:
+    """swap_metrics plus the authors' Δp (target's share of {orig, target}) and the flip from orig to target."""
+    rows = torch.arange(a0.shape[0])
+    m = swap_metrics(a0, a1, orig, target)
+    p0 = a0[rows, target] / (a0[rows, target] + a0[rows, orig]).clamp_min(1e-12)
+    p1 = a1[rows, target] / (a1[rows, target] + a1[rows, orig]).clamp_min(1e-12)
+    m["share_shift"] = (p1 - p0).mean().item()
+    m["flip_from_orig"] = ((a0.argmax(-1) == orig) & (a1.argmax(-1) == target)).double().mean().item()
+    return m
+
+
 @torch.no_grad()
-def _swap(model, batches: _Batches, head: tuple[int, int], basis: torch.Tensor) -> dict[str, float]:
-    """Metrics of one swap over all prompts (means weighted by batch size)."""
+def _swap(model, batches: _Batches, swaps: Sequence[tuple[tuple[int, int], torch.Tensor]]) -> dict[str, float]:
+    """Metrics of one swap condition over all prompts (means weighted by batch size). swaps: (head, key basis)
+    pairs edited in the same forward pass; attention metrics are averaged over those heads."""
     totals, n = dict.fromkeys(METRICS, 0.0), 0
     for enc, orig, target, before, target_clause in batches.items:
         rows = torch.arange(enc.size)
-        swap = KeySwap(head[0], head[1], basis.float(), orig.tolist(), target.tolist(), enc.last.tolist())
-        with edit_attention(model, [swap]) as ed:
+        edits = [KeySwap(h[0], h[1], b.float(), orig.tolist(), target.tolist(), enc.last.tolist()) for h, b in swaps]
+        with edit_attention(model, edits) as ed:
             out = run_model(model, enc.batch)
-        after = ed.attention(*head)[rows, enc.last].float().cpu()  # (b, kv_len)
-        m = swap_metrics(before[head], after, orig, target)
-        a0, a1 = before[head], after
-        p0 = a0[rows, target] / (a0[rows, target] + a0[rows, orig]).clamp_min(1e-12)
-        p1 = a1[rows, target] / (a1[rows, target] + a1[rows, orig]).clamp_min(1e-12)
-        m["share_shift"] = (p1 - p0).mean().item()  # the authors' Δp: target's share of {orig, target}
-        m["flip_from_orig"] = ((a0.argmax(-1) == orig) & (a1.argmax(-1) == target)).double().mean().item()
+        per_head = [_attention_metrics(before[h], ed.attention(*h)[rows, enc.last].float().cpu(), orig, target)
+                    for h, _ in swaps]  # attention (b, kv_len) before and after, per edited head
+        m = {k: sum(x[k] for x in per_head) / len(per_head) for k in per_head[0]}
         letters = out.logits[rows, enc.last].float().cpu().gather(1, enc.letter_ids)  # (b, n_pairs)
         m["answer_to_target"] = (letters.argmax(-1) == target_clause).double().mean().item()
         for k in METRICS:
@@ -106,12 +114,13 @@ def _swap(model, batches: _Batches, head: tuple[int, int], basis: torch.Tensor) 
     return {k: v / n for k, v in totals.items()}
 
 
-def _row(head, condition: str, model_name: str, basis: torch.Tensor | None, model, batches) -> dict:
-    row = {"head": head_name(head), "condition": condition, "model": model_name,
-           "rank": 0 if basis is None else basis.shape[1]}
-    if basis is None or basis.shape[1] == 0:
+def _row(head_label: str, condition: str, model_name: str, swaps, model, batches) -> dict:
+    """One table row; swaps: [(head, basis or None)]; an empty subspace at any head gives NaN metrics."""
+    row = {"head": head_label, "condition": condition, "model": model_name,
+           "rank": sum(0 if b is None else b.shape[1] for _, b in swaps)}
+    if any(b is None or b.shape[1] == 0 for _, b in swaps):
         return {**row, **dict.fromkeys(METRICS, float("nan"))}
-    return {**row, **_swap(model, batches, head, basis)}
+    return {**row, **_swap(model, batches, swaps)}
 
 
 @dataclass
@@ -137,20 +146,41 @@ def head_swaps(analysis: BindingAnalysis, head, trained: _Batches, control: _Bat
 
     rows = []
     real = bases("trained")
+    label = head_name(head)
     for name, b in real.items():
-        rows.append(_row(head, name, "trained", b, model, trained))
+        rows.append(_row(label, name, "trained", [(head, b)], model, trained))
     d = real["order"].shape[0]
     for name, b in real.items():
         r = b.shape[1]
-        draws = [_row(head, f"random ({name} rank)", "trained",
-                      random_orthonormal(d, r, generator).float() if r else None, model, trained)
+        draws = [_row(label, f"random ({name} rank)", "trained",
+                      [(head, random_orthonormal(d, r, generator).float() if r else None)], model, trained)
                  for _ in range(n_random)]
-        mean = {k: sum(x[k] for x in draws) / n_random for k in METRICS}
-        rows.append({**draws[0], **mean})
+        rows.append({**draws[0], **{k: sum(x[k] for x in draws) / n_random for k in METRICS}})
     for name, b in bases("shuffled labels").items():
-        rows.append(_row(head, f"shuffled labels: {name}", "trained", b, model, trained))
+        rows.append(_row(label, f"shuffled labels: {name}", "trained", [(head, b)], model, trained))
     for name, b in bases("random init").items():
-        rows.append(_row(head, f"random init: {name}", "random init", b, rnd, control))
+        rows.append(_row(label, f"random init: {name}", "random init", [(head, b)], rnd, control))
+    return rows
+
+
+def all_head_swaps(analysis: BindingAnalysis, trained: _Batches, n_random: int,
+                   generator: torch.Generator) -> list[dict]:
+    """Rows "all studied": every studied head swapped in the same pass, each in its own order+lexical subspace;
+    then random subspaces of the same ranks and the shuffled-label subspaces (metrics averaged over the heads)."""
+    def both(head, cond):
+        decs = control_decompositions(analysis, head, "order"), control_decompositions(analysis, head, "lexical")
+        o, l = decs[0][cond].key_basis.float(), decs[1][cond].key_basis.float()
+        return combine_bases([o, l]) if o.shape[1] + l.shape[1] > 0 else o
+
+    label, model = "all studied", analysis.lm.model
+    real = [(h, both(h, "trained")) for h in analysis.heads]
+    rows = [_row(label, "order+lexical", "trained", real, model, trained)]
+    draws = [_row(label, "random (order+lexical rank)", "trained",
+                  [(h, random_orthonormal(b.shape[0], b.shape[1], generator).float() if b.shape[1] else None)
+                   for h, b in real], model, trained) for _ in range(n_random)]
+    rows.append({**draws[0], **{k: sum(x[k] for x in draws) / n_random for k in METRICS}})
+    rows.append(_row(label, "shuffled labels: order+lexical", "trained",
+                     [(h, both(h, "shuffled labels")) for h in analysis.heads], model, trained))
     return rows
 
 
@@ -164,6 +194,8 @@ def run_interventions(params: InterventionParams, lm: LoadedLM | None = None,
     control = _Batches(analysis.random_model, tok, chat, prompts, targets, analysis.heads, bs, params.key_offset)
     g = torch.Generator().manual_seed(params.seed + 4)
     rows = [r for head in analysis.heads for r in head_swaps(analysis, head, trained, control, params.n_random, g)]
+    if len(analysis.heads) > 1:
+        rows += all_head_swaps(analysis, trained, params.n_random, g)
     table = pd.DataFrame(rows).set_index(["head", "condition"])
     return InterventionResult(analysis, table, baseline_table(analysis.heads, {"trained": trained,
                                                                              "random init": control}))
