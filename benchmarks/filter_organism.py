@@ -25,7 +25,9 @@ def time_training(name: str, steps: int | None) -> None:
     spec = SPECS[name]
     full_steps = spec.train.steps
     if steps is not None:
-        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, steps=steps, eval_every=0),
+        warmup = min(spec.train.warmup_steps, steps)
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, steps=steps, warmup_steps=warmup,
+                                                                   eval_every=0),
                                    eval_prompts=20)
     _, _, info = train_filter_organism(spec, log=None)
     seconds = info["results"]["train_seconds"]

@@ -14,8 +14,9 @@ Shared base (task-agnostic):
               batch_fn(step, generator) -> (input_ids (B,T), labels (B,T), [attention_mask]); labels use HF's
               convention (aligned with input_ids, -100 = no loss); eval_fn(model, step) -> {name: float}.
 
-Tasks: filter_task.py (filter heads, Figures 6–7); binding tasks in binding*.py. Trained weights live in
-weights/<name>/ with a README.md giving the command that regenerates them.
+Tasks: filter_task.py (filter heads, Figures 6–7) and filter_organism.py (its two organisms, filter-5x5 and
+filter-13: SPECS, train_filter_organism, load_filter_organism); binding tasks in binding*.py. Trained weights live
+in weights/<name>/; weights/README.md gives the commands that regenerate them.
 
     tok = build_word_tokenizer(words); model = build_model(OrganismConfig(), tok, seed=0)
     history = train(model, batch_fn, TrainConfig(steps=1500, seed=0))
