@@ -13,52 +13,26 @@ from dataclasses import dataclass
 
 import torch
 
-from qkcore.params import check_types, require
+from qkcore.experiments.toy_model import ToyModelParams
+from qkcore.params import require
 from qkcore.subspace import principal_angles
 from qkcore.toy.analysis import (ModelAnalysis, analyse_model, expected_delta, ground_truth_maps,
                                  interaction_matrix, reference_accuracy, subspace_angles)
-from qkcore.toy.task import FACTORS, TASK_KINDS, TaskConfig
-from qkcore.toy.train import ToyTrainConfig, TrainedModel, train_one
+from qkcore.toy.task import FACTORS
+from qkcore.toy.train import TrainedModel, train_one
 
-N_PAYLOADS = TaskConfig().n_payloads
-D_MODEL = TaskConfig().d_model
 
 
 @dataclass(frozen=True)
-class WhyItWorksParams:
-    """One toy model: latent dims r1, r2; task "binary" or "gaussian"; head width d_head; seed (task, data and
-    init); energy: the rank rule's threshold; contrast_batches × contrast_batch_size triples per ΔC (authors:
-    80 × 512); lr, max_steps: training (see qkcore.toy.train)."""
-
-    r1: int = 3
-    r2: int = 5
-    task: str = "binary"
-    d_head: int = 16
-    seed: int = 11
-    energy: float = 0.99
-    contrast_batches: int = 80
-    contrast_batch_size: int = 512
-    lr: float = 1e-2
-    max_steps: int = 1000
+class WhyItWorksParams(ToyModelParams):
+    """One toy model (the fields of ToyModelParams), which must hold both factors: r1 + r2 <= d_head."""
 
     def __post_init__(self):
-        check_types(self)
-        require(self.task in TASK_KINDS, f"task must be one of {TASK_KINDS}, got {self.task!r}")
-        require(self.r1 >= 1 and self.r2 >= 1, f"latent dims must be >= 1, got r1={self.r1}, r2={self.r2}")
-        require(self.r1 + self.r2 + N_PAYLOADS <= D_MODEL,
-                f"r1 + r2 + {N_PAYLOADS} payloads must fit in d_model = {D_MODEL}, got r1 + r2 = {self.r1 + self.r2}")
-        require(self.d_head >= 1, f"d_head must be >= 1, got {self.d_head}")
+        super().__post_init__()
         require(self.r1 + self.r2 <= self.d_head,
                 f"r1 + r2 = {self.r1 + self.r2} does not fit in d_head = {self.d_head}: the head cannot hold both "
                 "factors, so there is no clean subspace to compare (the rank-recovery chapter shows what happens); "
                 "raise d_head or lower r1, r2")
-        require(0 < self.energy <= 1, f"energy must be in (0, 1] (the paper uses 0.99), got {self.energy}")
-        require(self.contrast_batches >= 1 and self.contrast_batch_size >= 1,
-                "contrast_batches and contrast_batch_size must be >= 1")
-        self.train_config()
-
-    def train_config(self) -> ToyTrainConfig:
-        return ToyTrainConfig(lr=self.lr, max_steps=self.max_steps, warmup_steps=min(100, self.max_steps // 10))
 
 
 @dataclass(frozen=True)
