@@ -2,19 +2,21 @@
 
 A 2-layer, hidden-128, 4-head LlamaForCausalLM with the word-level tokenizer, trained from scratch on the boxes task
 (`binding_task.py`). Each training sequence is one context of n pairs (2–9 objects of 70, box letters drawn from
-A–Z), the paper's instruction, then n − 1 of its questions, each answered ("... Which box is the tea in? Box C. Which
-box is the egg in? Box A"); the loss is on the answer letters only. Evaluation uses the paper's single question.
+A–Z), the paper's instruction, then n − 1 of its questions, each answered ("... Which box is the tea in? Box C.
+Which box is the egg in? Box A"); the loss is on the answer letters only. Evaluation uses the paper's single
+question.
 
-Why the recipe has attention hints. Trained on the task loss alone the model sits at chance for thousands of steps:
-its first layer learns to copy every box letter into the question (loss ≈ ln n) and its second layer's heads
-collapse onto punctuation, where they get no gradient. Two auxiliary losses on attention patterns, used only during
-the first `hint_steps` steps and then switched off, remove that trap without naming the answer:
+Why the recipe has attention hints. In our trials on the task loss alone (up to 1,600 steps, 2–4 pairs) accuracy
+stayed at chance: the first layer learns to copy every box letter into the question (loss ≈ ln n) and the second
+layer's heads collapse onto punctuation, where they get no gradient. Two auxiliary losses on attention patterns,
+used only during the first `hint_steps` steps and then switched off, remove that trap without naming the answer:
   - query routing: from each answer position ("Box" after "?"), layer 0's heads attend to the queried object of
     that question (3 tokens back);
   - letter reading: from the same positions, the last layer's heads put their attention on the context's box
     letters, as a group (which letter is left to the task loss).
-With them the lookup is learned in ~1,000 steps; without the second, the model reads the binding from the token
-after the box letter instead of the letter itself.
+With them accuracy goes from chance to 100% between steps 1,500 and 2,000. With the first hint alone the model
+learned the task but read the binding from the token after the box letter (the comma) instead of the letter. The
+loss that `train` logs includes the hints while they act.
 
     python -m qkcore.organisms.train_binding                # retrain into qkcore/organisms/weights/binding
     model, tokenizer, info = load_binding_organism()        # committed weights, eval mode, float32
