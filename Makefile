@@ -33,7 +33,7 @@ book: $(STAMP)
 	$(MAKE) html
 
 html: $(STAMP)
-	$(PY) -m jupyter_book build . --all -W -n --keep-going
+	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
