@@ -14,22 +14,9 @@ import pandas as pd
 
 from qkcore.experiments.binding_subspaces import CONDITIONS, BindingAnalysis
 from qkcore.experiments.lm_common import head_name
+from qkcore.plotting.heads import head_heatmap
 
 PART_COLOURS = {"order": "#1f77b4", "lexical": "#ff7f0e", "residual": "#2ca02c"}
-
-
-def _heatmap(ax, values: np.ndarray, title: str, chosen, cmap: str, vmin=None, vmax=None):
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    n_layers, n_heads = values.shape
-    if n_layers * n_heads <= 64:
-        for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7)
-    for layer, head in chosen:
-        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="k", lw=2))
-    ax.set(title=title, xlabel="head", ylabel="layer")
-    ax.set_xticks(range(0, n_heads, max(1, n_heads // 8)))
-    ax.set_yticks(range(0, n_layers, max(1, n_layers // 8)))
-    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
 
 
 def plot_scan(analysis: BindingAnalysis):
@@ -46,7 +33,7 @@ def plot_scan(analysis: BindingAnalysis):
             v = analysis.grid(values.float()).numpy()
             lim = max(float(np.abs(v).max()), 1e-9)
             lo, hi = (-lim, lim) if cmap == "RdBu_r" else (0, max(lim, 1e-3))
-            _heatmap(axes[row, col], v, f"{label}: {title}", analysis.heads, cmap, lo, hi)
+            head_heatmap(axes[row, col], v, f"{label}: {title}", analysis.heads, cmap, lo, hi)
     fig.suptitle(f"head scan of {analysis.lm.name}", fontsize=10)
     return fig
 

@@ -12,20 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from qkcore.experiments.filter_heads import CONDITIONS, FilterHeadsResult, Keys13Result, Projection
-
-
-def _heatmap(ax, values: np.ndarray, title: str, chosen, cmap: str, vmin=None, vmax=None):
-    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
-    n_layers, n_heads = values.shape
-    if n_layers * n_heads <= 64:
-        for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7)
-    for layer, head in chosen:
-        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="k", lw=2))
-    ax.set(title=title, xlabel="head", ylabel="layer")
-    ax.set_xticks(range(0, n_heads, max(1, n_heads // 8)))
-    ax.set_yticks(range(0, n_layers, max(1, n_layers // 8)))
-    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+from qkcore.plotting.heads import head_heatmap
 
 
 def plot_head_scan(result: FilterHeadsResult):
@@ -35,12 +22,12 @@ def plot_head_scan(result: FilterHeadsResult):
     for row, (scan, label) in enumerate(((result.scan, "model"), (result.random_scan, "random init"))):
         gap = scan.logit_gap.mean(0).numpy()
         lim = max(abs(gap).max(), 1e-9)
-        _heatmap(axes[row, 0], gap, f"{label}: E[q·k|+] − E[q·k|−]", result.heads, "RdBu_r", -lim, lim)
-        _heatmap(axes[row, 1], scan.attn_pos.numpy(), f"{label}: attn. on asked items", result.heads,
+        head_heatmap(axes[row, 0], gap, f"{label}: E[q·k|+] − E[q·k|−]", result.heads, "RdBu_r", -lim, lim)
+        head_heatmap(axes[row, 1], scan.attn_pos.numpy(), f"{label}: attn. on asked items", result.heads,
                  "viridis", 0, 1)
-        _heatmap(axes[row, 2], scan.attn_neg.numpy(), f"{label}: attn. on other items", result.heads,
+        head_heatmap(axes[row, 2], scan.attn_neg.numpy(), f"{label}: attn. on other items", result.heads,
                  "viridis", 0, 1)
-        _heatmap(axes[row, 3], scan.delta_norm.mean(0).numpy(), f"{label}: ‖ΔC‖_F", result.heads, "magma")
+        head_heatmap(axes[row, 3], scan.delta_norm.mean(0).numpy(), f"{label}: ‖ΔC‖_F", result.heads, "magma")
     fig.suptitle(f"head scan ({result.model_label}); means over the {len(result.scan.categories)} asked categories",
                  fontsize=10)
     return fig
