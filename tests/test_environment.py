@@ -12,11 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_environment_yml_pins_equal_pyproject_pins():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = sorted(set(meta["dependencies"]).union(*meta["optional-dependencies"].values()))
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     env_pins = sorted(p for p in pip_section if not p.startswith("-e"))
-    assert env_pins == sorted(project)
+    assert env_pins == project
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.]*", p) for p in project), "pin every dependency exactly"
     assert "torch==2.13.0" in project
 
