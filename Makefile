@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make book   execute every chapter with its default parameters and build the HTML book into _build/html
-#   make test   unit tests, nbval on every chapter in _toc.yml, and a book build with warnings as errors
+#   make test   ruff (lint + format), unit tests, nbval on every chapter in _toc.yml, and a book build with -W
 # Each creates the virtual environment .venv when it is missing (or when pyproject.toml changed).
 
 PYTHON ?= python3
@@ -17,7 +17,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: book test unit nbval html env clean
+.PHONY: book test lint unit nbval html env clean
 
 env: $(STAMP)
 
@@ -39,6 +39,10 @@ book: $(STAMP)
 html: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 
+lint: $(STAMP)
+	$(VENV)/bin/ruff check qkcore tests benchmarks scripts
+	$(VENV)/bin/ruff format --check qkcore tests benchmarks scripts
+
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
 
@@ -46,7 +50,7 @@ nbval: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 	  --nbval-sanitize-with book/nbval_sanitize.cfg $(CHAPTERS)
 
-test: unit nbval html
+test: lint unit nbval html
 
 clean:
 	rm -rf _build

@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from qkcore.experiments.filter_heads import FilterHeadsParams, analyse_heads, load_filter_model, run_keys_13
-from qkcore.experiments.filter_heads_swap import swap_experiment
+from qkcore.experiments.filter_heads.analysis import FilterHeadsParams, analyse_heads, load_filter_model, run_keys_13
+from qkcore.experiments.filter_heads.swaps import swap_experiment
 from qkcore.organisms.filter_organism import SPECS, train_filter_organism
 
 
@@ -44,7 +44,8 @@ def time_chapter() -> None:
     P = FilterHeadsParams()
     stages = {}
     t = time.perf_counter()
-    model, tok, label = load_filter_model(P.model, P)
+    lm = load_filter_model(P)
+    model, tok, label = lm.model, lm.tokenizer, lm.name
     stages["load"] = time.perf_counter() - t
     t = time.perf_counter()
     result = analyse_heads(model, tok, P, label)

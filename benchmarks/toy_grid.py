@@ -6,14 +6,15 @@ run and analysed (ΔC_z₁, ΔC_z₂ from 80 × 512 triples each, ranks). Target
 Prints seconds per model and in total (wall clock, and CPU time of this process: on a machine shared with other
 jobs the CPU time is what the run would take alone), whether every d_head = 16 model recovered (r₁, r₂) exactly
 and came within a point of its ceiling, and, for comparison, the time of training `--alone` models one at a time
-with the same settings (extrapolated to 36). Training and analysis run on one thread (qkcore.toy.train.TOY_THREADS
+with the same settings (extrapolated to 36). Training and analysis run on one thread, as in the chapters (qkcore.experiments.chapter
 says why), so the second core is free for the rest of the book.
 """
 
 import argparse
 import time
 
-from qkcore.experiments.toy_rank import RankRecoveryParams, run_rank_recovery
+from qkcore.experiments.chapter import start_chapter
+from qkcore.experiments.toy.rank_recovery import RankRecoveryParams, run_rank_recovery
 from qkcore.toy.train import train_one
 
 
@@ -21,6 +22,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alone", type=int, default=2, help="models trained one at a time for the comparison")
     args = parser.parse_args()
+    start_chapter()  # one thread, as the rank-recovery chapter runs
     params = RankRecoveryParams()
     start, cpu_start = time.perf_counter(), time.process_time()
     result = run_rank_recovery(params)

@@ -8,12 +8,6 @@ Using Contrastive Covariances*, arXiv 2602.04752.
     dec = decompose(acc.delta())          # dec.rank, dec.query_basis, dec.key_basis
 """
 
-import warnings
-
-# huggingface_hub imports tqdm.auto, which warns in Jupyter when ipywidgets is absent. qkcore draws no widget bars,
-# so this one message is noise on every chapter page; any other warning still shows.
-warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
-
 from qkcore.covariance import ContrastiveCovariance, contrastive_covariance
 from qkcore.interventions import swap_in_subspace, swap_metrics
 from qkcore.subspace import (

@@ -8,6 +8,10 @@ of batches of any size can be absorbed, for one head or for a whole stack of hea
     acc = ContrastiveCovariance(d_head=16)                  # or head_shape=(n_layers, n_heads)
     acc.add(q_pos, k_pos, positive=True); acc.add(q_neg, k_neg, positive=False)
     delta = acc.delta()                                      # (d_head, d_head): rows = query dims, cols = key dims
+    acc.query_concentration(), acc.mean_share()             # the rank-1 diagnostics, per head
+
+Every contrast in the book (toy factors, filter categories, order and lexical IDs, their null groupings) is a set of
+pairs fed to this one accumulator: directly from stored vectors, or per batch by `qkcore.lm.DeltaStreamer`.
 """
 
 from __future__ import annotations
@@ -48,6 +52,12 @@ class ContrastiveCovariance:
         self.weighting = weighting
         shape = (*self.head_shape, self.d_query, self.d_key)
         self.sums = {s: torch.zeros(shape, dtype=torch.float64, device=device) for s in (True, False)}
+        # first moments and Σ|q|², for the rank-1 diagnostics (O(d) per pair beside the O(d²) outer products)
+        self.q_sums = {s: torch.zeros((*self.head_shape, self.d_query), dtype=torch.float64, device=device)
+                       for s in (True, False)}
+        self.k_sums = {s: torch.zeros((*self.head_shape, self.d_key), dtype=torch.float64, device=device)
+                       for s in (True, False)}
+        self.q_sq = {s: torch.zeros(self.head_shape, dtype=torch.float64, device=device) for s in (True, False)}
         self.pairs = {True: 0, False: 0}
         self.prompts = {True: 0, False: 0}
 
@@ -73,6 +83,9 @@ class ContrastiveCovariance:
         q64 = q.to(device=sums.device, dtype=torch.float64)
         k64 = k.to(device=sums.device, dtype=torch.float64)
         sums += q64.transpose(-1, -2) @ k64  # (*head_shape, d_query, d_key)
+        self.q_sums[bool(positive)] += q64.sum(-2)  # (*head_shape, d_query)
+        self.k_sums[bool(positive)] += k64.sum(-2)  # (*head_shape, d_key)
+        self.q_sq[bool(positive)] += q64.square().sum((-2, -1))  # (*head_shape,)
         self.pairs[bool(positive)] += int(q.shape[-2])
         self.prompts[bool(positive)] += int(prompts)
 
@@ -100,6 +113,37 @@ class ContrastiveCovariance:
         if self.d_query != self.d_key:
             raise ValueError("the logit gap needs d_query == d_key")
         return torch.diagonal(self.delta(), dim1=-2, dim2=-1).sum(-1)
+
+
+    # -- rank-1 diagnostics -------------------------------------------------------------------------------------
+    def mean_query(self, positive: bool = True) -> torch.Tensor:
+        """q̄± = E[q | ±] over the pairs of one class: (*head_shape, d_query)."""
+        self._normaliser(bool(positive))  # raises when the class is empty
+        return self.q_sums[bool(positive)] / self.pairs[bool(positive)]
+
+    def mean_key(self, positive: bool = True) -> torch.Tensor:
+        """k̄± = E[k | ±]: (*head_shape, d_key)."""
+        self._normaliser(bool(positive))
+        return self.k_sums[bool(positive)] / self.pairs[bool(positive)]
+
+    def query_concentration(self, positive: bool = True) -> torch.Tensor:
+        """|E q|² / E|q|² over one class's pairs: (*head_shape,). Near 1 the query barely varies, so ΔC is close to
+        rank 1 whatever the keys hold (a caution when reading "rank 1 per category")."""
+        mean_sq = self.q_sq[bool(positive)] / self.pairs[bool(positive)]
+        return self.mean_query(positive).square().sum(-1) / mean_sq.clamp_min(1e-300)
+
+    def mean_share(self) -> torch.Tensor:
+        """1 − ‖ΔC − M‖² / ‖ΔC‖²: how much of ΔC the outer products of the class means alone give, with
+        M = (n⁺/Z⁺) q̄⁺k̄⁺ᵀ − (n⁻/Z⁻) q̄⁻k̄⁻ᵀ (Z = the normaliser: pairs, or prompts for "prompt_sum"): (*head_shape,).
+        Near 1 when ΔC is just q̄ (k̄⁺ − k̄⁻)ᵀ, i.e. a single query direction meeting a mean key difference."""
+        def part(s: bool) -> torch.Tensor:
+            scale = self.pairs[s] / self._normaliser(s)
+            return scale * self.mean_query(s)[..., :, None] * self.mean_key(s)[..., None, :]
+
+        delta = self.delta()
+        rest = delta - (part(True) - part(False))
+        energy = delta.flatten(-2).square().sum(-1)
+        return 1 - rest.flatten(-2).square().sum(-1) / energy.clamp_min(1e-300)
 
 
 def contrastive_covariance(

@@ -18,12 +18,16 @@ span(W_K). With finitely many pairs the estimate carries sampling noise of order
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
 
-from qkcore.params import check_types, require
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
 
 
 @dataclass(frozen=True)
@@ -37,13 +41,19 @@ class PlantedConfig:
     seed: int = 0
 
     def __post_init__(self):
-        check_types(self)
-        require(self.d_head >= 1, f"d_head must be >= 1, got {self.d_head}")
-        require(1 <= self.feature_rank <= self.d_head,
-                f"feature_rank must be in [1, d_head={self.d_head}], got {self.feature_rank}")
-        require(self.nuisance_rank >= 0, f"nuisance_rank must be >= 0, got {self.nuisance_rank}")
-        require(self.n_pairs >= 2, f"n_pairs must be >= 2, got {self.n_pairs}")
-        require(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
+        for name in ("d_head", "feature_rank", "nuisance_rank", "n_pairs", "seed"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        if not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool) or not math.isfinite(self.noise):
+            raise TypeError(f"noise must be a finite number, got {self.noise!r}")
+        _require(self.latent in ("gaussian", "sign"), f'latent must be "gaussian" or "sign", got {self.latent!r}')
+        _require(self.d_head >= 1, f"d_head must be >= 1, got {self.d_head}")
+        _require(1 <= self.feature_rank <= self.d_head,
+                 f"feature_rank must be in [1, d_head={self.d_head}], got {self.feature_rank}")
+        _require(self.nuisance_rank >= 0, f"nuisance_rank must be >= 0, got {self.nuisance_rank}")
+        _require(self.n_pairs >= 2, f"n_pairs must be >= 2, got {self.n_pairs}")
+        _require(self.noise >= 0, f"noise must be >= 0, got {self.noise}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -144,3 +144,29 @@ def random_orthonormal(d: int, r: int, generator: torch.Generator) -> torch.Tens
     g = torch.randn(d, r, generator=generator, dtype=torch.float64)
     q, rr = torch.linalg.qr(g)
     return q * torch.sign(torch.diagonal(rr))
+
+
+def pca(x: torch.Tensor, k: int, pad: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PCA of the rows of x (n, m) to k components: (coords (n, k), components (m, k), variance fractions (k,),
+    mean (m,)), float64. Signs are fixed so that each component's largest loading is positive (the same picture on
+    every run). With pad=True, fewer than k available components are zero-padded to k (a rank-2 cloud drawn in 3-D).
+    The book's one PCA: the cube (Figure 3), the filter keys (Figure 6) and the binding views (Figure 8)."""
+    x = torch.as_tensor(x).double()
+    if x.dim() != 2:
+        raise ValueError(f"x must be a 2-D (n, m) matrix of row vectors, got shape {tuple(x.shape)}")
+    available = min(x.shape)
+    if not (1 <= k and (pad or k <= available)):
+        raise ValueError(f"need 1 <= k <= min{tuple(x.shape)} = {available} (or pad=True), got k={k}")
+    mean = x.mean(0)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    kept = min(k, available)
+    comps = vh[:kept].T  # (m, kept)
+    comps = comps * torch.sign(comps.gather(0, comps.abs().argmax(0, keepdim=True)))  # largest loading > 0
+    coords = (x - mean) @ comps  # (n, kept)
+    total = (s**2).sum()
+    variance = (s[:kept] ** 2) / total if total > 0 else torch.zeros(kept, dtype=x.dtype)
+    if kept < k:
+        coords = torch.cat([coords, coords.new_zeros(len(x), k - kept)], 1)
+        comps = torch.cat([comps, comps.new_zeros(x.shape[1], k - kept)], 1)
+        variance = torch.cat([variance, variance.new_zeros(k - kept)])
+    return coords, comps, variance, mean

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 
@@ -18,20 +17,15 @@ from qkcore.subspace import Decomposition, decompose, principal_angles
 
 
 @dataclass(frozen=True)
-class MethodParams:
-    d_head: int = 16
-    feature_rank: int = 3
-    nuisance_rank: int = 4
-    n_pairs: int = 20_000
-    noise: float = 0.01
-    latent: Literal["gaussian", "sign"] = "gaussian"
+class MethodParams(PlantedConfig):
+    """The planted example's fields (qkcore.planted.PlantedConfig) plus the rank rule's energy threshold."""
+
     energy: float = 0.99
-    seed: int = 0
 
     def __post_init__(self):
         check_types(self)
+        super().__post_init__()
         require(0 < self.energy <= 1, f"energy must be in (0, 1], got {self.energy}")
-        self.planted()  # validates the planted-model fields with their own messages
 
     def planted(self) -> PlantedConfig:
         fields = {k: v for k, v in asdict(self).items() if k != "energy"}
@@ -78,3 +72,12 @@ def run_method(params: MethodParams) -> MethodResult:
         relative_errors=errors,
         ranks_at_counts=ranks,
     )
+
+
+def summary(result: MethodResult, params: MethodParams) -> dict[str, object]:
+    """The chapter's closing numbers: planted vs recovered rank, the largest principal angles to the planted maps,
+    and the relative error of ΔC with all pairs."""
+    return {"planted rank": params.feature_rank, "recovered rank": result.decomposition.rank,
+            "largest principal angle, query side (deg)": round(float(result.query_angles.max()), 2),
+            "largest principal angle, key side (deg)": round(float(result.key_angles.max()), 2),
+            f"relative error of ΔC with {params.n_pairs} pairs": round(result.relative_errors[-1], 3)}

@@ -49,14 +49,26 @@ Edits (editing.py) — columns are batch columns; needs attn_implementation "eag
         run_model(model, batch)
     ed.attention(layer, head) -> (batch, q_len, kv_len) float32;  ed.logits(layer, head) -> raw q·k after edits
 
+Gathering (gather.py) — one pass, q at one column per row and k at chosen columns: what every chapter's pairs come from
+    got = gather_qk(model, batch, heads, query_cols (b,), key_cols (b, n) | None, attn_cols=None | (b, m))
+    got.q (H, b, d), got.k (H, b, n, d), got.attn (H, b, m) | None, got.output (the model's output)
+
+Chat text (chat.py), controls (controls.py), head names (layout.py)
+    text, shift = model_text(tokenizer, prompt, chat=uses_chat_template(tokenizer), assistant_prefix="")
+    control = random_init_copy(model, seed)    # same architecture, fresh weights, global RNG untouched
+    head_name((16, 21)) -> "L16H21";  head_names([(16, 1), (17, 24)]) -> "L16H1, L17H24"
+
 Tiny models (tiny.py): tiny_model(family, seed=0, attn_implementation=None, **config_overrides), FAMILIES,
     tiny_tokenizer("byte_bpe" | "metaspace" | "word")
 """
 
 from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_batch, run_model
 from qkcore.lm.capture import QKCapture, capture_qk
+from qkcore.lm.chat import model_text, uses_chat_template
+from qkcore.lm.controls import random_init_copy
 from qkcore.lm.editing import AttentionEdits, KeySwap, LogitEdit, edit_attention
-from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, resolve_point
+from qkcore.lm.gather import GatheredQK, gather_qk
+from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, head_name, head_names, resolve_point
 from qkcore.lm.loading import load_model
 from qkcore.lm.positions import TokenSpan, find_substring, token_span
 from qkcore.lm.streaming import DeltaStreamer, PromptPairs, stream_delta
@@ -74,6 +86,13 @@ __all__ = [
     "iter_batches",
     "QKCapture",
     "capture_qk",
+    "GatheredQK",
+    "gather_qk",
+    "model_text",
+    "uses_chat_template",
+    "random_init_copy",
+    "head_name",
+    "head_names",
     "PromptPairs",
     "DeltaStreamer",
     "stream_delta",

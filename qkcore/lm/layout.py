@@ -161,3 +161,14 @@ def resolve_point(model_or_layout: nn.Module | AttentionLayout, name: str) -> QK
         return QKPoint(layout.module_paths.index(path), kind, path)
     raise KeyError(f"unknown capture point {name!r} for {layout.architecture}; names look like "
                    f"{layout.point_names()[:2]} (module path + '.q_rot' or '.k_rot')")
+
+
+def head_name(head: tuple[int, int]) -> str:
+    """(16, 21) → "L16H21": 0-based layer and head, as the paper names heads."""
+    layer, index = head
+    return f"L{layer}H{index}"
+
+
+def head_names(heads) -> str:
+    """[(16, 1), (17, 24)] → "L16H1, L17H24"."""
+    return ", ".join(head_name(h) for h in heads)

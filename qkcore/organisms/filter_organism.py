@@ -6,7 +6,7 @@ Two organisms, each a 3-layer, hidden-128, 4-head LlamaForCausalLM with a word-l
   filter-13   13 categories (the paper's 5 + 8 of ours); each prompt lists 5 of them, same item counts as above.
 
     python -m qkcore.organisms.filter_organism filter-5x5            # retrain into qkcore/organisms/weights/
-    model, tokenizer, info = load_filter_organism("filter-5x5")      # the committed weights (eval mode, float32)
+    model, tokenizer, info = load_organism(organism_dir("filter-5x5"))   # the committed weights (eval, float32)
     info["results"]["exact_match"]                                   # held-out accuracy measured after training
 """
 
@@ -20,12 +20,17 @@ from pathlib import Path
 
 import torch
 
-from qkcore.organisms.filter_task import ALL_CATEGORY_NAMES, PAPER_CATEGORY_NAMES, FilterTask, FilterTaskConfig, exact_match
-from qkcore.organisms.llama import OrganismConfig, build_model, load_organism, save_organism
+from qkcore.organisms.filter_task import (
+    ALL_CATEGORY_NAMES,
+    PAPER_CATEGORY_NAMES,
+    FilterTask,
+    FilterTaskConfig,
+    exact_match,
+)
+from qkcore.organisms.llama import WEIGHTS_DIR, OrganismConfig, build_model, load_organism, save_organism
 from qkcore.organisms.trainer import TrainConfig, train
 from qkcore.organisms.vocab import build_word_tokenizer
 
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 EVAL_SEED_OFFSET = 10_000  # held-out prompts come from seed + this, never from the training generator
 
 
@@ -71,7 +76,7 @@ def held_out_sets(spec: FilterOrganismSpec, n: int | None = None) -> dict[str, l
             "single": task.sample_single_positive(n, g)}
 
 
-def evaluate(model, tokenizer, sets: dict[str, list]) -> dict[str, float]:
+def evaluate_filter_organism(model, tokenizer, sets: dict[str, list]) -> dict[str, float]:
     """Exact-match accuracy on each held-out set."""
     return {name: exact_match(model, tokenizer, prompts) for name, prompts in sets.items()}
 
@@ -87,7 +92,7 @@ def train_filter_organism(spec: FilterOrganismSpec, log=print):
         return task.batch(task.sample(spec.batch_size, g), tokenizer)
 
     start = time.perf_counter()
-    history = train(model, batch_fn, spec.train, eval_fn=lambda m, s: evaluate(m, tokenizer, sets), log=log)
+    history = train(model, batch_fn, spec.train, eval_fn=lambda m, s: evaluate_filter_organism(m, tokenizer, sets), log=log)
     info = {
         "spec": spec.to_dict(),
         "results": {"exact_match": history.final_eval, "train_seconds": round(time.perf_counter() - start, 1),
@@ -97,21 +102,6 @@ def train_filter_organism(spec: FilterOrganismSpec, log=print):
         "regenerate": f"OMP_NUM_THREADS=1 python -m qkcore.organisms.filter_organism {spec.name}",
     }
     return model, tokenizer, info
-
-
-def organism_dir(name: str) -> Path:
-    if name not in SPECS:
-        raise ValueError(f"unknown filter organism {name!r}; known: {sorted(SPECS)}")
-    return WEIGHTS_DIR / name
-
-
-def load_filter_organism(name: str = "filter-5x5"):
-    """(model, tokenizer, info) of a committed filter organism; float32, eager attention, eval mode."""
-    path = organism_dir(name)
-    if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no weights in {path}; regenerate them with "
-                                f"`python -m qkcore.organisms.filter_organism {name}`")
-    return load_organism(path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -125,10 +115,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps is not None:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, steps=args.steps))
     model, tokenizer, info = train_filter_organism(spec)
-    out = args.out or organism_dir(args.name)
+    out = args.out or WEIGHTS_DIR / args.name
     save_organism(out, model, tokenizer, info, dtype=torch.float16)
     reloaded, tok, _ = load_organism(out)
-    after = evaluate(reloaded, tok, held_out_sets(spec))
+    after = evaluate_filter_organism(reloaded, tok, held_out_sets(spec))
     print(f"saved {out}; held-out exact match in float32 {info['results']['exact_match']}, after the float16 "
           f"round trip {after}; trained in {info['results']['train_seconds']} s")
 

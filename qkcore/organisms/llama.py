@@ -7,7 +7,7 @@ configuration and measured results: whatever the trainer of that organism wrote)
 
     model = build_model(OrganismConfig(n_layers=3, hidden=128, n_heads=4), tokenizer, seed=0)
     save_organism("weights/filter-5x5", model, tokenizer, info={"task": ..., "train": ...})
-    model, tokenizer, info = load_organism("weights/filter-5x5")   # eval mode, float32, eager attention
+    model, tokenizer, info = load_organism(organism_dir("filter-5x5"))   # eval mode, float32, eager attention
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from transformers.utils import logging as hf_logging
 
 INFO_FILE = "organism.json"
+WEIGHTS_DIR = Path(__file__).parent / "weights"  # the committed organisms, one folder each
 
 
 @dataclass(frozen=True)
@@ -144,14 +145,24 @@ def save_organism(
     return directory
 
 
+def organism_dir(name: str) -> Path:
+    """The folder of the committed organism `name` ("filter-5x5", "filter-13", "binding")."""
+    known = sorted(p.name for p in WEIGHTS_DIR.iterdir() if (p / INFO_FILE).is_file())
+    if name not in known:
+        raise ValueError(f"unknown organism {name!r}; the committed ones are {known}")
+    return WEIGHTS_DIR / name
+
+
 def load_organism(
     directory: str | Path, dtype: torch.dtype = torch.float32, attn_implementation: str = "eager"
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase, dict[str, Any]]:
-    """(model in eval mode, tokenizer, info dict) from a directory written by `save_organism`. Uses the same
-    `from_pretrained` calls as for a real model; `info` is {} when the directory has no organism.json."""
+    """(model in eval mode, tokenizer, info dict) from a directory written by `save_organism` (a committed one:
+    `load_organism(organism_dir("binding"))`). Uses the same `from_pretrained` calls as for a real model; `info` is
+    {} when the directory has no organism.json. The one loader of every organism."""
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} holds no config.json: not a saved organism (see save_organism)")
+    if not (directory / "model.safetensors").is_file() or not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} holds no config.json and model.safetensors: not a saved organism; "
+                                f"regenerate it with the command in {WEIGHTS_DIR / 'README.md'}")
     with quiet_progress():
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(directory)

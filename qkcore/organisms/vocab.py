@@ -6,7 +6,7 @@ position is easy to find. The result is an ordinary `PreTrainedTokenizerFast`: i
 
     tok = build_word_tokenizer(vocabulary_from_texts(["Here is a list:", "- cat", "What are the fruits?"]))
     enc = tok("Here is a list:\\n- cat", return_offsets_mapping=True)   # ids start with tok.bos_token_id
-    span = token_span(enc["offset_mapping"], start_char=18, end_char=21)  # tokens covering "cat"
+    span = char_span_to_tokens(text, enc["offset_mapping"], 18, 21)      # qkcore.lm.positions: the "cat" token
 """
 
 from __future__ import annotations
@@ -67,16 +67,3 @@ def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
         tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
         padding_side="right", model_max_length=4096,
     )
-
-
-def token_span(offsets: Sequence[tuple[int, int]], start_char: int, end_char: int) -> tuple[int, int]:
-    """Token indices [first, last] (inclusive) whose character offsets overlap [start_char, end_char).
-
-    `offsets` is the tokenizer's offset_mapping for one text; special tokens with (0, 0) offsets are skipped. The
-    last index is the "last sub-token" position that the paper reads keys from. Raises when no token overlaps."""
-    if not (0 <= start_char < end_char):
-        raise ValueError(f"need 0 <= start_char < end_char, got {start_char}, {end_char}")
-    hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < end_char and e > start_char]
-    if not hits:
-        raise ValueError(f"no token overlaps characters [{start_char}, {end_char}); check the text and offsets")
-    return hits[0], hits[-1]

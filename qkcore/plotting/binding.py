@@ -1,9 +1,9 @@
 """Figures of the binding chapters (paper Figures 8–10): the head scan, ΔC spectra beside the controls, order and
 lexical PCA views and the lexical UMAP, the swap bars, and the per-token logit attribution.
 
-    fig = plot_scan(analysis); plt.show()                  # analysis = qkcore.experiments.binding_subspaces...
+    fig = plot_scan(analysis); plt.show()                  # analysis = qkcore.experiments.binding.analysis...
     fig = plot_views(result.order_views, "clause index", "order ID"); plt.show()
-    fig = plot_swaps(result.table, "L2H1"); fig = plot_attribution(attr); fig = plot_explained(attr)
+    fig = plot_binding_swaps(result.table, "L2H1"); fig = plot_attribution(attr); fig = plot_explained(attr)
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from qkcore.experiments.binding_subspaces import CONDITIONS, BindingAnalysis
-from qkcore.experiments.lm_common import head_name
+from qkcore.experiments.binding.analysis import CONDITIONS, BindingAnalysis
+from qkcore.lm.layout import head_name
 from qkcore.plotting.heads import head_heatmap
 
 PART_COLOURS = {"order": "#1f77b4", "lexical": "#ff7f0e", "residual": "#2ca02c"}
@@ -38,7 +38,7 @@ def plot_scan(analysis: BindingAnalysis):
     return fig
 
 
-def plot_spectra(analysis: BindingAnalysis, head, n_values: int = 12):
+def plot_contrast_spectra(analysis: BindingAnalysis, head, n_values: int = 12):
     """σᵢ²/Σσ² of the order and lexical ΔC at one head (log scale) for the three conditions; dashed: 1 − energy."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
     for ax, which in zip(axes, ("order", "lexical")):
@@ -104,7 +104,7 @@ def plot_umap(view, label_names=None, title: str = "lexical subspace, UMAP"):
     return fig
 
 
-def plot_swaps(table: pd.DataFrame, head: str):
+def plot_binding_swaps(table: pd.DataFrame, head: str):
     """One head: attention on orig (answer letter) and target after each swap, the unedited values as lines; right:
     flip rate (argmax moves to the target) and how often the model's answer becomes the target's letter."""
     t = table.loc[head]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from qkcore.experiments.filter_heads import CONDITIONS, FilterHeadsResult, Keys13Result, Projection
+from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result, Projection
+from qkcore.lm.layout import head_name
 from qkcore.plotting.heads import head_heatmap
 
 
@@ -33,7 +34,7 @@ def plot_head_scan(result: FilterHeadsResult):
     return fig
 
 
-def plot_spectra(result: FilterHeadsResult, head: tuple[int, int], n_values: int = 8):
+def plot_category_spectra(result: FilterHeadsResult, head: tuple[int, int], n_values: int = 8):
     """σᵢ²/Σσ² of each category's ΔC at one head (log scale), model beside its controls; dashed: 1 − energy."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6), sharey=True)
     for ax, condition in zip(axes, CONDITIONS):
@@ -43,7 +44,7 @@ def plot_spectra(result: FilterHeadsResult, head: tuple[int, int], n_values: int
             ax.plot(np.arange(1, k + 1), a.energy_fractions[c, :k].clamp_min(1e-12).numpy(), "o-", ms=3,
                     label=f"{name} (rank {int(a.ranks[c])})")
         ax.axhline(0.01, color="k", ls="--", lw=0.8)
-        ax.set(yscale="log", xlabel="singular value index i", title=f"L{head[0]}H{head[1]}, {condition}")
+        ax.set(yscale="log", xlabel="singular value index i", title=f"{head_name(head)}, {condition}")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("σᵢ² / Σσ²")
     return fig
@@ -84,7 +85,7 @@ def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
         _scatter3d(ax, xyz, lab, names, f"{title}\n{dims}-D subspace, η² = {eta:.3f}", means=kind == "keys")
         if i == 0:
             ax.legend(fontsize=7, loc="upper left", markerscale=2)
-    fig.suptitle(f"L{head[0]}H{head[1]} of {result.model_label}: PCA of projections on the category subspaces",
+    fig.suptitle(f"{head_name(head)} of {result.model_label}: PCA of projections on the category subspaces",
                  fontsize=10)
     return fig
 
@@ -102,11 +103,11 @@ def plot_keys_13(k13: Keys13Result):
                    size=4, means=True)
         if i == 0:
             ax.legend(fontsize=7, loc="upper left", ncol=2, markerscale=2)
-    fig.suptitle(f"keys only, 13 categories, L{k13.head[0]}H{k13.head[1]} of {k13.model_label}", fontsize=10)
+    fig.suptitle(f"keys only, 13 categories, {head_name(k13.head)} of {k13.model_label}", fontsize=10)
     return fig
 
 
-def plot_swaps(table):
+def plot_filter_swaps(table):
     """Figure 7: attention on orig and target after the swap (dotted: before), and the flip rate, per condition."""
     groups = list(dict.fromkeys(table.index.get_level_values(0)))
     fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 4.2), sharey=True, squeeze=False)

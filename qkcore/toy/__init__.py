@@ -45,10 +45,10 @@ from qkcore.toy.analysis import (
     reference_accuracy,
     subspace_angles,
 )
-from qkcore.toy.ceiling import binary_ceiling, bilinear_head_reference, gaussian_bayes_error_bound, task_ceiling
+from qkcore.toy.ceiling import bilinear_head_reference, binary_ceiling, gaussian_bayes_error_bound, task_ceiling
 from qkcore.toy.model import HeadStack, ToyHead
 from qkcore.toy.task import ContrastBatch, PayloadTask, TaskBatch, TaskConfig
-from qkcore.toy.train import TrainedGrid, TrainedModel, ToyTrainConfig, grid_tasks, train_grid, train_one
+from qkcore.toy.train import ToyTrainConfig, TrainedGrid, TrainedModel, grid_tasks, train_grid, train_one
 
 __all__ = [
     "Activations", "ModelAnalysis", "activations", "analyse_grid", "analyse_model", "expected_delta",

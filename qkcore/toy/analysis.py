@@ -24,7 +24,7 @@ from qkcore.covariance import ContrastiveCovariance
 from qkcore.subspace import Decomposition, decompose, principal_angles, ranks_at_energy
 from qkcore.toy.model import ToyHead
 from qkcore.toy.task import FACTORS, PayloadTask, TaskBatch
-from qkcore.toy.train import TrainedGrid, TrainedModel, torch_threads
+from qkcore.toy.train import TrainedGrid, TrainedModel
 
 AUTHORS_CONTRAST_BATCHES = 80
 AUTHORS_CONTRAST_BATCH_SIZE = 512
@@ -149,8 +149,7 @@ class ModelAnalysis:
 def analyse_model(model: TrainedModel, energy: float = 0.99, n_batches: int = AUTHORS_CONTRAST_BATCHES,
                   batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE) -> ModelAnalysis:
     """ΔC_z₁, ΔC_z₂ of one model and their SVDs with the energy rank rule."""
-    with torch_threads():
-        deltas = {f: factor_delta(model, f, n_batches, batch_size) for f in FACTORS}
+    deltas = {f: factor_delta(model, f, n_batches, batch_size) for f in FACTORS}
     return ModelAnalysis(delta=deltas, decomposition={f: decompose(d, energy) for f, d in deltas.items()})
 
 
@@ -195,14 +194,12 @@ def analyse_grid(grid: TrainedGrid, energy: float = 0.99, n_batches: int = AUTHO
 
     Returns (rows, deltas): rows are dicts with kind, r1, r2, d_head, rank_z1, rank_z2, accuracy, ceiling (Bayes),
     reference (ideal bilinear head on the same test sequences); deltas[factor] is (T, G, H, H)."""
-    with torch_threads():
-        deltas = {f: grid_factor_deltas(grid, f, n_batches, batch_size) for f in FACTORS}
+    deltas = {f: grid_factor_deltas(grid, f, n_batches, batch_size) for f in FACTORS}
     ranks = {f: ranks_at_energy(d, energy) for f, d in deltas.items()}  # (T, G)
     rows = []
     for t, task in enumerate(grid.tasks):
         c = task.config
-        with torch_threads():
-            reference = reference_accuracy(task, grid.train_config.test_size)
+        reference = reference_accuracy(task, grid.train_config.test_size)
         for g, dh in enumerate(grid.d_heads):
             m = grid.model_at(t, g)
             rows.append({"kind": c.kind, "r1": c.r1, "r2": c.r2, "d_head": dh,

@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import torch
 
 from qkcore.toy.task import TASK_KINDS, PayloadTask, derive_seed
 
 
-@lru_cache(maxsize=None)
+@cache
 def max_count_distribution(m: int, n_classes: int) -> tuple[Fraction, ...]:
     """Exact law of the largest class count when m balls fall uniformly into n_classes boxes:
     a tuple whose entry t is P(max count = t), t = 0..m."""

@@ -20,7 +20,6 @@ within a point of the best accuracy its task allows (the rank-recovery chapter p
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -30,23 +29,9 @@ from qkcore.toy.model import HeadStack, ToyHead
 from qkcore.toy.task import TASK_KINDS, PayloadTask, TaskBatch, TaskConfig, derive_seed
 
 GRID_LATENT_DIMS = (3, 5, 7)
-# The toy tensors are small (a batch is 256 × 16 × 32 per task), so extra intra-op threads only add
-# synchronisation: measured on a busy 2-core machine, 100 grid steps took 18 s with 1 thread and 320 s with 2.
-# Training and analysis therefore run single-threaded whatever OMP_NUM_THREADS says, which also makes the numbers
-# independent of the thread setting.
-TOY_THREADS = 1
-
-
-@contextmanager
-def torch_threads(n: int = TOY_THREADS):
-    """Run a block with n intra-op torch threads, restoring the previous setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
+# Thread count: the toy tensors are small (a batch is 256 × 16 × 32 per task), so extra intra-op threads only add
+# synchronisation (measured on a busy 2-core machine: 100 grid steps took 18 s with 1 thread, 320 s with 2). The caller
+# sets the threads: the chapters through qkcore.experiments.chapter.start_chapter (one thread), the benchmarks too.
 GRID_D_HEADS = (16, 8)
 
 
@@ -190,8 +175,7 @@ def train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...] = GRID_D_HEADS
     """Train one head per (task, d_head) in a single batched run; returns each head's best-validation state."""
     d_heads = tuple(d_heads)
     _check_tasks(tasks, d_heads)
-    with torch_threads():
-        return _train_grid(tasks, d_heads, config)
+    return _train_grid(tasks, d_heads, config)
 
 
 def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyTrainConfig) -> TrainedGrid:
@@ -233,13 +217,13 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
     with torch.no_grad():
         for name, p in stack.named_parameters():
             p.copy_(best_state[name])
-    accuracy = evaluate(stack, tasks, config.test_size)
+    accuracy = evaluate_heads(stack, tasks, config.test_size)
     return TrainedGrid(tasks=list(tasks), d_heads=d_heads, stack=stack, accuracy=accuracy, best_step=best_step,
                        best_val_loss=best_loss, steps_run=step + 1, train_config=config)
 
 
 @torch.no_grad()
-def evaluate(stack: HeadStack, tasks: list[PayloadTask], n: int, stream: str = "test",
+def evaluate_heads(stack: HeadStack, tasks: list[PayloadTask], n: int, stream: str = "test",
              chunk: int = 2048) -> torch.Tensor:
     """Accuracy (T, G) of every head on n fresh sequences per task from the task's `stream` generator
     (drawn in chunks of `chunk`, so memory stays small and the numbers do not depend on the stack)."""

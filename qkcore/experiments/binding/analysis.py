@@ -1,0 +1,214 @@
+"""Binding subspaces (paper Figure 8): the order-ID and lexical-ID contrasts at every head of a model and of its
+randomly initialised copy, the heads chosen from the scan, and each studied head's ranks, spectra and logit gaps
+beside the controls (shuffled labels; random weights). The base of the interventions and attribution chapters.
+
+    P = BindingParams()                       # model="organism"; 9 pairs; heads=None → the top n_heads of the scan
+    analysis = analyse_binding(P)             # loads the model, streams both contrasts on it and on a random copy
+    analysis.head_table()                     # one row per studied head and condition (pandas DataFrame)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import torch
+
+from qkcore.experiments.binding.contrasts import Contrast, ScanStats, lexical_contrast, order_contrast
+from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
+from qkcore.lm import attention_layout
+from qkcore.lm.controls import random_init_copy
+from qkcore.lm.layout import head_name
+from qkcore.organisms.binding_task import EXTRA_OBJECTS, PAPER_OBJECTS, BindingPrompt, lexical_pairs, order_id_prompts
+from qkcore.params import require
+from qkcore.subspace import Decomposition, principal_angles
+
+PAPER_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+PAPER_HEADS = {"views": ((16, 21),), "swaps": ((16, 1), (16, 19), (17, 24)), "attribution": ((16, 1),)}
+ORGANISM = "binding"  # the organism a chapter runs on with model="organism" (qkcore/organisms/weights/binding)
+CONTROL_SEED_OFFSET = 1_000_003  # the random-init control's seed is seed + this: apart from small model seeds
+CONDITIONS = ("trained", "shuffled labels", "random init")
+
+
+@dataclass(frozen=True)
+class BindingParams(LMChapterParams):
+    """What every binding chapter takes: LMChapterParams (model="organism": the binding organism; real models read
+    the prompt inside their chat template, the organism reads it plain), plus: heads=None → the top n_heads of the
+    scan, ranked by
+    scan_by: "attention" (last-token attention on the answer box's key minus that on another box's key) or
+    "logit_gap" (trace of the order-ID ΔC). key_offset: keys are read this many tokens after each box letter (0 = the
+    letter, as in the paper; −4…+1 reach the clause's object … the "," after the letter). Prompt counts: the paper
+    uses 3,000 per contrast."""
+
+    n_heads: int = 3
+    scan_by: Literal["attention", "logit_gap"] = "attention"
+    key_offset: int = 0
+    n_pairs: int = 9
+    query_object: str = "tea"
+    n_order_prompts: int = 1000
+    n_lexical_prompts: int = 1000
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(2 <= self.n_pairs <= len(PAPER_OBJECTS),
+                f"n_pairs must be in [2, {len(PAPER_OBJECTS)}] (the paper's objects), got {self.n_pairs}")
+        require(self.query_object in PAPER_OBJECTS,
+                f"query_object must be one of the paper's objects {PAPER_OBJECTS}, got {self.query_object!r}")
+        for name in ("n_order_prompts", "n_lexical_prompts"):
+            require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        require(-4 <= self.key_offset <= 1, "key_offset must be in [-4, 1] (from the clause's object to the token "
+                                            f"after the box letter), got {self.key_offset}")
+
+
+def load_binding_lm(params: BindingParams) -> LoadedLM:
+    """The model of `params.model` ("organism": the binding organism)."""
+    return load_chapter_model(params.model, ORGANISM, params.dtype, params.device)
+
+
+def contrast_prompts(params: BindingParams) -> tuple[list[BindingPrompt], list[tuple[BindingPrompt, BindingPrompt]]]:
+    """The order-ID prompts and the lexical (prompt, counterfactual) pairs, from `seed`."""
+    g = torch.Generator().manual_seed(params.seed)
+    order = order_id_prompts(params.n_order_prompts, params.n_pairs, g, query_object=params.query_object)
+    lexical = lexical_pairs(params.n_lexical_prompts, params.n_pairs, g, PAPER_OBJECTS, EXTRA_OBJECTS)
+    return order, lexical
+
+
+@dataclass(frozen=True)
+class ModelContrasts:
+    """Both contrasts at every head of one model, and the attention scan (from the order prompts)."""
+
+    order: Contrast
+    lexical: Contrast
+    scan: ScanStats
+
+    def get(self, which: str) -> Contrast:
+        require(which in ("order", "lexical"), f'which must be "order" or "lexical", got {which!r}')
+        return self.order if which == "order" else self.lexical
+
+
+def stream_contrasts(model, tokenizer, chat: bool, params: BindingParams, order, lexical) -> ModelContrasts:
+    g = torch.Generator().manual_seed(params.seed + 1)  # the null groupings' coin flips
+    kw = dict(chat=chat, heads="all", batch_size=params.batch_size, weighting=params.weighting, generator=g,
+              key_offset=params.key_offset)
+    o, scan = order_contrast(model, tokenizer, order, **kw)
+    return ModelContrasts(o, lexical_contrast(model, tokenizer, lexical, **kw), scan)
+
+
+def scan_score(contrasts: ModelContrasts, scan_by: str) -> torch.Tensor:
+    """Per head (H,): attention on the answer box's key minus attention on another box's key ("attention"), or the
+    order-ID logit gap E[q·k|answer box] − E[q·k|other box] ("logit_gap")."""
+    require(scan_by in ("attention", "logit_gap"), f'scan_by must be "attention" or "logit_gap", got {scan_by!r}')
+    if scan_by == "attention":
+        return contrasts.scan.attn_answer - contrasts.scan.attn_other
+    return contrasts.order.logit_gap()
+
+
+def scan_heads(contrasts: ModelContrasts, n: int, scan_by: str = "attention") -> tuple[tuple[int, int], ...]:
+    """The n heads with the largest scan score."""
+    top = torch.argsort(scan_score(contrasts, scan_by), descending=True, stable=True)[:n]
+    return tuple(contrasts.order.heads[int(i)] for i in top)
+
+
+@dataclass
+class BindingAnalysis:
+    """Both contrasts on the trained model and on its randomly initialised copy (same prompts, same null draws).
+    heads: the studied heads (from the scan unless given)."""
+
+    params: BindingParams
+    lm: LoadedLM
+    trained: ModelContrasts
+    random: ModelContrasts
+    random_model: torch.nn.Module
+    heads: tuple[tuple[int, int], ...]
+    heads_from_scan: bool
+
+    def decomposition(self, head, which: str, condition: str = "trained") -> Decomposition:
+        """ΔC's SVD and rank at `head` for which = "order" | "lexical" under a condition of CONDITIONS."""
+        require(condition in CONDITIONS, f"condition must be one of {CONDITIONS}, got {condition!r}")
+        source = self.random if condition == "random init" else self.trained
+        return source.get(which).decompose(head, self.params.energy, null=condition == "shuffled labels")
+
+    def grid(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-head values (H,) in the scan's order → (n_layers, n_heads)."""
+        layout = attention_layout(self.lm.model)
+        return values.reshape(layout.n_layers, layout.n_heads)
+
+    def head_table(self) -> pd.DataFrame:
+        """Per studied head and condition: ranks, logit gaps, query concentration and mean share of both
+        contrasts, and the smallest principal angle between the order and lexical key subspaces."""
+        rows = []
+        for head in self.heads:
+            for cond in CONDITIONS:
+                src = self.random if cond == "random init" else self.trained
+                null = cond == "shuffled labels"
+                row = {"head": head_name(head), "condition": cond}
+                bases = {}
+                for which in ("order", "lexical"):
+                    c = src.get(which)
+                    i = c.index(head)
+                    dec = self.decomposition(head, which, cond)
+                    bases[which] = dec.key_basis
+                    row[f"{which} rank"] = dec.rank
+                    row[f"{which} gap"] = float(c.logit_gap(null)[i])
+                    if not null:
+                        row[f"{which} |q̄|²/E|q|²"] = float(c.query_concentration[i])
+                        row[f"{which} mean share"] = float(c.mean_share[i])
+                angles = (principal_angles(bases["order"], bases["lexical"])
+                          if min(b.shape[1] for b in bases.values()) > 0 else torch.tensor([float("nan")]))
+                row["min angle order/lexical keys (°)"] = float(angles.min())
+                rows.append(row)
+        return pd.DataFrame(rows).set_index(["head", "condition"])
+
+    def scan_table(self, n: int = 6) -> pd.DataFrame:
+        """The top n heads of the scan: score, logit gap, attention on the answer box's key and on another box's
+        key, and the attention on each token of the answer's clause, by offset from its letter (where does the head
+        read the box from? the column names are the organism's one-word tokens)."""
+        from qkcore.experiments.binding.contrasts import CLAUSE_OFFSETS
+
+        src = self.trained
+        score = scan_score(src, self.params.scan_by)
+        names = {-4: "object", -3: "is", -2: "in", -1: "Box", 0: "letter", 1: "after letter"}  # one token each
+        rows = []
+        for i in torch.argsort(score, descending=True, stable=True)[:n].tolist():
+            row = {"head": head_name(src.order.heads[i]), "score": float(score[i]),
+                   "order gap": float(src.order.logit_gap()[i]), "attn answer key": float(src.scan.attn_answer[i]),
+                   "attn other key": float(src.scan.attn_other[i])}
+            row.update({f"attn {names[o]}": float(src.scan.clause_attn[i, j]) for j, o in enumerate(CLAUSE_OFFSETS)})
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("head")
+
+    def accuracy_table(self) -> pd.DataFrame:
+        """How often each model's top letter (among the prompt's letters) is the answer."""
+        rows = {name: {**src.order.accuracy, **{f"lexical {k}": v for k, v in src.lexical.accuracy.items()}}
+                for name, src in (("trained", self.trained), ("random init", self.random))}
+        return pd.DataFrame(rows).T
+
+
+def analyse_binding(params: BindingParams, lm: LoadedLM | None = None) -> BindingAnalysis:
+    """Load the model (unless given), stream both contrasts on it and on a random-init copy, pick the heads."""
+    lm = lm if lm is not None else load_binding_lm(params)
+    order, lexical = contrast_prompts(params)
+    trained = stream_contrasts(lm.model, lm.tokenizer, lm.chat, params, order, lexical)
+    rnd_model = random_init_copy(lm.model, seed=params.seed + CONTROL_SEED_OFFSET)
+    rnd = stream_contrasts(rnd_model, lm.tokenizer, lm.chat, params, order, lexical)
+    if params.heads is None:
+        heads, from_scan = scan_heads(trained, params.n_heads, params.scan_by), True
+    else:
+        layout = attention_layout(lm.model)
+        heads = tuple((layout.check_layer(l), layout.check_head(h)) for l, h in params.heads)
+        from_scan = False
+    return BindingAnalysis(params, lm, trained, rnd, rnd_model, heads, from_scan)
+
+
+def same_rank(dec: Decomposition, rank: int) -> Decomposition:
+    """The decomposition truncated (or extended) to `rank` directions: controls are compared at the trained rank."""
+    return Decomposition(dec.U, dec.S, dec.V, min(rank, dec.U.shape[1]), dec.energy)
+
+
+def control_decompositions(analysis: BindingAnalysis, head, which: str) -> dict[str, Decomposition]:
+    """The trained decomposition and, at the trained rank, the shuffled-label and random-init ones."""
+    real = analysis.decomposition(head, which)
+    return {"trained": real,
+            "shuffled labels": same_rank(analysis.decomposition(head, which, "shuffled labels"), real.rank),
+            "random init": same_rank(analysis.decomposition(head, which, "random init"), real.rank)}

@@ -1,0 +1,231 @@
+"""Where an attention score comes from (paper Figure 10): split a head's query into an order-ID part, a lexical-ID
+part and the rest, and each key's raw logit k·q into the three matching contributions, which add up to it exactly.
+
+With U_o, U_l the orthonormal query bases of the two contrasts (order first):
+    q_ord = P_{U_o} q,   q_lex = P_{U_l}(q − q_ord),   q_res = q − q_ord − q_lex,   k·q = k·q_ord + k·q_lex + k·q_res.
+Summary per prompt: the explained fraction 1 − ‖res‖²/‖total‖² over the prompt's key positions (the authors' measure).
+
+    P = AttributionParams()                   # 4 pairs; the top head of the scan
+    result = run_attribution(P)               # result.example (one prompt's parts), result.fractions (per prompt)
+    parts = split_logits(q, K, U_o, U_l)      # q (n, d), K (n, S, d) → LogitParts with (n, S) tensors
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from qkcore.experiments.binding.analysis import BindingAnalysis, BindingParams, analyse_binding, control_decompositions
+from qkcore.experiments.binding.prompts import encode_binding_prompts
+from qkcore.experiments.models import LoadedLM
+from qkcore.experiments.tables import r3
+from qkcore.lm import iter_batches
+from qkcore.lm.chat import model_text
+from qkcore.lm.gather import gather_qk
+from qkcore.lm.layout import head_name
+from qkcore.organisms.binding_task import INSTRUCTION, BindingPrompt, sample_prompt
+from qkcore.params import require
+from qkcore.subspace import project, random_orthonormal
+
+PARTS = ("order", "lexical", "residual")
+
+
+@dataclass(frozen=True)
+class LogitParts:
+    """total (…, S) = order + lexical + residual: raw logits q·k_s and their three contributions (float64)."""
+
+    total: torch.Tensor
+    order: torch.Tensor
+    lexical: torch.Tensor
+    residual: torch.Tensor
+
+
+def split_query(q: torch.Tensor, U_order: torch.Tensor, U_lex: torch.Tensor):
+    """(q_ord, q_lex, q_res) for q (…, d) and orthonormal bases (d, r_o), (d, r_l), in float64; order first."""
+    for name, U in (("U_order", U_order), ("U_lex", U_lex)):
+        if U.dim() != 2 or U.shape[0] != q.shape[-1]:
+            raise ValueError(f"{name} must be (d={q.shape[-1]}, r), got {tuple(U.shape)}")
+        gram = U.double().T @ U.double()
+        if not torch.allclose(gram, torch.eye(U.shape[1], dtype=torch.float64), atol=1e-6):
+            raise ValueError(f"{name} must have orthonormal columns (use decompose(...).query_basis)")
+    q = q.double()
+    q_ord = project(q, U_order.double())
+    q_lex = project(q - q_ord, U_lex.double())
+    return q_ord, q_lex, q - q_ord - q_lex
+
+
+def split_logits(q: torch.Tensor, K: torch.Tensor, U_order: torch.Tensor, U_lex: torch.Tensor) -> LogitParts:
+    """q (…, d), K (…, S, d) → the raw logits K q (…, S) and their order / lexical / residual parts."""
+    q_ord, q_lex, q_res = split_query(q, U_order, U_lex)
+    K = K.double()
+
+    def dot(x):
+        return (K @ x[..., :, None])[..., 0]  # (…, S)
+
+    return LogitParts(dot(q.double()), dot(q_ord), dot(q_lex), dot(q_res))
+
+
+def explained_fraction(parts: LogitParts, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """1 − ‖residual‖²/‖total‖² over the key positions where mask (…, S) is True (all when None): (…,)."""
+    m = torch.ones_like(parts.total, dtype=torch.bool) if mask is None else mask
+    res = (parts.residual.pow(2) * m).sum(-1)
+    tot = (parts.total.pow(2) * m).sum(-1).clamp_min(1e-300)
+    return 1 - res / tot
+
+
+@dataclass(frozen=True)
+class AttributionParams(BindingParams):
+    """BindingParams with the paper's 4 pairs and one head (the top of the scan unless `heads` is given; the first
+    of `heads` is plotted); n_attr_prompts fresh prompts for the explained fraction; n_random random subspace pairs;
+    example: which fresh prompt is drawn as bars."""
+
+    n_pairs: int = 4
+    n_heads: int = 1
+    n_attr_prompts: int = 500
+    n_random: int = 5
+    example: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(self.n_attr_prompts >= 2, f"n_attr_prompts must be ≥ 2, got {self.n_attr_prompts}")
+        require(self.n_random >= 1, f"n_random must be ≥ 1, got {self.n_random}")
+        require(0 <= self.example < self.n_attr_prompts,
+                f"example must index one of the n_attr_prompts={self.n_attr_prompts} prompts, got {self.example}")
+
+
+@dataclass(frozen=True)
+class Captured:
+    """q (n, d) at the last token and K (n, S, d) at every position of the padded batch (float64), valid (n, S)
+    True on the prompt's tokens, keys (n, n_pairs) the columns of the boxes' keys and answer (n,) clause indices."""
+
+    q: torch.Tensor
+    K: torch.Tensor
+    valid: torch.Tensor
+    keys: torch.Tensor
+    answer: torch.Tensor
+
+
+@torch.no_grad()
+def capture_head(model, tokenizer, chat: bool, prompts: list[BindingPrompt], head, batch_size: int,
+                 key_offset: int = 0) -> Captured:
+    """The query and all keys of one head, prompts padded to a common length (left padding)."""
+    enc = encode_binding_prompts(tokenizer, prompts, chat, key_offset)  # one batch layout for all prompts
+    qs, ks = [], []
+    for idx in iter_batches(len(prompts), batch_size):
+        sub = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
+        got = gather_qk(model, sub.batch, [head], sub.last, key_cols=None, dtype=torch.float64)  # every key
+        pad = enc.batch.input_ids.shape[1] - sub.batch.input_ids.shape[1]  # extra left padding of the full batch
+        qs.append(got.q[0])  # (b, d)
+        ks.append(torch.nn.functional.pad(got.k[0], (0, 0, pad, 0)))  # (b, seq, d)
+    return Captured(torch.cat(qs), torch.cat(ks), enc.batch.attention_mask.bool(), enc.keys, enc.answer)
+
+
+def selectivity(parts: LogitParts, cap: Captured) -> dict[str, float]:
+    """Mean over prompts of (contribution at the answer box's key − mean contribution at the other boxes' keys), per
+    part and for the total: which part makes the head prefer the answer's box."""
+    rows = torch.arange(cap.q.shape[0])
+    out = {}
+    for name in ("total", *PARTS):
+        at = getattr(parts, name).gather(1, cap.keys)  # (n, P)
+        ans = at[rows, cap.answer]
+        out[name] = (ans - (at.sum(-1) - ans) / (at.shape[1] - 1)).mean().item()
+    return out
+
+
+def shown_positions(tokenizer, prompt: BindingPrompt, chat: bool) -> tuple[list[int], list[str]]:
+    """Prompt positions and token strings of the context and the question (not the instruction, template or BOS),
+    as the authors' figure shows them."""
+    text, shift = model_text(tokenizer, prompt.text, chat)
+    enc = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
+    cut, resume = prompt.text.index(INSTRUCTION), prompt.text.index("Which")
+    keep = [(shift, shift + cut), (shift + resume, shift + len(prompt.text))]
+    pos = [i for i, (s, e) in enumerate(enc["offset_mapping"]) if e > s and any(s < b and e > a for a, b in keep)]
+    return pos, [text[slice(*enc["offset_mapping"][i])].strip() for i in pos]
+
+
+@dataclass
+class AttributionResult:
+    """analysis; head; ranks (order, lexical); example: the plotted prompt's parts at its shown tokens; fractions:
+    explained fraction per prompt and condition (DataFrame); fractions_keys: the same over the boxes' keys only;
+    selectivity: answer-vs-other-letter contribution per part and condition."""
+
+    analysis: BindingAnalysis
+    head: tuple[int, int]
+    ranks: tuple[int, int]
+    example_prompt: BindingPrompt
+    example_tokens: list[str]
+    example: LogitParts
+    fractions: pd.DataFrame
+    fractions_keys: pd.DataFrame
+    selectivity: pd.DataFrame
+
+    def explained_table(self) -> pd.DataFrame:
+        """Mean, spread and quartiles of the explained fraction per condition (all key positions)."""
+        return self.fractions.describe(percentiles=[0.25, 0.5, 0.75]).T[["mean", "std", "25%", "50%", "75%"]]
+
+
+def run_attribution(params: AttributionParams, lm: LoadedLM | None = None,
+                    analysis: BindingAnalysis | None = None) -> AttributionResult:
+    """The Figure 10 chapter at the first studied head, with controls: random query subspaces of the same ranks,
+    shuffled-label subspaces and the random-init model (both at the trained ranks)."""
+    analysis = analysis if analysis is not None else analyse_binding(params, lm)
+    head = analysis.heads[0]
+    g = torch.Generator().manual_seed(params.seed + 5)
+    prompts = [sample_prompt(params.n_pairs, g) for _ in range(params.n_attr_prompts)]
+    tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
+    ko = params.key_offset
+    caps = {"trained": capture_head(analysis.lm.model, tok, chat, prompts, head, bs, ko)}
+    caps["random init"] = capture_head(analysis.random_model, tok, chat, prompts, head, bs, ko)
+    decs = {w: control_decompositions(analysis, head, w) for w in ("order", "lexical")}
+    bases = {cond: (decs["order"][cond].query_basis, decs["lexical"][cond].query_basis)
+             for cond in ("trained", "shuffled labels", "random init")}
+    r_o, r_l = bases["trained"][0].shape[1], bases["trained"][1].shape[1]
+    d = caps["trained"].q.shape[-1]
+    fr, fr_keys, sel = {}, {}, {}
+    key_mask = torch.zeros_like(caps["trained"].valid)
+    key_mask.scatter_(1, caps["trained"].keys, True)
+
+    def record(name, cap, U_o, U_l):
+        parts = split_logits(cap.q, cap.K, U_o, U_l)
+        fr[name] = explained_fraction(parts, cap.valid).numpy()
+        fr_keys[name] = explained_fraction(parts, key_mask).numpy()
+        sel[name] = selectivity(parts, cap)
+        return parts
+
+    parts = record("trained", caps["trained"], *bases["trained"])
+    record("shuffled labels", caps["trained"], *bases["shuffled labels"])
+    record("random init", caps["random init"], *bases["random init"])
+    draws = [(random_orthonormal(d, r_o, g) if r_o else torch.zeros(d, 0, dtype=torch.float64),
+              random_orthonormal(d, r_l, g) if r_l else torch.zeros(d, 0, dtype=torch.float64))
+             for _ in range(params.n_random)]
+    draw_parts = [split_logits(caps["trained"].q, caps["trained"].K, *b) for b in draws]
+    fr["random subspaces"] = torch.stack([explained_fraction(p, caps["trained"].valid) for p in draw_parts]).mean(0)
+    fr_keys["random subspaces"] = torch.stack([explained_fraction(p, key_mask) for p in draw_parts]).mean(0)
+    fr["random subspaces"], fr_keys["random subspaces"] = (fr["random subspaces"].numpy(),
+                                                           fr_keys["random subspaces"].numpy())
+    draw_sel = [selectivity(p, caps["trained"]) for p in draw_parts]
+    sel["random subspaces"] = {k: sum(s[k] for s in draw_sel) / len(draw_sel) for k in draw_sel[0]}
+    ex = params.example
+    pos, tokens = shown_positions(tok, prompts[ex], chat)
+    cols = [int(caps["trained"].valid.shape[1] - caps["trained"].valid[ex].sum()) + p for p in pos]  # left padding
+    example = LogitParts(*(getattr(parts, f)[ex, cols] for f in ("total", *PARTS)))
+    return AttributionResult(analysis, head, (r_o, r_l), prompts[ex], tokens, example, pd.DataFrame(fr),
+                             pd.DataFrame(fr_keys), pd.DataFrame(sel).T)
+
+
+
+def summary(result: AttributionResult) -> dict[str, object]:
+    """The chapter's closing numbers: the ranks, the explained fraction per condition (mean ± sd, median), and the
+    answer-vs-other-letter logit difference split into its order, lexical and residual parts."""
+    s = result.explained_table()
+    out: dict[str, object] = {"head": head_name(result.head),
+                              "query ranks (order, lexical)": tuple(int(r) for r in result.ranks)}
+    for cond in s.index:
+        out[f"explained fraction, {cond}"] = (f"{r3(s.loc[cond, 'mean']):.3f} ± {r3(s.loc[cond, 'std']):.3f} "
+                                              f"(median {r3(s.loc[cond, '50%']):.3f})")
+    sel = result.selectivity.loc["trained"]
+    out["answer-vs-other-letter logit difference"] = (
+        f"total {r3(sel['total']):.3f} = " + " + ".join(f"{p} {r3(sel[p]):.3f}" for p in ("order", "lexical", "residual")))
+    return out

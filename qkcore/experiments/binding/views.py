@@ -1,0 +1,115 @@
+"""Views of the binding subspaces (paper Figure 8): keys and queries of fresh prompts projected on a head's order-ID
+and lexical-ID subspaces, reduced to 3-D by PCA (and to 2-D by UMAP for the lexical one), with a number that says
+how well the coordinates separate the labels: leave-fold-out k-nearest-neighbour accuracy (chance = 1/n_labels).
+
+    view = order_view(model, tok, chat, prompts, head=(2, 1), decomposition=dec, batch_size=50)
+    view.key_pca (n·P, 3) coloured by view.key_labels (clause index); view.key_knn (float)
+    lex = lexical_view(model, tok, chat, prompts, head, dec, batch_size, umap_seed=0)   # lex.umap (2n, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qkcore.experiments.binding.prompts import capture_binding, encode_binding_prompts
+from qkcore.lm import iter_batches
+from qkcore.organisms.binding_task import OBJECTS, BindingPrompt
+from qkcore.subspace import Decomposition, pca
+
+KNN_NEIGHBOURS = 10
+KNN_FOLDS = 5
+
+
+def knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean accuracy of a 10-nearest-neighbour classifier over 5 stratified folds (no shuffling: deterministic)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    _, counts = np.unique(labels, return_counts=True)
+    folds = min(KNN_FOLDS, int(counts.min()))
+    if folds < 2 or x.shape[1] == 0:
+        return float("nan")
+    clf = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(x) - len(x) // folds))
+    return float(cross_val_score(clf, x, labels, cv=StratifiedKFold(folds)).mean())
+
+
+def umap_2d(x: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
+    """Seeded single-threaded UMAP to 2-D. umap-learn's numba kernels change the process's OpenMP thread count (it
+    then slows torch down many times over on a busy CPU), so torch's thread count is put back afterwards."""
+    import umap
+
+    threads = torch.get_num_threads()
+    try:
+        reducer = umap.UMAP(n_components=2, n_neighbors=min(neighbours, len(x) - 1), random_state=seed, n_jobs=1)
+        return reducer.fit_transform(x)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def view_bases(dec: Decomposition) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query and key bases for a view: the top max(rank, 3) singular directions (the authors plot 3)."""
+    r = min(max(dec.rank, 3), dec.U.shape[1])
+    return dec.U[:, :r].float(), dec.V[:, :r].float()
+
+
+@dataclass(frozen=True)
+class View:
+    """keys (n_k, r) and queries (n_q, r) in a subspace's coordinates (r = max(rank, 3)); their labels; PCA of keys
+    and queries stacked (n_k + n_q, 3); key_knn / query_knn: label accuracy of kNN on the first `rank` coordinates.
+    umap (n_k + n_q, 2) or None."""
+
+    rank: int
+    keys: np.ndarray
+    queries: np.ndarray
+    key_labels: np.ndarray
+    query_labels: np.ndarray
+    pca: np.ndarray
+    key_knn: float
+    query_knn: float
+    umap: np.ndarray | None = None
+
+
+def _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset):
+    qs, ks, answers = [], [], []
+    for idx in iter_batches(len(prompts), batch_size):
+        enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
+        vec = capture_binding(model, enc, [head])
+        qs.append(vec.q[0]), ks.append(vec.k[0]), answers.append(enc.answer)
+    return torch.cat(qs), torch.cat(ks), torch.cat(answers)  # (n, d), (n, P, d), (n,)
+
+
+def _view(dec: Decomposition, q: torch.Tensor, k: torch.Tensor, q_labels, k_labels, umap_seed=None,
+          umap_neighbours: int = 15) -> View:
+    U, V = view_bases(dec)
+    kc, qc = (k @ V).numpy(), (q @ U).numpy()  # (n_k, r), (n_q, r)
+    both = np.concatenate([kc, qc])
+    emb = None
+    if umap_seed is not None:
+        emb = umap_2d(both[:, : max(dec.rank, 1)], umap_neighbours, umap_seed)
+    r = dec.rank
+    return View(r, kc, qc, np.asarray(k_labels), np.asarray(q_labels), pca(both, 3, pad=True)[0].numpy(),
+                knn_accuracy(kc[:, :r], np.asarray(k_labels)), knn_accuracy(qc[:, :r], np.asarray(q_labels)), emb)
+
+
+@torch.no_grad()
+def order_view(model, tokenizer, chat: bool, prompts: Sequence[BindingPrompt], head: tuple[int, int],
+               decomposition: Decomposition, batch_size: int = 50, key_offset: int = 0) -> View:
+    """Every box's key (labelled by its clause index) and each query (labelled by the queried clause)."""
+    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+    n, P, d = k.shape
+    return _view(decomposition, q, k.reshape(n * P, d), answer.numpy(), np.tile(np.arange(P), n))
+
+
+@torch.no_grad()
+def lexical_view(model, tokenizer, chat: bool, prompts: Sequence[BindingPrompt], head: tuple[int, int],
+                 decomposition: Decomposition, batch_size: int = 50, umap_seed: int | None = 0,
+                 umap_neighbours: int = 15, key_offset: int = 0) -> View:
+    """The answer box's key and the query, both labelled by the queried object (index into OBJECTS)."""
+    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+    labels = np.array([OBJECTS.index(p.query_object) for p in prompts])
+    k_answer = k[torch.arange(len(prompts)), answer]  # (n, d)
+    return _view(decomposition, q, k_answer, labels, labels, umap_seed, umap_neighbours)

@@ -1,0 +1,32 @@
+"""What every chapter does before its first computation, in one place: the thread policy that makes executed and
+re-executed numbers agree, and the warning filter for a message that is noise on a rendered page.
+
+    from qkcore.experiments.chapter import start_chapter
+    start_chapter()          # one torch thread (see below); call it in the chapter's import cell
+
+One thread: on the shared 2-core machines this book is built on, two threads were up to 20× slower for the toy models'
+small matrices, and a fixed thread count keeps float reductions in the same order on every run. A re-run on a
+bigger machine may pass threads=None to keep torch's default.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+
+def quiet_warnings() -> None:
+    """Silence tqdm's "IProgress not found" warning, raised in Jupyter when huggingface_hub imports tqdm.auto without
+    ipywidgets (qkcore draws no widget bars, so on a rendered page it is noise). Any other warning still shows.
+    Installed when qkcore.experiments is first imported, i.e. before a chapter's imports reach transformers."""
+    warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
+
+
+def start_chapter(threads: int | None = 1) -> None:
+    """Set torch's intra-op threads (None: leave them) and install the chapters' warning filter."""
+    if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        torch.set_num_threads(threads)
+    quiet_warnings()

@@ -1,0 +1,284 @@
+"""The filter-heads chapter (paper Figures 6–7): which heads attend to the asked category's items, the rank of each
+category's ΔC at those heads, the combined category subspace, 3-D PCA of keys and queries inside it, the key-swap
+intervention, and the controls (shuffled category labels; a randomly initialised copy of the model).
+
+    P = FilterHeadsParams()                      # model="organism": the CPU-trained filter-5x5 / filter-13 models
+    model, tokenizer, label = load_filter_model(P.model, P)
+    result = analyse_heads(model, tokenizer, P)  # scan, per-head analyses, PCA, controls (see FilterHeadsResult)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qkcore.covariance import ContrastiveCovariance
+from qkcore.experiments.filter_heads.vectors import HeadScan, Vectors, collect_vectors, head_scan
+from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
+from qkcore.lm import attention_layout
+from qkcore.lm.controls import random_init_copy
+from qkcore.organisms.filter_task import (
+    ALL_CATEGORY_NAMES,
+    CATEGORIES,
+    PAPER_CATEGORY_NAMES,
+    FilterTask,
+    FilterTaskConfig,
+)
+from qkcore.params import require
+from qkcore.subspace import combine_bases, decompose, pca, rank_at_energy
+
+PAPER_HEADS = ((16, 19), (20, 26), (20, 14))  # Llama-3.1-8B-Instruct; L20H26 is the PCA figure's head
+
+
+@dataclass(frozen=True)
+class FilterHeadsParams(LMChapterParams):
+    """LMChapterParams (model="organism": filter-5x5, and filter-13 for the 13-category view), plus the categories,
+    the prompt counts of each part (ΔC, PCA, swaps, the 13-category view) and how many categories a 13-category
+    prompt lists."""
+
+    categories: tuple[str, ...] = PAPER_CATEGORY_NAMES
+    categories_13: tuple[str, ...] = ALL_CATEGORY_NAMES
+    listed_13: int = 5  # categories listed per prompt in the 13-category view
+    n_delta_prompts: int = 500  # ΔC prompts, asked categories in turn (paper: 2,000)
+    n_pca_prompts: int = 200  # fresh prompts for the PCA (paper: 200)
+    n_swap_prompts: int = 300  # 1 asked item among 20 others (paper: 1,000)
+    n_prompts_13: int = 650
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("categories", "categories_13"):
+            cats = getattr(self, name)
+            bad = [c for c in cats if c not in CATEGORIES]
+            require(not bad and len(set(cats)) == len(cats) and len(cats) >= 2,
+                    f"{name} must be ≥ 2 distinct names from {list(CATEGORIES)}; bad: {bad}")
+        require(2 <= self.listed_13 <= len(self.categories_13), f"listed_13 must be in [2, {len(self.categories_13)}]")
+        require(len(self.categories) * 5 - 5 >= 20, "the swap prompts need ≥ 20 items outside the asked category: "
+                                                    "give at least 5 categories")
+        for name in ("n_delta_prompts", "n_pca_prompts", "n_swap_prompts", "n_prompts_13"):
+            require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        require(self.n_delta_prompts >= 2 * len(self.categories),
+                f"n_delta_prompts must give each category ≥ 2 prompts (≥ {2 * len(self.categories)})")
+        require(self.n_prompts_13 >= 2 * len(self.categories_13), f"n_prompts_13 must be ≥ {2 * len(self.categories_13)}")
+
+
+ORGANISMS = {"5x5": "filter-5x5", "13": "filter-13"}  # model="organism": the 5-category and 13-category organisms
+
+
+def load_filter_model(params: FilterHeadsParams, organism: str = ORGANISMS["5x5"]) -> LoadedLM:
+    """The chapter's model: for model="organism" the committed organism `organism`, else params.model (a registered
+    name, local folder or hub id), in the params' dtype and on its device."""
+    return load_chapter_model(params.model, organism, params.dtype, params.device)
+
+
+def null_grouping(categories: tuple[str, ...], generator: torch.Generator) -> dict[str, str]:
+    """A null grouping of the items: the same group sizes, items assigned to groups by a random permutation."""
+    items = [(item, c) for c in categories for item in CATEGORIES[c]]
+    perm = torch.randperm(len(items), generator=generator).tolist()
+    return {items[i][0]: items[j][1] for i, j in zip(range(len(items)), perm)}
+
+
+def relabel(vecs: Vectors, prompt_items: list[tuple[str, ...]], grouping: dict[str, str]) -> Vectors:
+    """The same vectors with item categories replaced by `grouping` (item → category); the asked label stays."""
+    index = {c: i for i, c in enumerate(vecs.categories)}
+    item_cat = torch.tensor([[index[grouping[i]] for i in items] for items in prompt_items])
+    return Vectors(vecs.heads, vecs.categories, vecs.q, vecs.k, vecs.attn, vecs.asked, item_cat)
+
+
+@dataclass
+class HeadAnalysis:
+    """One head under one condition. Per category: ΔC (C, d, d), energy fractions (C, d), rank (C,), logit gap (C,),
+    query_concentration |q̄|²/E|q|² (C,), mean_share = 1 − ‖ΔC − q̄ dᵀ‖²/‖ΔC‖² with d = E[k|+] − E[k|−] (C,) (the
+    rank-1 diagnostics of qkcore.covariance; with equal item counts per prompt q̄⁺ = q̄⁻ = q̄), attention
+    on positives (C,). Combined: query/key bases (QR of the per-category bases, the paper's way), the singular
+    values of the stacked unit bases and the ranks they give at `energy`; closure ‖Σ_c d_c‖ / Σ_c ‖d_c‖;
+    key_pcs (d, d): principal directions of all item keys (centred), by decreasing variance; key_span (d, key_rank):
+    the stacked key bases' top left singular vectors (the subspace the key rank counts)."""
+
+    head: tuple[int, int]
+    deltas: torch.Tensor
+    energy_fractions: torch.Tensor
+    ranks: torch.Tensor
+    logit_gap: torch.Tensor
+    query_concentration: torch.Tensor
+    mean_share: torch.Tensor
+    attn_pos: torch.Tensor
+    query_basis: torch.Tensor
+    key_basis: torch.Tensor
+    query_stack_sv: torch.Tensor
+    key_stack_sv: torch.Tensor
+    query_rank: int
+    key_rank: int
+    closure: float
+    key_pcs: torch.Tensor
+    key_span: torch.Tensor
+
+
+def analyse_head(vecs: Vectors, head: tuple[int, int], weighting: str, energy: float) -> HeadAnalysis:
+    """ΔC per category from stored vectors (positives: items of the asked category; negatives: the others)."""
+    q_all, k_all = vecs.at(head)  # (n, d), (n, I, d)
+    d = q_all.shape[-1]
+    out = {k: [] for k in ("deltas", "fractions", "ranks", "gap", "share", "product", "attn", "U", "V", "diff")}
+    # share, product: the rank-1 diagnostics of qkcore.covariance (query concentration, mean share)
+    for c in range(len(vecs.categories)):
+        rows = (vecs.asked == c).nonzero().flatten()
+        pos = vecs.item_cat[rows] == c  # (n_c, I)
+        q, k = q_all[rows].double(), k_all[rows].double()  # (n_c, d), (n_c, I, d)
+        acc = ContrastiveCovariance(d, weighting=weighting)
+        for sign, mask in ((True, pos), (False, ~pos)):
+            r, i = mask.nonzero(as_tuple=True)
+            acc.add(q[r], k[r, i], positive=sign, prompts=len(rows))
+        delta = acc.delta()
+        dec = decompose(delta, energy)
+        out["deltas"].append(delta), out["fractions"].append(dec.energy_fractions), out["ranks"].append(dec.rank)
+        out["gap"].append(torch.trace(delta)), out["diff"].append(acc.mean_key(True) - acc.mean_key(False))
+        out["share"].append(acc.query_concentration()), out["product"].append(acc.mean_share())
+        out["attn"].append((vecs.attn[vecs.heads.index(tuple(head))][rows] * pos).sum(-1).mean())
+        out["U"].append(dec.query_basis), out["V"].append(dec.key_basis)
+    q_stack, k_stack = torch.cat(out["U"], 1), torch.cat(out["V"], 1)  # (d, Σ r_c)
+    q_sv, k_sv = torch.linalg.svdvals(q_stack), torch.linalg.svdvals(k_stack)
+    diffs = torch.stack(out["diff"])  # (C, d)
+    keys = k_all.reshape(-1, d).double()  # (n·I, d) every item key
+    return HeadAnalysis(
+        head=tuple(head), deltas=torch.stack(out["deltas"]), energy_fractions=torch.stack(out["fractions"]),
+        ranks=torch.tensor(out["ranks"]), logit_gap=torch.stack(out["gap"]), query_concentration=torch.stack(out["share"]),
+        mean_share=torch.stack(out["product"]), attn_pos=torch.stack(out["attn"]).double(),
+        query_basis=combine_bases(out["U"]), key_basis=combine_bases(out["V"]), query_stack_sv=q_sv,
+        key_stack_sv=k_sv, query_rank=rank_at_energy(q_sv, energy), key_rank=rank_at_energy(k_sv, energy),
+        closure=float(diffs.sum(0).norm() / diffs.norm(dim=1).sum()),
+        key_pcs=torch.linalg.svd(keys - keys.mean(0), full_matrices=False).Vh.T,
+        key_span=torch.linalg.svd(k_stack, full_matrices=False).U[:, : rank_at_energy(k_sv, energy)])
+
+
+@dataclass
+class Projection:
+    """Keys (n·I, 3) and queries (n, 3) of fresh prompts: coordinates in the combined key / query basis, then PCA to
+    3-D. eta2 = between-category share of the variance of the full coordinates (1 = pure category code)."""
+
+    keys: torch.Tensor
+    key_labels: torch.Tensor
+    queries: torch.Tensor
+    query_labels: torch.Tensor
+    key_eta2: float
+    query_eta2: float
+    key_explained: torch.Tensor
+    query_explained: torch.Tensor
+
+
+def eta_squared(x: torch.Tensor, labels: torch.Tensor) -> float:
+    """Between-group sum of squares / total sum of squares of the rows of x (n, r)."""
+    x = x - x.mean(0)
+    total = x.square().sum()
+    if total <= 1e-12 * max(1, x.numel()):
+        return float("nan")  # no variance at all (e.g. identical queries): the share is undefined
+    between = sum(int((labels == g).sum()) * x[labels == g].mean(0).square().sum() for g in labels.unique())
+    return float(between / total)
+
+
+def project_categories(vecs: Vectors, head: tuple[int, int], analysis: HeadAnalysis) -> Projection:
+    q, k = vecs.at(head)  # (n, d), (n, I, d)
+    kc = k.reshape(-1, k.shape[-1]).double() @ analysis.key_basis  # (n·I, r_k)
+    qc = q.double() @ analysis.query_basis  # (n, r_q)
+    k_labels, q_labels = vecs.item_cat.reshape(-1), vecs.asked
+    kxyz, _, kexp, _ = pca(kc, 3, pad=True)
+    qxyz, _, qexp, _ = pca(qc, 3, pad=True)
+    return Projection(kxyz.float(), k_labels, qxyz.float(), q_labels, eta_squared(kc, k_labels),
+                      eta_squared(qc, q_labels), kexp, qexp)
+
+
+def delta_prompts(categories: tuple[str, ...], n: int, generator: torch.Generator, listed: int | None = None):
+    """n prompts in the paper's format (every listed category with all 5 items), asked categories in turn."""
+    task = FilterTask(FilterTaskConfig(categories=categories, listed=listed))
+    return [task.sample(1, generator, asked=categories[i % len(categories)], full=True)[0] for i in range(n)]
+
+
+@dataclass
+class FilterHeadsResult:
+    """Everything the chapter shows for the 5-category part (the 13-category view: `keys_13`)."""
+
+    model_label: str
+    scan: HeadScan
+    random_scan: HeadScan
+    heads: tuple[tuple[int, int], ...]
+    random_model: torch.nn.Module
+    analyses: dict[str, dict[tuple[int, int], HeadAnalysis]]  # condition → head → analysis
+    projections: dict[str, dict[tuple[int, int], Projection]]
+    grouping: dict[str, str]
+
+
+CONDITIONS = ("model", "shuffled labels", "random init")
+
+
+def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str = "") -> FilterHeadsResult:
+    """Scan, choose heads, analyse them and the two controls, project fresh prompts."""
+    g = torch.Generator().manual_seed(params.seed)
+    cats = tuple(params.categories)
+    prompts = delta_prompts(cats, params.n_delta_prompts, g)
+    fresh = delta_prompts(cats, params.n_pca_prompts, g)
+    grouping = null_grouping(cats, g)
+    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    layout = attention_layout(model)
+    heads = layout.select(params.heads) if params.heads is not None else tuple(scan.ranking()[: params.n_heads])
+    rand = random_init_copy(model, params.seed + 1)
+    random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    vecs = {"model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size),
+            "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size)}
+    fresh_vecs = {"model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size),
+                  "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size)}
+    vecs["shuffled labels"] = relabel(vecs["model"], [p.items for p in prompts], grouping)
+    fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
+    analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}
+    projections = {c: {h: project_categories(fresh_vecs[c], h, analyses[c][h]) for h in heads} for c in CONDITIONS}
+    return FilterHeadsResult(model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping)
+
+
+@dataclass
+class Keys13Result:
+    """The 13-category keys-only view: the head (top of this model's own scan unless given), per-category analysis,
+    keys of fresh prompts in the combined key subspace, and the same with a null grouping of the items and on a
+    randomly initialised copy of the model (same head)."""
+
+    model_label: str
+    categories: tuple[str, ...]
+    scan: HeadScan
+    head: tuple[int, int]
+    analysis: HeadAnalysis
+    projection: Projection
+    null_analysis: HeadAnalysis
+    null_projection: Projection
+    random_analysis: HeadAnalysis
+    random_projection: Projection
+
+
+def analyse_13(model, tokenizer, params: FilterHeadsParams, head: tuple[int, int] | None = None,
+               model_label: str = "") -> Keys13Result:
+    """Prompts list `listed_13` of the 13 categories (5 items each) and ask one of them."""
+    g = torch.Generator().manual_seed(params.seed + 13)
+    cats = tuple(params.categories_13)
+    prompts = delta_prompts(cats, params.n_prompts_13, g, listed=params.listed_13)
+    fresh = delta_prompts(cats, params.n_pca_prompts, g, listed=params.listed_13)
+    grouping = null_grouping(cats, g)
+    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    head = tuple(head) if head is not None else scan.ranking()[0]
+    vecs = collect_vectors(model, tokenizer, prompts, cats, [head], params.batch_size)
+    fresh_vecs = collect_vectors(model, tokenizer, fresh, cats, [head], params.batch_size)
+    analysis = analyse_head(vecs, head, params.weighting, params.energy)
+    null = analyse_head(relabel(vecs, [p.items for p in prompts], grouping), head, params.weighting, params.energy)
+    rand = random_init_copy(model, params.seed + 1)
+    rand_vecs = collect_vectors(rand, tokenizer, prompts, cats, [head], params.batch_size)
+    rand_analysis = analyse_head(rand_vecs, head, params.weighting, params.energy)
+    rand_fresh = collect_vectors(rand, tokenizer, fresh, cats, [head], params.batch_size)
+    return Keys13Result(model_label, cats, scan, head, analysis, project_categories(fresh_vecs, head, analysis), null,
+                        project_categories(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null),
+                        rand_analysis, project_categories(rand_fresh, head, rand_analysis))
+
+
+
+def run_keys_13(params: FilterHeadsParams, model, tokenizer, model_label: str) -> Keys13Result:
+    """The 13-category view with the chapter's model: for model="organism" the filter-13 organism (its head from its
+    own scan); otherwise the same model, at the first of `heads` when given (the talk: L20H26), else its scan's top."""
+    if params.model == "organism":
+        lm13 = load_filter_model(params, ORGANISMS["13"])
+        return analyse_13(lm13.model, lm13.tokenizer, params, None, lm13.name)
+    head = params.heads[0] if params.heads is not None else None
+    return analyse_13(model, tokenizer, params, head, model_label)

@@ -1,0 +1,116 @@
+"""Tables and key numbers of the filter-heads chapter (paper Figures 6–7): the top of the head scan, each category's
+ΔC at a studied head beside the controls, the combined category subspaces, and the summary set beside the paper.
+
+    scan_table(result, n=6); category_table(result, result.heads[0]); subspace_table(result)
+    summary(result, swaps, k13)          # a flat dict of rounded numbers for the closing cell
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result
+from qkcore.experiments.tables import r3
+from qkcore.lm import pad_batch, run_model
+from qkcore.lm.chat import model_text, uses_chat_template
+from qkcore.lm.layout import head_name
+from qkcore.organisms.filter_task import FilterPrompt
+from qkcore.subspace import principal_angles
+
+
+def scan_table(result: FilterHeadsResult, n: int = 6) -> pd.DataFrame:
+    """The n heads with the largest mean logit gap, with their attention on the asked items and on the others,
+    ‖ΔC‖_F, and the same numbers for the random-init copy's head at that place."""
+    rows = {}
+    for layer, head in result.scan.ranking()[:n]:
+        rows[head_name((layer, head))] = {
+            "logit gap": float(result.scan.logit_gap[:, layer, head].mean()),
+            "attention on +": float(result.scan.attn_pos[layer, head]),
+            "attention on −": float(result.scan.attn_neg[layer, head]),
+            "‖ΔC‖_F": float(result.scan.delta_norm[:, layer, head].mean()),
+            "random init: gap": float(result.random_scan.logit_gap[:, layer, head].mean()),
+            "random init: attention on +": float(result.random_scan.attn_pos[layer, head]),
+            "studied": (layer, head) in result.heads,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+@torch.no_grad()
+def greedy_answer(model, tokenizer, prompt: FilterPrompt, max_new_tokens: int = 8) -> str:
+    """The model's greedy continuation of one prompt, up to end of sequence (what it answers)."""
+    text, _ = model_text(tokenizer, prompt.text, uses_chat_template(tokenizer))
+    ids = tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+    new: list[int] = []
+    for _ in range(max_new_tokens):
+        token = int(run_model(model, pad_batch([ids + new])).logits[0, -1].argmax())
+        if token == tokenizer.eos_token_id:
+            break
+        new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+def category_table(result: FilterHeadsResult, head: tuple[int, int]):
+    """Per category at one head, the model beside its controls: rank of ΔC, share of σ₁², logit gap trace ΔC,
+    attention on the asked items, |q̄|²/E|q|², and the share of ΔC that q̄ dᵀ explains."""
+    a = {c: result.analyses[c][tuple(head)] for c in CONDITIONS}
+    short = {"model": "model", "shuffled labels": "shuffled", "random init": "random init"}
+    cols = {}
+    for c in CONDITIONS:
+        cols[("rank", short[c])] = a[c].ranks.tolist()
+        cols[("σ₁² share", short[c])] = a[c].energy_fractions[:, 0].tolist()
+    for c in CONDITIONS:
+        cols[("logit gap", short[c])] = a[c].logit_gap.tolist()
+    for c in CONDITIONS:
+        cols[("attention on +", short[c])] = a[c].attn_pos.tolist()
+    for c in ("model", "random init"):  # the shuffled condition has the model's queries
+        cols[("|q̄|²/E|q|²", short[c])] = a[c].query_concentration.tolist()
+        cols[("q̄dᵀ share", short[c])] = a[c].mean_share.tolist()
+    table = pd.DataFrame(cols, index=pd.Index(result.scan.categories, name="category"))
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
+    return table
+
+
+def subspace_table(result: FilterHeadsResult):
+    """Per head and condition: dimension of the combined query / key subspace (QR of the per-category bases, as in
+    the paper), the rank of the stacked bases at `energy`, the closure ‖Σ d_c‖/Σ‖d_c‖ of the key contrasts, how
+    purely the fresh prompts' keys / queries sort by category inside the subspace (η²), and the principal angles
+    between the condition's key subspace (`key_span`, of dimension key rank) and the model's."""
+    rows = {}
+    for h in result.heads:
+        model_keys = result.analyses["model"][h].key_span
+        for c in CONDITIONS:
+            a, p = result.analyses[c][h], result.projections[c][h]
+            same_model = c != "random init"  # angles between two models' subspaces mean nothing
+            rows[(head_name(h), c)] = {
+                "query dims (QR)": a.query_basis.shape[1], "key dims (QR)": a.key_basis.shape[1],
+                "query rank": a.query_rank, "key rank": a.key_rank, "closure": a.closure,
+                "key η²": p.key_eta2, "query η²": p.query_eta2,
+                "angles to model's keys (°)": (principal_angles(a.key_span, model_keys).round().int().tolist()
+                                                if same_model else "n/a")}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["head", "condition"])
+    return table
+
+
+def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result) -> dict[str, object]:
+    """The chapter's closing numbers, rounded to 3 decimals: per studied head the ranks, |q̄|²/E|q|², subspace
+    dimensions, η² and the swap's flip rates, each beside its controls."""
+    out: dict[str, object] = {"model": result.model_label}
+    for h in result.heads:
+        name = head_name(h)
+        a = {c: result.analyses[c][h] for c in CONDITIONS}
+        out[f"{name} attention on asked items"] = r3(a["model"].attn_pos.mean())
+        for c in CONDITIONS:
+            out[f"{name} ΔC ranks ({c})"] = a[c].ranks.tolist()
+            out[f"{name} query/key rank ({c})"] = (a[c].query_rank, a[c].key_rank)
+            out[f"{name} key η² ({c})"] = r3(result.projections[c][h].key_eta2)
+        out[f"{name} |q̄|²/E|q|² min (model)"] = r3(a["model"].query_concentration.min())
+        for cond in swaps.loc[name].index:
+            out[f"{name} swap flip rate ({cond})"] = r3(swaps.loc[(name, cond), "flip_rate"])
+    out["13 categories: head"] = head_name(k13.head)
+    out["13 categories: ΔC ranks"] = k13.analysis.ranks.tolist()
+    out["13 categories: key rank (dims)"] = (k13.analysis.key_rank, k13.analysis.key_basis.shape[1])
+    out["13 categories: key rank, random init"] = k13.random_analysis.key_rank
+    out["13 categories: key η² (model, null grouping, random init)"] = (
+        r3(k13.projection.key_eta2), r3(k13.null_projection.key_eta2), r3(k13.random_projection.key_eta2))
+    return out

@@ -1,0 +1,127 @@
+"""The key-swap intervention of the filter-heads chapter (paper Figure 7): one item of the asked category among 20
+others; inside a key subspace, swap the key coordinates of that item (orig) with those of a random other item
+(target); overwrite that head's raw logits q·k at the last token (qkcore.lm.edit_attention); read its attention.
+
+    table = swap_attention(model, tokenizer, prompts, [(2, 1)], {"category": [V], "random": [V.shape[1]]}, generator)
+    table.loc["category", "flip_rate"]     # share of prompts whose argmax attention lands on the target after
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import torch
+
+from qkcore.experiments.filter_heads.vectors import encode_filter_prompts
+from qkcore.interventions import swap_metrics
+from qkcore.lm import KeySwap, attention_layout, edit_attention, iter_batches, run_model
+from qkcore.lm.layout import head_name
+from qkcore.organisms.filter_task import FilterPrompt, FilterTask, FilterTaskConfig
+from qkcore.subspace import random_orthonormal
+
+
+def swap_targets(prompts: Sequence[FilterPrompt], generator: torch.Generator) -> tuple[list[int], list[int]]:
+    """Per prompt: the item index of the asked category's single item (orig) and of a random other item (target)."""
+    orig, target = [], []
+    for p in prompts:
+        pos = [i for i, flag in enumerate(p.positive) if flag]
+        if len(pos) != 1:
+            raise ValueError(f"swap prompts need exactly one item of the asked category, got {len(pos)}")
+        others = [i for i in range(len(p.items)) if i != pos[0]]
+        orig.append(pos[0])
+        target.append(others[int(torch.randint(len(others), (), generator=generator))])
+    return orig, target
+
+
+@torch.no_grad()
+def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Sequence[tuple[int, int]],
+              bases: dict[str, Sequence[torch.Tensor | int]], generator: torch.Generator, batch_size: int = 50,
+              models: dict[str, torch.nn.Module] | None = None) -> pd.DataFrame:
+    """One row per condition; the swap is applied at every head of `heads` at once (one head: the paper's setting).
+
+    bases: name → one entry per head, each a (d, r) orthonormal basis or an int r (a fresh random orthonormal
+    subspace of rank r per batch). models: name → another model for that condition (e.g. the random-init copy;
+    default `model`). Columns: rank (of the first head's subspace), mean over heads of the attention on orig and
+    target before and after, target_shift and flip_rate (swap_metrics), and answer_target / answer_orig: how often
+    the model's next token is then the target's / orig's first token."""
+    heads = [tuple(h) for h in heads]
+    orig, target = swap_targets(prompts, generator)
+    rows = {}
+    unedited: dict[tuple[int, int], dict] = {}  # (id of model, first prompt of the batch) → attention before
+    for name, per_head in bases.items():
+        if len(per_head) != len(heads):
+            raise ValueError(f"condition {name!r}: {len(per_head)} bases for {len(heads)} heads")
+        net = (models or {}).get(name, model)
+        d = attention_layout(net).head_dim
+        sums: dict[str, float] = {}
+        for chunk in iter_batches(len(prompts), batch_size):
+            start = chunk.start
+            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk])
+            o = [batch.padded(r, items[r][orig[i]]) for r, i in enumerate(chunk)]
+            t = [batch.padded(r, items[r][target[i]]) for r, i in enumerate(chunk)]
+            last = [batch.padded(r, -1) for r in range(len(chunk))]
+            rr = torch.arange(len(chunk))
+            if (id(net), start) not in unedited:
+                with edit_attention(net, read=heads) as ed:
+                    run_model(net, batch)
+                unedited[(id(net), start)] = {h: ed.attention(*h)[rr, last] for h in heads}  # (b, seq) per head
+            before = unedited[(id(net), start)]
+            swaps = [KeySwap(h[0], h[1], (random_orthonormal(d, b, generator) if isinstance(b, int) else b).float(),
+                             orig=o, target=t, query=last) for h, b in zip(heads, per_head)]
+            with edit_attention(net, swaps) as ed:
+                out = run_model(net, batch)
+            for h in heads:
+                m = swap_metrics(before[h], ed.attention(*h)[rr, last], torch.tensor(o), torch.tensor(t))
+                for key, value in m.items():
+                    sums[key] = sums.get(key, 0.0) + value * len(chunk) / len(heads)
+            next_token = out.logits[:, -1].argmax(-1)  # left padding: column -1 is every prompt's last token
+            for key, which in (("answer_target", target), ("answer_orig", orig)):
+                words = [prompts[i].items[which[i]] for i in chunk]
+                sums[key] = sums.get(key, 0.0) + _first_token_rate(tokenizer, next_token, words) * len(chunk)
+        first = per_head[0]
+        rows[name] = {"rank": first if isinstance(first, int) else first.shape[1],
+                      **{k: v / len(prompts) for k, v in sums.items()}}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _first_token_rate(tokenizer, predicted: torch.Tensor, words: list[str]) -> float:
+    """Share of rows whose predicted token is the first token of the word (as written without a leading space, or
+    with one: word-level, Llama-3 and SentencePiece tokenizers differ)."""
+    hits = 0
+    for p, w in zip(predicted.tolist(), words):
+        firsts = {tokenizer(w, add_special_tokens=False)["input_ids"][0],
+                  tokenizer(" " + w, add_special_tokens=False)["input_ids"][0]}
+        hits += p in firsts
+    return hits / len(words)
+
+
+def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
+    """Figure 7 at each studied head of a FilterHeadsResult, and at all of them at once: the category key subspace,
+    a random subspace of equal rank, the span of the keys' top principal directions (equal rank), the subspace found
+    with shuffled labels, and the random-init copy's own category subspace (run on that copy). Same prompts, orig
+    and target items for every condition."""
+    from qkcore.experiments.filter_heads.analysis import FilterHeadsParams, FilterHeadsResult  # no import cycle at load
+
+    if not isinstance(result, FilterHeadsResult) or not isinstance(params, FilterHeadsParams):
+        raise TypeError("swap_experiment needs a FilterHeadsResult and its FilterHeadsParams")
+    prompts = FilterTask(FilterTaskConfig(categories=params.categories)).sample_single_positive(
+        params.n_swap_prompts, torch.Generator().manual_seed(params.seed + 7))
+    groups = [[h] for h in result.heads] + ([list(result.heads)] if len(result.heads) > 1 else [])
+    frames = []
+    for heads in groups:
+        a = result.analyses
+        bases = {
+            "category subspace": [a["model"][h].key_basis for h in heads],
+            "random subspace, same rank": [a["model"][h].key_basis.shape[1] for h in heads],
+            "top key-variance subspace, same rank": [a["model"][h].key_pcs[:, : a["model"][h].key_basis.shape[1]]
+                                                     for h in heads],
+            "shuffled-label subspace": [a["shuffled labels"][h].key_basis for h in heads],
+            "random-init model": [a["random init"][h].key_basis for h in heads],
+        }
+        table = swap_attention(model, tokenizer, prompts, heads, bases, torch.Generator().manual_seed(params.seed + 8),
+                          params.batch_size, models={"random-init model": result.random_model})
+        name = head_name(heads[0]) if len(heads) == 1 else "all studied heads"
+        table.index = pd.MultiIndex.from_product([[name], table.index], names=["heads", "condition"])
+        frames.append(table)
+    return pd.concat(frames)

@@ -1,0 +1,85 @@
+"""One forward pass → each row's query vector at one column and its key vectors at chosen columns, for chosen heads
+(paper §3: the (q, k) pairs every contrast is built from). Every chapter gathers its vectors here: the filter scan,
+the binding contrasts, their views and the attribution.
+
+    got = gather_qk(model, batch, heads=[(2, 1)], query_cols=last, key_cols=items, attn_cols=items)
+    got.q (H, b, d) at last;  got.k (H, b, n, d) at items;  got.attn (H, b, n) last's attention on items
+    got.output.logits      (the model's own output of the same pass)
+
+Columns index the padded batch (`EncodedBatch.padded`). Without `attn_cols` only the asked positions are kept; with
+them every position is captured so that the softmax can be rebuilt, which costs memory, not another pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from qkcore.lm.batching import EncodedBatch, run_model
+from qkcore.lm.capture import capture_qk
+from qkcore.lm.layout import HeadSpec, attention_layout
+
+
+@dataclass(frozen=True)
+class GatheredQK:
+    """heads[i]'s vectors: q[i] (b, d) at each row's query column; k[i] (b, n, d) at its key columns (every column
+    when key_cols was None); attn[i] (b, m) the query's attention on attn_cols (None unless asked); output: the
+    model's output of the pass (logits of the positions run_model kept)."""
+
+    heads: tuple[tuple[int, int], ...]
+    q: torch.Tensor
+    k: torch.Tensor
+    attn: torch.Tensor | None
+    output: Any
+
+
+def _columns(cols, batch: EncodedBatch, name: str, dims: int) -> torch.Tensor:
+    t = torch.as_tensor(cols)
+    if t.dim() != dims or t.is_floating_point() or t.dtype == torch.bool or t.shape[0] != batch.size:
+        want = "(batch,)" if dims == 1 else "(batch, n)"
+        raise ValueError(f"{name} must be an integer tensor of shape {want} for a batch of {batch.size}, "
+                         f"got shape {tuple(t.shape)} dtype {t.dtype}")
+    return t.long()
+
+
+@torch.no_grad()
+def gather_qk(model: nn.Module, batch: EncodedBatch, heads: HeadSpec, query_cols, key_cols=None,
+              attn_cols=None, dtype: torch.dtype = torch.float32, **forward_kwargs) -> GatheredQK:
+    """Post-rotary q of `heads` at query_cols (b,) and k at key_cols (b, n) (None: every column), on the CPU in
+    `dtype`; with attn_cols (b, m), also the query's attention on those columns. `heads` keeps its order ("all":
+    layer-major)."""
+    layout = attention_layout(model)
+    layout.select(heads)  # validates: known layers and heads, no repeats
+    heads = layout.all_heads() if isinstance(heads, str) else tuple(tuple(h) for h in heads)
+    qcol = _columns(query_cols, batch, "query_cols", 1)
+    kcol = None if key_cols is None else _columns(key_cols, batch, "key_cols", 2)
+    acol = None if attn_cols is None else _columns(attn_cols, batch, "attn_cols", 2)
+    full = acol is not None
+    rows = torch.arange(batch.size)
+    with capture_qk(model, list(heads), query_positions=None if full else qcol[:, None],
+                    key_positions=None if full else kcol, keep_masks=full) as cap:
+        out = run_model(model, batch, **forward_kwargs)
+    qs, ks, attns = [], [], []
+    for h in heads:
+        if full:
+            q = cap.q(*h)[rows, qcol]  # (b, d)
+            k = cap.k(*h) if kcol is None else cap.k(*h)[rows[:, None], kcol]  # (b, n, d)
+            attns.append(cap.attention(*h)[rows, qcol].float().cpu().gather(1, acol).to(dtype))  # (b, m)
+        else:
+            q, k = cap.q(*h)[:, 0], cap.k(*h)
+        qs.append(q.to(dtype).cpu()), ks.append(k.to(dtype).cpu())
+    return GatheredQK(heads, torch.stack(qs), torch.stack(ks), torch.stack(attns) if full else None, out)
+
+
+def last_columns(batch: EncodedBatch) -> torch.Tensor:
+    """(b,) the batch column of each row's last prompt token (the query of every chapter)."""
+    return torch.tensor([batch.padded(r, -1) for r in range(batch.size)])
+
+
+def prompt_columns(batch: EncodedBatch, positions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(b, n) batch columns of per-row prompt positions (lists of equal length)."""
+    return batch.padded_positions(positions)

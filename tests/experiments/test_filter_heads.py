@@ -1,0 +1,126 @@
+"""The filter-heads experiment end to end on tiny random Llamas saved to disk (the real-model path: load by folder,
+with and without a chat template), and the chapter notebook run through papermill with model= such a folder."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from qkcore.experiments.filter_heads.analysis import (
+    FilterHeadsParams,
+    analyse_13,
+    analyse_heads,
+    delta_prompts,
+    load_filter_model,
+    null_grouping,
+)
+from qkcore.experiments.filter_heads.report import category_table, greedy_answer, scan_table, subspace_table, summary
+from qkcore.experiments.filter_heads.swaps import swap_attention, swap_experiment
+from qkcore.experiments.filter_heads.vectors import encode_filter_prompts
+from qkcore.organisms.filter_task import ALL_CATEGORY_NAMES, PAPER_CATEGORY_NAMES, FilterTask, FilterTaskConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = dict(n_delta_prompts=40, n_pca_prompts=10, n_swap_prompts=12, n_prompts_13=39, batch_size=16)
+
+
+def _words() -> list[str]:
+    return FilterTask(FilterTaskConfig(categories=ALL_CATEGORY_NAMES)).vocabulary()
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "chat-template"])
+def tiny(request, tmp_path_factory, save_tiny_llama):
+    path = save_tiny_llama(tmp_path_factory.mktemp("tiny"), _words(), chat=request.param, max_positions=128)
+    params = FilterHeadsParams(model=str(path), **SMALL)
+    lm = load_filter_model(params)
+    return params, lm.model, lm.tokenizer, analyse_heads(lm.model, lm.tokenizer, params, lm.name), request.param
+
+
+def test_item_positions_point_at_the_items(tiny):
+    params, model, tok, _, chat = tiny
+    prompts = delta_prompts(PAPER_CATEGORY_NAMES, 4, torch.Generator().manual_seed(0))
+    batch, items = encode_filter_prompts(tok, prompts)
+    for r, p in enumerate(prompts):
+        cols = [batch.padded(r, i) for i in items[r]]
+        assert tok.convert_ids_to_tokens(batch.input_ids[r, cols].tolist()) == list(p.items)
+        last = tok.convert_ids_to_tokens(batch.input_ids[r, batch.padded(r, -1)].item())
+        assert last == ":" and (tok.convert_ids_to_tokens(batch.input_ids[r, -2].item()) == "Assistant") == chat
+        assert (batch.input_ids[r] == tok.bos_token_id).sum() == 1  # the chat template's BOS, not a second one
+
+
+def test_streamed_delta_equals_delta_from_stored_vectors(tiny):
+    _, _, _, result, _ = tiny
+    for (layer, head) in result.heads:
+        torch.testing.assert_close(result.scan.deltas[:, layer, head],
+                                   result.analyses["model"][(layer, head)].deltas, rtol=1e-5, atol=1e-9)
+    attn = result.scan.attn_pos + result.scan.attn_neg
+    assert ((attn > 0) & (attn <= 1 + 1e-6)).all()
+
+
+def test_rank_one_when_queries_do_not_vary(tiny):
+    """Layer 0: the last token's query sees only its own token and position, identical in every prompt, so each
+    ΔC = q̄ dᵀ is rank 1 whatever the keys hold — the artefact the chapter warns about."""
+    params, model, tok, _, _ = tiny
+    result = analyse_heads(model, tok, FilterHeadsParams(model=params.model, heads=((0, 0),), **SMALL))
+    a = result.analyses["model"][(0, 0)]
+    assert a.ranks.tolist() == [1] * 5 and a.query_basis.shape[1] == 1
+    torch.testing.assert_close(a.query_concentration, torch.ones(5, dtype=torch.float64))
+    torch.testing.assert_close(a.mean_share, torch.ones(5, dtype=torch.float64))
+
+
+def test_full_space_swap_exchanges_attention(tiny):
+    _, model, tok, result, _ = tiny
+    prompts = FilterTask(FilterTaskConfig()).sample_single_positive(10, torch.Generator().manual_seed(0))
+    head = result.heads[0]
+    d = result.analyses["model"][head].deltas.shape[-1]
+    t = swap_attention(model, tok, prompts, [head], {"identity": [torch.eye(d)], "nothing": [torch.zeros(d, 0)]},
+                  torch.Generator().manual_seed(1), batch_size=4)
+    assert t.loc["identity", "attn_orig_after"] == pytest.approx(t.loc["identity", "attn_target_before"], abs=1e-6)
+    assert t.loc["identity", "attn_target_after"] == pytest.approx(t.loc["identity", "attn_orig_before"], abs=1e-6)
+    assert t.loc["nothing", "target_shift"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_tables_swaps_and_13_categories_run(tiny):
+    params, model, tok, result, _ = tiny
+    assert category_table(result, result.heads[0]).shape == (5, 16)
+    assert subspace_table(result).shape == (3 * len(result.heads), 8)
+    table = swap_experiment(model, tok, result, params)
+    assert len(table) == 5 * (len(result.heads) + 1) and table["flip_rate"].between(0, 1).all()
+    k13 = analyse_13(model, tok, params)
+    assert k13.analysis.deltas.shape[0] == 13 and k13.projection.keys.shape == (params.n_pca_prompts * 25, 3)
+    assert len(scan_table(result, n=3)) == 3 and summary(result, table, k13)["13 categories: head"]
+    prompt = delta_prompts(PAPER_CATEGORY_NAMES, 1, torch.Generator().manual_seed(0))[0]
+    assert isinstance(greedy_answer(model, tok, prompt, max_new_tokens=3), str)
+
+
+def test_null_grouping_keeps_group_sizes():
+    g = null_grouping(PAPER_CATEGORY_NAMES, torch.Generator().manual_seed(0))
+    assert len(g) == 25 and sorted(g.values()) == sorted([c for c in PAPER_CATEGORY_NAMES] * 5)
+
+
+def test_bad_parameters_are_rejected():
+    with pytest.raises(ValueError, match="categories"):
+        FilterHeadsParams(categories=("fruit", "planet"))
+    with pytest.raises(TypeError, match="heads"):
+        FilterHeadsParams(heads="L20H26")
+    with pytest.raises(TypeError, match="weighting"):
+        FilterHeadsParams(weighting="sum")
+
+
+@pytest.mark.slow
+def test_chapter_runs_with_a_tiny_model_folder(tmp_path, save_tiny_llama):
+    path = save_tiny_llama(tmp_path / "model", _words(), chat=True, max_positions=128)
+    out = tmp_path / "filter_heads.ipynb"
+    args = [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT / "book"),
+            str(ROOT / "book" / "filter_heads.ipynb"), str(out), "-p", "model", str(path)]
+    for key, value in SMALL.items():
+        args += ["-p", key, str(value)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
+                      for o in c.get("outputs", []))
+    assert f"model: {path} (" in outputs and "chat template: yes" in outputs  # the folder's model made the figures
+    assert "studied heads:" in outputs
+    assert "13 categories: key η² (model, null grouping, random init)" in outputs
