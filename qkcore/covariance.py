@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import math
-
 import torch
 
 Weighting = Literal["pair_mean", "prompt_sum"]

@@ -8,8 +8,18 @@ import torch
 import transformers
 
 from qkcore.covariance import ContrastiveCovariance
-from qkcore.lm import (DeltaStreamer, KeySwap, LogitEdit, PromptPairs, attention_layout, capture_qk,
-                       edit_attention, pad_batch, run_model, stream_delta)
+from qkcore.lm import (
+    DeltaStreamer,
+    KeySwap,
+    LogitEdit,
+    PromptPairs,
+    attention_layout,
+    capture_qk,
+    edit_attention,
+    pad_batch,
+    run_model,
+    stream_delta,
+)
 from qkcore.lm.tiny import tiny_config, tiny_model
 from qkcore.params import from_namespace
 from qkcore.subspace import combine_bases, decompose, ranks_at_energy
