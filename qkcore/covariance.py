@@ -41,7 +41,7 @@ class ContrastiveCovariance:
         if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         for name, value in (("d_head", d_head), ("d_key", d_key)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            if (value is not None or name == "d_head") and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be a positive int, got {value!r}")
         if isinstance(head_shape, (int, str)) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
                                                          for h in head_shape):
