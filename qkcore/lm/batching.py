@@ -95,6 +95,8 @@ def pad_batch(token_ids: Sequence[Sequence[int]], padding_side: str = "left", pa
             row = torch.as_tensor(t if isinstance(t, torch.Tensor) else list(t))
         except (TypeError, ValueError, RuntimeError):
             row = None
+        if row is not None and row.numel() == 0 and not isinstance(t, str):
+            raise ValueError(f"prompt {r} has no tokens")
         if row is None or isinstance(t, str) or row.dim() != 1 or row.is_floating_point() or row.is_complex() \
                 or row.dtype == torch.bool:
             raise TypeError(f"token_ids[{r}] must be a list of int token ids, got {t!r}")
