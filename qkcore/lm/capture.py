@@ -3,7 +3,9 @@ each head computes; after q_norm/k_norm for Qwen3/Gemma3).
 
 Works with eager, sdpa and the other AttentionInterface kernels, leaves outputs unchanged (see `intercept.py` for
 the mechanism), maps grouped-query attention (query head h reads key head h // group size), and names points after
-the module path ("model.layers.3.self_attn.q_rot" / ".k_rot").
+the module path ("model.layers.3.self_attn.q_rot" / ".k_rot"). GPT-OSS attention sinks enter `attention()` as one
+extra softmax column per head; Gemma3n's KV-shared layers give the keys they read (those of an earlier layer).
+Positions on padding columns are refused.
 
     with capture_qk(model, heads=[(1, 0), (1, 3)], query_positions=qpos, key_positions=None) as cap:
         model(**inputs)

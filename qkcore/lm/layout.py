@@ -9,6 +9,7 @@ names the capture points after the module path, TransformerLens-style:
     layout = attention_layout(model)          # layout.n_layers, .n_heads, .n_kv_heads, .head_dim, .group_size
     layout.point_names()[:2]                  # ['model.layers.0.self_attn.q_rot', 'model.layers.0.self_attn.k_rot']
     resolve_point(model, "model.layers.1.self_attn.k_rot")   # QKPoint(layer=1, kind='k_rot', module_path=...)
+    attention_layout_from_config(config).check_heads(P.heads)  # before loading weights or any forward pass
 """
 
 from __future__ import annotations
