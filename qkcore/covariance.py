@@ -42,8 +42,15 @@ class ContrastiveCovariance:
         weighting: Weighting = "pair_mean",
         device: torch.device | str | None = None,
     ):
-        if weighting not in WEIGHTINGS:
+        if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        for name, value in (("d_head", d_head), ("d_key", d_key)):
+            if (value is not None or name == "d_head") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(head_shape, (int, str)) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                                                         for h in head_shape):
+            raise TypeError(f"head_shape must be a tuple of positive ints, e.g. (n_layers, n_heads), got "
+                            f"{head_shape!r}")
         if d_head < 1 or (d_key is not None and d_key < 1):
             raise ValueError(f"dimensions must be positive, got d_head={d_head}, d_key={d_key}")
         self.d_query = int(d_head)
@@ -64,6 +71,15 @@ class ContrastiveCovariance:
     def add(self, q: torch.Tensor, k: torch.Tensor, *, positive: bool, prompts: int = 0) -> None:
         """Absorb a batch of pairs: q (*head_shape, n, d_query), k (*head_shape, n, d_key), row i of q with row i
         of k. `prompts` counts the prompts these pairs came from (used by the "prompt_sum" weighting)."""
+        for name, x in (("q", q), ("k", k)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+            if not x.is_floating_point():
+                raise TypeError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
+        if not isinstance(positive, bool):
+            raise TypeError(f"positive must be True or False, got {positive!r}")
+        if isinstance(prompts, bool) or not isinstance(prompts, int):
+            raise TypeError(f"prompts must be an int >= 0 (the number of prompts the pairs came from), got {prompts!r}")
         expected_q = (*self.head_shape, q.shape[-2] if q.dim() >= 2 else -1, self.d_query)
         if q.dim() != len(self.head_shape) + 2 or tuple(q.shape) != expected_q:
             raise ValueError(

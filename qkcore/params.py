@@ -10,6 +10,7 @@ misspelt or invalid parameter stops the run with a message instead of being igno
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -18,18 +19,48 @@ T = TypeVar("T")
 
 # Names that IPython (not the parameters cell) puts in a notebook's namespace.
 _IPYTHON_NAMES = {"In", "Out", "get_ipython", "exit", "quit", "open"}
+# IPython's history names (_, __, ___, _i, _ii, _iii, _iN, _N, _ih, _oh, _dh) and Python's dunders (__name__, …).
+_HISTORY = re.compile(r"_{1,3}|_i{1,3}|_i\d+|_\d+|_ih|_oh|_dh|_exit_code|__\w+__")
+
+
+def _is_ipython_value(name: str, value: Any) -> bool:
+    """Does `value` look like what IPython itself binds to `name` (so it was not set by a parameter override)?"""
+    if name == "In":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if name == "Out":
+        return isinstance(value, dict) and all(isinstance(k, int) for k in value)
+    return callable(value)  # get_ipython, exit, quit, open: functions or IPython's ExitAutocall
 
 
 def _is_parameter(name: str, value: Any) -> bool:
-    if name.startswith("_") or name in _IPYTHON_NAMES:
+    """Is `name = value` in a notebook's namespace a chapter parameter? Raises for a parameter that would be lost:
+    an override of an IPython name (`-p exit 5`) or a private name (`-p _seed 5`)."""
+    if isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type)):
         return False
-    return not isinstance(value, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type))
+    if name in _IPYTHON_NAMES:
+        if _is_ipython_value(name, value):
+            return False
+        raise ValueError(f"parameter name {name!r} is reserved: IPython binds it in every notebook, so it cannot be "
+                         f"a chapter parameter (got {name} = {value!r})")
+    if name.startswith("_"):
+        if _HISTORY.fullmatch(name):
+            return False
+        raise ValueError(f"parameter name {name!r} starts with '_': names starting with '_' are not chapter "
+                         f"parameters (got {name} = {value!r})")
+    return True
 
 
 def from_namespace(cls: type[T], namespace: dict[str, Any]) -> T:
-    """Build the parameter dataclass `cls` from a notebook's namespace; unknown names are an error."""
+    """Build the parameter dataclass `cls` from a notebook's namespace; unknown names are an error, and so are
+    overrides of IPython's own names (In, Out, exit, quit, open, get_ipython) and private names (_x)."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    given = {k: v for k, v in namespace.items() if _is_parameter(k, v)}
+    given = {}
+    for k, v in namespace.items():
+        try:
+            if _is_parameter(k, v):
+                given[k] = v
+        except ValueError as e:
+            raise ValueError(f"{e}; the parameters this chapter takes are {sorted(fields)}") from None
     unknown = sorted(set(given) - fields)
     if unknown:
         raise ValueError(
@@ -80,6 +111,15 @@ def check_types(obj: Any) -> None:
 
 def _to_tuple(value: Any) -> Any:
     return tuple(_to_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def require_text(value: Any, name: str, allowed: str) -> None:
+    """A non-empty, non-blank string, e.g. require_text(self.model, "model", '"organism" or a hub id / folder').
+    Raises TypeError / ValueError naming the parameter and what it takes."""
+    if not isinstance(value, str):
+        raise TypeError(f"parameter {name}={value!r} must be a string: {allowed}")
+    if not value.strip():
+        raise ValueError(f"parameter {name} is empty: give {allowed}")
 
 
 def require(condition: bool, message: str) -> None:

@@ -14,6 +14,8 @@ import torch
 
 
 def _check_energy(energy: float) -> None:
+    if isinstance(energy, bool) or not isinstance(energy, (int, float)):
+        raise TypeError(f"energy must be a number in (0, 1] (the paper uses 0.99), got {energy!r}")
     if not (0.0 < float(energy) <= 1.0):
         raise ValueError(f"energy must be in (0, 1] (the paper uses 0.99), got {energy}")
 
@@ -42,12 +44,26 @@ def rank_at_energy(singular_values: torch.Tensor, energy: float = 0.99) -> int:
 def ranks_at_energy(deltas: torch.Tensor, energy: float = 0.99) -> torch.Tensor:
     """Rank rule for a stack of matrices (..., d_query, d_key) → integer tensor (...)."""
     _check_energy(energy)
+    _check_matrix(deltas, "deltas", stacked=True)
     s = torch.linalg.svdvals(deltas.to(torch.float64))  # (..., min(d_query, d_key))
     power = s**2
     total = power.sum(-1, keepdim=True)
     cumulative = torch.cumsum(power, -1) / total.clamp_min(torch.finfo(torch.float64).tiny)
     ranks = (cumulative < energy - 1e-12).sum(-1) + 1
     return torch.where(total.squeeze(-1) == 0, torch.zeros_like(ranks), ranks)
+
+
+def _check_matrix(x, name: str, stacked: bool = False) -> None:
+    """A real, finite torch matrix (or stack of matrices when stacked)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < 2 or (x.dim() != 2 and not stacked):
+        want = "(..., d_query, d_key) stack of matrices" if stacked else "(d_query, d_key) matrix"
+        raise ValueError(f"{name} must be a {want}, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} must be finite: found NaN or inf")
 
 
 @dataclass(frozen=True)
@@ -80,10 +96,7 @@ class Decomposition:
 def decompose(delta: torch.Tensor, energy: float = 0.99) -> Decomposition:
     """SVD of one ΔC (d_query, d_key) and its rank at the given energy."""
     _check_energy(energy)
-    if delta.dim() != 2:
-        raise ValueError(f"delta must be a (d_query, d_key) matrix, got shape {tuple(delta.shape)}")
-    if not torch.isfinite(delta).all():
-        raise ValueError("delta must be finite: found NaN or inf")
+    _check_matrix(delta, "delta")
     U, S, Vh = torch.linalg.svd(delta.to(torch.float64), full_matrices=False)
     return Decomposition(U=U, S=S, V=Vh.T, rank=rank_at_energy(S, energy), energy=float(energy))
 
@@ -96,10 +109,12 @@ def combine_bases(bases: list[torch.Tensor], tol: float = 1e-8) -> torch.Tensor:
     projecting out the earlier ones is below `tol` × its norm adds no new direction and is skipped, so the
     result has dim(span) columns — e.g. five rank-1 key bases that are linearly dependent give 4 columns.
     Returns (d, r_total)."""
-    if not bases:
-        raise ValueError("combine_bases needs at least one basis")
+    if isinstance(bases, torch.Tensor) or not bases:
+        raise ValueError("combine_bases needs a non-empty list of (d, r_i) bases")
+    for i, b in enumerate(bases):
+        _check_matrix(b, f"bases[{i}]")
     dims = {b.shape[0] for b in bases}
-    if len(dims) != 1 or any(b.dim() != 2 for b in bases):
+    if len(dims) != 1:
         raise ValueError(f"bases must all be (d, r_i) with the same d, got {[tuple(b.shape) for b in bases]}")
     columns = torch.cat([b.to(torch.float64) for b in bases], dim=1)  # (d, Σ r_i)
     kept: list[torch.Tensor] = []

@@ -14,7 +14,7 @@ from torch import nn
 
 from qkcore.lm import load_model
 from qkcore.lm.chat import uses_chat_template
-from qkcore.params import check_types, require
+from qkcore.params import check_types, require, require_text
 
 ORGANISM = "organism"
 
@@ -39,8 +39,8 @@ class LMChapterParams:
 
     def __post_init__(self):
         check_types(self)
-        require(self.model.strip() != "", 'model must be "organism", a registered name, a local folder or a hub id')
-        require(self.device.strip() != "", 'device must name a torch device, e.g. "cpu" or "cuda"')
+        require_text(self.model, "model", '"organism", a registered model name, a local folder or a hub id')
+        require_text(self.device, "device", 'a torch device, e.g. "cpu" or "cuda"')
         for name in ("n_heads", "batch_size"):
             require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         require(0 < self.energy <= 1, f"energy must be in (0, 1] (the paper uses 0.99), got {self.energy}")

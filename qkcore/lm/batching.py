@@ -85,8 +85,27 @@ def pad_batch(token_ids: Sequence[Sequence[int]], padding_side: str = "left", pa
     """Pad lists of token ids into an EncodedBatch. pad_id is irrelevant to the results (padding is masked)."""
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
-    if not token_ids:
+    if isinstance(token_ids, str) or (isinstance(token_ids, torch.Tensor) and token_ids.dim() != 2):
+        raise TypeError("token_ids must be a list of token-id lists (one per prompt), not one string or 1-D tensor")
+    if len(token_ids) == 0:
         raise ValueError("empty batch: give at least one prompt")
+    rows = []
+    for r, t in enumerate(token_ids):
+        try:
+            row = torch.as_tensor(t if isinstance(t, torch.Tensor) else list(t))
+        except (TypeError, ValueError, RuntimeError):
+            row = None
+        if row is not None and row.numel() == 0 and not isinstance(t, str):
+            raise ValueError(f"prompt {r} has no tokens")
+        if row is None or isinstance(t, str) or row.dim() != 1 or row.is_floating_point() or row.is_complex() \
+                or row.dtype == torch.bool:
+            raise TypeError(f"token_ids[{r}] must be a list of int token ids, got {t!r}")
+        if row.numel() and row.min() < 0:
+            raise ValueError(f"token_ids[{r}] contains the negative token id {int(row.min())}; ids are >= 0")
+        rows.append(row.long())
+    if isinstance(pad_id, bool) or not isinstance(pad_id, int):
+        raise TypeError(f"pad_id must be an int, got {pad_id!r}")
+    token_ids = rows
     lengths = torch.tensor([len(t) for t in token_ids], dtype=torch.long)  # (batch,)
     if (lengths == 0).any():
         raise ValueError(f"prompt {int((lengths == 0).nonzero()[0])} has no tokens")
@@ -96,7 +115,7 @@ def pad_batch(token_ids: Sequence[Sequence[int]], padding_side: str = "left", pa
     offsets = (seq - lengths) if padding_side == "left" else torch.zeros_like(lengths)
     for r, t in enumerate(token_ids):
         o = int(offsets[r])
-        ids[r, o:o + len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+        ids[r, o:o + len(t)] = t
         mask[r, o:o + len(t)] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # (batch, seq): 0..n-1 on each prompt's own tokens
     return EncodedBatch(ids, mask, position_ids, lengths, offsets, padding_side,
@@ -121,6 +140,8 @@ def encode_batch(tokenizer, texts: Sequence[str], padding_side: str = "left",
 
 def iter_batches(n: int, batch_size: int, progress: bool | str = False) -> Iterator[range]:
     """Index ranges of consecutive batches over n items, with a tqdm bar when progress is True (or a label)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise TypeError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     starts = range(0, n, batch_size)
@@ -134,6 +155,14 @@ def iter_batches(n: int, batch_size: int, progress: bool | str = False) -> Itera
 
 def run_model(model: nn.Module, batch: EncodedBatch, **kwargs):
     """One forward pass of `batch` without a KV cache (on the model's device), under torch.no_grad()."""
-    device = model.get_input_embeddings().weight.device
+    if not isinstance(batch, EncodedBatch):
+        raise TypeError(f"batch must be an EncodedBatch (from encode_batch or pad_batch), got {type(batch).__name__}")
+    embeddings = model.get_input_embeddings()
+    device = embeddings.weight.device
+    vocab = getattr(embeddings, "num_embeddings", None)
+    ids = batch.input_ids
+    if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
+        raise ValueError(f"batch.input_ids contains token id {int(ids.max())}, but the model's vocabulary "
+                         f"has {vocab} ids (0..{vocab - 1}): was the batch made with another model's tokenizer?")
     with torch.no_grad():
         return model(**batch.model_inputs(device), use_cache=False, **kwargs)

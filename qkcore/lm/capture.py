@@ -3,7 +3,9 @@ each head computes; after q_norm/k_norm for Qwen3/Gemma3).
 
 Works with eager, sdpa and the other AttentionInterface kernels, leaves outputs unchanged (see `intercept.py` for
 the mechanism), maps grouped-query attention (query head h reads key head h // group size), and names points after
-the module path ("model.layers.3.self_attn.q_rot" / ".k_rot").
+the module path ("model.layers.3.self_attn.q_rot" / ".k_rot"). GPT-OSS attention sinks enter `attention()` as one
+extra softmax column per head; Gemma3n's KV-shared layers give the keys they read (those of an earlier layer).
+Positions on padding columns are refused.
 
     with capture_qk(model, heads=[(1, 0), (1, 3)], query_positions=qpos, key_positions=None) as cap:
         model(**inputs)
@@ -18,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from qkcore.lm.intercept import AttentionCall, attention_session, head_logits_to_attention
+from qkcore.lm.intercept import AttentionCall, attention_session, check_model, head_logits_to_attention
 from qkcore.lm.layout import AttentionLayout, HeadSpec, attention_layout, attention_modules, resolve_point
 
 Positions = torch.Tensor | Sequence[Sequence[int]] | None
@@ -28,7 +30,11 @@ def as_positions(positions: Positions, name: str) -> torch.Tensor | None:
     """None (all positions) or a (batch, n) integer tensor of padded-sequence indices."""
     if positions is None:
         return None
-    t = torch.as_tensor(positions)
+    try:
+        t = torch.as_tensor(positions)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{name} must be a (batch, n) integer tensor or list of equal-length lists of token "
+                         f"positions, got {positions!r} ({e})") from None
     if t.dim() != 2 or t.dtype in (torch.bool,) or t.is_floating_point() or t.is_complex():
         raise ValueError(f"{name} must be a (batch, n) integer tensor or list of equal-length lists of token "
                          f"positions, got shape {tuple(t.shape)} dtype {t.dtype}")
@@ -42,6 +48,19 @@ def check_positions(pos: torch.Tensor, batch: int, length: int, name: str) -> No
         bad = pos[(pos < 0) | (pos >= length)][0].item()
         raise ValueError(f"{name} contains position {bad}, out of range for a sequence of {length} tokens "
                          f"(0..{length - 1}); positions index the padded batch")
+
+
+def check_not_padding(pos: torch.Tensor, padding_mask: torch.Tensor | None, name: str) -> None:
+    """Positions must fall on real tokens: a padding column has no token (its q and k are meaningless)."""
+    if padding_mask is None or padding_mask.shape[0] != pos.shape[0] or not pos.numel():
+        return
+    real = torch.gather(padding_mask.to(pos.device).bool(), 1, pos)  # (batch, n)
+    if not real.all():
+        row, i = (~real).nonzero()[0].tolist()
+        cols = padding_mask[row].bool().nonzero().flatten().tolist()
+        raise ValueError(f"{name}[{row}] contains column {int(pos[row, i])}, a padding column: prompt {row} has its "
+                         f"tokens in columns {cols[0]}..{cols[-1]}; positions index the padded batch (convert "
+                         "prompt positions with batch.padded(row, position))")
 
 
 def gather_positions(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -69,9 +88,10 @@ class QKCapture:
         self._k: dict[int, torch.Tensor] = {}  # layer -> (batch, len(kv_heads[layer]), n_k, d)
         self._mask: dict[int, torch.Tensor] = {}
         self._scaling: dict[int, tuple[float, float | None]] = {}
+        self._sinks: dict[int, torch.Tensor | None] = {}  # layer -> (n_heads,) attention-sink logits (GPT-OSS)
 
     # -- recording -------------------------------------------------------------------------------------------
-    def _record(self, call: AttentionCall) -> None:
+    def _record(self, call: AttentionCall, padding_mask: torch.Tensor | None = None) -> None:
         layer = call.layer
         if layer in self._q:
             raise RuntimeError(f"capture_qk saw layer {layer} twice: use one forward pass per capture context "
@@ -83,6 +103,7 @@ class QKCapture:
         for pos, name in ((self.query_positions, "query_positions"), (self.key_positions, "key_positions")):
             if pos is not None:
                 check_positions(pos, b, q_len, name)
+                check_not_padding(pos, padding_mask, name)
         qi = torch.tensor(self.q_heads[layer], device=call.query.device)
         ki = torch.tensor(self.kv_heads[layer], device=call.key.device)
         q = gather_positions(call.query.detach().index_select(1, qi), self.query_positions)
@@ -90,6 +111,7 @@ class QKCapture:
         self._q[layer] = q.to(self.device) if self.device is not None else q
         self._k[layer] = k.to(self.device) if self.device is not None else k
         self._scaling[layer] = (call.scaling, call.softcap)
+        self._sinks[layer] = call.sinks
         if self.keep_masks:
             self._mask[layer] = call.additive_mask()
 
@@ -122,14 +144,23 @@ class QKCapture:
             raise KeyError(f"{name}: no head of layer {point.layer} was captured (or the model has not run)")
         return store[point.layer]
 
+    def _check_layer_run(self, layer: int) -> None:
+        self.layout.check_layer(layer)
+        if layer not in self.q_heads:
+            raise KeyError(f"layer {layer}: no head of it was captured; captured layers: {list(self.q_heads)}")
+        if layer not in self._q:
+            raise RuntimeError(f"layer {layer} has not run yet: call the model inside the capture context")
+
     def scaling(self, layer: int) -> float:
         """The logit scale the model used at `layer` (1/√d, or query_pre_attn_scalar^-½ for Gemma)."""
+        self._check_layer_run(layer)
         return self._scaling[layer][0]
 
     def mask(self, layer: int) -> torch.Tensor:
         """The additive mask (float32, 0 or -inf) the model applied at `layer` (needs keep_masks=True)."""
-        if layer not in self._mask:
+        if not self.keep_masks:
             raise KeyError(f"no mask for layer {layer}: pass keep_masks=True to capture_qk")
+        self._check_layer_run(layer)
         return self._mask[layer]
 
     def attention(self, layer: int, head: int) -> torch.Tensor:
@@ -141,7 +172,9 @@ class QKCapture:
         mask = self.mask(layer)
         mask = mask[:, min(head, mask.shape[1] - 1)] if mask.dim() == 4 else mask  # (batch or 1, q_len, kv_len)
         scale, softcap = self._scaling[layer]
-        return head_logits_to_attention(q @ k.transpose(-1, -2), scale, softcap, mask.to(q.device))
+        sinks = self._sinks[layer]
+        return head_logits_to_attention(q @ k.transpose(-1, -2), scale, softcap, mask.to(q.device),
+                                        None if sinks is None else sinks[head])
 
 
 @contextlib.contextmanager
@@ -158,14 +191,20 @@ def capture_qk(
     heads: "all" or [(layer, head), ...]; query_positions / key_positions: None (every position) or (batch, n)
     indices into the padded sequence; keep_masks: also keep each layer's additive mask (for `attention()`);
     device: where to move captured vectors (default: where the model made them)."""
+    check_model(model, "capture_qk")
+    if not isinstance(keep_masks, bool):
+        raise TypeError(f"keep_masks must be True or False, got {keep_masks!r}")
     layout = attention_layout(model)
     chosen = layout.select(heads)
     cap = QKCapture(layout, chosen, as_positions(query_positions, "query_positions"),
                     as_positions(key_positions, "key_positions"), keep_masks, device)
     mods = {layer: m for layer, (_, m) in enumerate(attention_modules(model)) if layer in cap.q_heads}
 
-    def on_call(call: AttentionCall) -> None:
-        cap._record(call)
+    sessions = []
 
-    with attention_session(model, mods, on_call):
+    def on_call(call: AttentionCall) -> None:
+        cap._record(call, sessions[0].padding_mask)
+
+    with attention_session(model, mods, on_call) as session:
+        sessions.append(session)
         yield cap

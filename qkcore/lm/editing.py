@@ -24,18 +24,21 @@ import torch
 from torch import nn
 
 from qkcore.interventions import swap_in_subspace
-from qkcore.lm.intercept import AttentionCall, attention_session, head_logits_to_attention
+from qkcore.lm.intercept import AttentionCall, attention_session, check_model, head_logits_to_attention
 from qkcore.lm.layout import AttentionLayout, attention_layout, attention_modules
 
 EDITABLE_IMPLEMENTATIONS = ("eager", "sdpa")
-_UNSUPPORTED_KWARGS = ("s_aux", "sinks", "position_bias")
+_UNSUPPORTED_KWARGS = ("position_bias",)
 
 
 def _int_tuple(x, name: str) -> tuple[int, ...] | None:
     if x is None:
         return None
-    t = torch.as_tensor(x)
-    if t.dim() != 1 or t.is_floating_point() or t.dtype == torch.bool:
+    try:
+        t = torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be a 1-D list of integer batch columns, got {x!r}") from None
+    if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"{name} must be a 1-D list of integer batch columns, got {x!r}")
     return tuple(int(v) for v in t.tolist())
 
@@ -51,10 +54,20 @@ class LogitEdit:
     values: torch.Tensor  # (n_cells,) float32
 
     def __post_init__(self):
-        cells = tuple(tuple(int(v) for v in c) for c in self.cells)
-        if not cells or any(len(c) != 3 for c in cells):
+        try:
+            cells = tuple(_int_tuple(c, "each cell") for c in self.cells)
+        except (TypeError, ValueError):
+            raise ValueError(f"cells must be a non-empty list of (row, query_column, key_column), got "
+                             f"{self.cells!r}") from None
+        if not cells or any(c is None or len(c) != 3 for c in cells):
             raise ValueError(f"cells must be a non-empty list of (row, query_column, key_column), got {self.cells!r}")
-        values = torch.as_tensor(self.values, dtype=torch.float32).reshape(-1)
+        try:
+            values = torch.as_tensor(self.values)
+        except (TypeError, ValueError, RuntimeError):
+            values = None
+        if values is None or values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"values must be real numbers (raw q·k logits, one per cell), got {self.values!r}")
+        values = values.to(torch.float32).reshape(-1)
         if values.numel() != len(cells):
             raise ValueError(f"{values.numel()} values for {len(cells)} cells: give one value per cell")
         if not torch.isfinite(values).all():
@@ -77,6 +90,11 @@ class KeySwap:
     query: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if not isinstance(self.basis, torch.Tensor) or not self.basis.is_floating_point() or self.basis.dim() != 2:
+            raise TypeError(f"basis must be a real (d_head, r) torch.Tensor with orthonormal columns, got "
+                            f"{type(self.basis).__name__} {tuple(getattr(self.basis, 'shape', ()))}")
+        if not torch.isfinite(self.basis).all():
+            raise ValueError("basis must be finite: found NaN or inf")
         object.__setattr__(self, "orig", _int_tuple(self.orig, "orig"))
         object.__setattr__(self, "target", _int_tuple(self.target, "target"))
         object.__setattr__(self, "query", _int_tuple(self.query, "query"))
@@ -94,21 +112,46 @@ def _check_cols(cols, length: int, what: str, head: tuple[int, int]) -> None:
                              f"(0..{length - 1}); positions are batch columns")
 
 
-def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit, touched: torch.Tensor) -> None:
+def _check_visible(allowed: torch.Tensor, rows, qcols, kcols, what: str, head: tuple[int, int]) -> None:
+    """Each (row, query column, key column) must be a cell the head attends to: allowed (batch, q_len, kv_len)."""
+    for r, qc, kc in zip(rows, qcols, kcols):
+        if not allowed[r, qc, kc]:
+            raise ValueError(f"edit of head {head}: {what} (row {r}, query column {qc}, key column {kc}) is masked "
+                             "for this head (a future key, a padding column or outside the sliding window), so the "
+                             "edit would change nothing; edit only cells the query can attend to")
+
+
+def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit, touched: torch.Tensor,
+           allowed: torch.Tensor | None = None) -> None:
     """Apply one edit in place to raw (batch, q_len, kv_len) logits of a head with q (batch, q_len, d), k (batch,
-    kv_len, d), all float32; mark the edited query rows in touched (batch, q_len) bool."""
+    kv_len, d), all float32; mark the edited query rows in touched (batch, q_len) bool. allowed (batch, q_len,
+    kv_len) bool: the cells the head's mask lets through; edits of masked cells are refused."""
     b, q_len, kv_len = raw.shape
     head = (edit.layer, edit.head)
+    if allowed is None:
+        allowed = torch.ones(raw.shape, dtype=torch.bool)
+    allowed = allowed.expand(b, q_len, kv_len).cpu()
     if isinstance(edit, LogitEdit):
         rows, qc, kc = (torch.tensor(c) for c in zip(*edit.cells))
         _check_cols(rows.tolist(), b, "row", head), _check_cols(qc.tolist(), q_len, "query column", head)
         _check_cols(kc.tolist(), kv_len, "key column", head)
+        _check_visible(allowed, rows.tolist(), qc.tolist(), kc.tolist(), "LogitEdit cell", head)
         raw[rows, qc, kc] = edit.values.to(raw.device)
         touched[rows, qc] = True
         return
     if len(edit.orig) != b:
         raise ValueError(f"KeySwap of head {head} has {len(edit.orig)} swaps for a batch of {b} prompts")
     _check_cols(edit.orig, kv_len, "orig column", head), _check_cols(edit.target, kv_len, "target column", head)
+    if edit.query is not None:
+        _check_cols(edit.query, q_len, "query column", head)
+        for cols, what in ((edit.orig, "KeySwap orig key"), (edit.target, "KeySwap target key")):
+            _check_visible(allowed, range(b), edit.query, cols, what, head)
+    else:
+        for cols, what in ((edit.orig, "orig"), (edit.target, "target")):
+            for r_, c in enumerate(cols):
+                if not allowed[r_, :, c].any():
+                    raise ValueError(f"KeySwap of head {head}: {what} column {c} of row {r_} is masked for every "
+                                     "query (a padding column), so the swap would change nothing")
     r = torch.arange(b, device=raw.device)
     o, t = torch.tensor(edit.orig, device=raw.device), torch.tensor(edit.target, device=raw.device)
     new_o, new_t = swap_in_subspace(k[r, o], k[r, t], edit.basis.to(k.device, torch.float32))  # (batch, d) each
@@ -117,7 +160,6 @@ def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit, touc
         raw[r, :, t] = torch.einsum("bqd,bd->bq", q, new_t)
         touched[:] = True
     else:
-        _check_cols(edit.query, q_len, "query column", head)
         qc = torch.tensor(edit.query, device=raw.device)
         qv = q[r, qc]  # (batch, d)
         raw[r, qc, o] = (qv * new_o).sum(-1)
@@ -156,6 +198,7 @@ def edit_attention(model: nn.Module, edits: Sequence[Edit] = (),
                    read: Sequence[tuple[int, int]] = ()) -> Iterator[AttentionEdits]:
     """Apply `edits` (LogitEdit / KeySwap) during forward passes inside the context; read back the attention of the
     edited heads and of the heads in `read`. Needs attn_implementation "eager" or "sdpa" and model.eval()."""
+    check_model(model, "edit_attention")
     layout = attention_layout(model)
     impl = getattr(model.config, "_attn_implementation", None)
     if impl not in EDITABLE_IMPLEMENTATIONS:
@@ -191,11 +234,18 @@ def edit_attention(model: nn.Module, edits: Sequence[Edit] = (),
             k = call.key[:, kvh].detach().float()  # (batch, kv_len, d)
             raw = q @ k.transpose(-1, -2)  # (batch, q_len, kv_len)
             touched = torch.zeros(raw.shape[:2], dtype=torch.bool, device=raw.device)  # (batch, q_len)
+            m = mask[:, min(h, mask.shape[1] - 1)]  # (batch or 1, q_len, kv_len)
+            allowed = m > float("-inf")
+            pad = sessions[0].padding_mask
+            if pad is not None and pad.shape == raw.shape[:2] and raw.shape[1] == raw.shape[2]:
+                real = pad.to(raw.device).bool()  # (batch, seq): neither a padding query nor a padding key
+                allowed = allowed & real[:, :, None] & real[:, None, :]
             for e in edits:
                 if (e.layer, e.head) == (layer, h):
-                    _apply(raw, q, k, e, touched)
-            m = mask[:, min(h, mask.shape[1] - 1)]
-            probs = head_logits_to_attention(raw, call.scaling, call.softcap, m)  # (batch, q_len, kv_len)
+                    _apply(raw, q, k, e, touched, allowed)
+            sinks = call.sinks
+            probs = head_logits_to_attention(raw, call.scaling, call.softcap, m,
+                                             None if sinks is None else sinks[h])  # (batch, q_len, kv_len)
             result._logits[(layer, h)] = raw
             result._attention[(layer, h)] = probs
             if touched.any():  # replace the head's output on the edited query rows only
@@ -209,5 +259,7 @@ def edit_attention(model: nn.Module, edits: Sequence[Edit] = (),
                     rest[0][:, h] = torch.where(touched[..., None], probs.to(rest[0].dtype), rest[0][:, h])
         return None if new_out is None else (new_out, *rest)
 
-    with attention_session(model, watched, on_call):
+    sessions = []
+    with attention_session(model, watched, on_call) as session:
+        sessions.append(session)
         yield result

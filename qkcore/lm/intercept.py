@@ -66,6 +66,12 @@ class AttentionCall:
         s = self.kwargs.get("softcap")
         return None if s is None else float(s)
 
+    @property
+    def sinks(self) -> torch.Tensor | None:
+        """Attention-sink logits (GPT-OSS `s_aux`): (n_heads,), one extra softmax column per head, dropped after."""
+        s = self.kwargs.get("s_aux", self.kwargs.get("sinks"))
+        return None if s is None else s.detach()
+
     def additive_mask(self) -> torch.Tensor:
         """The mask as the model applies it: float32 (batch or 1, 1 or heads, q_len, kv_len), 0 = attend, -inf = not."""
         return additive_mask(self.attention_mask, self.query, self.key, getattr(self.module, "is_causal", True),
@@ -94,16 +100,47 @@ def additive_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Ten
 
 
 def head_logits_to_attention(raw: torch.Tensor, scaling: float, softcap: float | None,
-                             mask: torch.Tensor) -> torch.Tensor:
+                             mask: torch.Tensor, sink: torch.Tensor | float | None = None) -> torch.Tensor:
     """softmax(cap(q·k · scaling) + mask) in float32, as the models' eager functions compute it.
 
-    raw: (..., q_len, kv_len) raw q·k; mask broadcastable additive. Fully masked rows give 0, not NaN."""
+    raw: (..., q_len, kv_len) raw q·k; mask broadcastable additive. Fully masked rows give 0, not NaN.
+    sink: the head's attention-sink logit (GPT-OSS), softmaxed as one extra column that is then dropped."""
     scores = raw.float() * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores + mask
-    probs = torch.softmax(scores, dim=-1)
+    if sink is not None:
+        column = torch.as_tensor(sink, dtype=torch.float32, device=scores.device).expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat([scores, column], dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)
     return torch.nan_to_num(probs, nan=0.0)
+
+
+def check_model(model: nn.Module, what: str) -> None:
+    """Refuse up front what cannot run: a non-module, or weights on the meta device (no values to compute with)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{what}: model must be a torch.nn.Module (a Hugging Face causal LM), got "
+                        f"{type(model).__name__}")
+    meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+    if meta is not None:
+        raise ValueError(f"{what}: {architecture_name(model)} has parameters on the meta device (e.g. {meta}): they "
+                         "hold no values, so it cannot run. Load the weights first (from_pretrained without "
+                         "device_map offloading to 'meta', or model.to_empty(...) then load a state dict)")
+
+
+def column_dependence(model: nn.Module, seq_len: int) -> str | None:
+    """Why this model's attention at `seq_len` columns depends on the column index rather than position_ids (so
+    padding on the left would change q and k), or None. Known case: Llama 4's attention-temperature tuning, which
+    scales the queries of its NoPE layers by log1p(floor((column + 1) / floor_scale))."""
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    if getattr(cfg, "attn_temperature_tuning", False) and 0 in (getattr(cfg, "no_rope_layers", None) or []):
+        floor_scale = int(cfg.floor_scale)
+        if seq_len >= floor_scale:  # column c gets a scale != 1 once c + 1 >= floor_scale
+            return (f"attn_temperature_tuning scales the queries of its NoPE layers by the column index "
+                    f"(floor_scale={floor_scale}), not by position_ids")
+    return None
 
 
 @dataclass
@@ -111,6 +148,7 @@ class _Session:
     modules: dict[int, int]  # id(module) -> layer
     on_call: Callable[[AttentionCall], torch.Tensor | None]
     seen: set[int] = field(default_factory=set)
+    padding_mask: torch.Tensor | None = None  # (batch, seq) 1 = real token, of the current forward pass, if given
 
 
 def _wrap(fn: Callable) -> Callable:
@@ -125,6 +163,10 @@ def _wrap(fn: Callable) -> Callable:
         call_kwargs = {k: v for k, v in kwargs.items() if k != "attention_mask"}
         out = fn(module, query, key, value, *args, **kwargs)
         for s in sessions:
+            if id(module) in s.seen:
+                raise NotImplementedError(
+                    f"{type(module).__name__} (layer {s.modules[id(module)]}) called the attention function twice "
+                    "in one forward pass; qkcore.lm supports one softmax(q·k) per attention module")
             s.seen.add(id(module))
             call = AttentionCall(module, s.modules[id(module)], query, key, value, mask, call_kwargs)
             call.output = out
@@ -152,6 +194,25 @@ def attention_session(
     session = _Session({id(m): layer for layer, m in modules.items()}, on_call)
     handles = []
 
+    def inputs(_module, args, kwargs):
+        """Before each forward pass: keep its padding mask, and refuse padding that would shift positions."""
+        session.seen.clear()
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        embeds = kwargs.get("inputs_embeds")
+        mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
+        session.padding_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        x = ids if isinstance(ids, torch.Tensor) else embeds
+        if isinstance(x, torch.Tensor) and x.dim() >= 2 and isinstance(pos, torch.Tensor):
+            seq = x.shape[1]
+            reason = column_dependence(model, seq)
+            columns = torch.arange(seq, device=pos.device).expand_as(pos)
+            real = session.padding_mask.bool() if session.padding_mask is not None else torch.ones_like(pos).bool()
+            if reason and (pos != columns)[real].any():
+                raise NotImplementedError(
+                    f"{architecture_name(model)}: {reason}, so a prompt padded on the left gets other q and k than "
+                    f"alone ({seq} columns); qkcore.lm cannot keep positions unshifted here. Use "
+                    "padding_side='right' (or batch_size=1)")
+
     def check(module, _inputs, _output):
         if id(module) not in session.seen:
             raise NotImplementedError(
@@ -166,6 +227,9 @@ def attention_session(
             AttentionInterface.get_interface = _patched_get_interface
         _SESSIONS.append(session)
     try:
+        tops = {id(m): m for m in (model, getattr(model, "base_model", None)) if isinstance(m, nn.Module)}
+        for m in tops.values():
+            handles.append(m.register_forward_pre_hook(inputs, with_kwargs=True))
         for m in modules.values():
             handles.append(m.register_forward_hook(check))
         yield session

@@ -9,6 +9,7 @@ names the capture points after the module path, TransformerLens-style:
     layout = attention_layout(model)          # layout.n_layers, .n_heads, .n_kv_heads, .head_dim, .group_size
     layout.point_names()[:2]                  # ['model.layers.0.self_attn.q_rot', 'model.layers.0.self_attn.k_rot']
     resolve_point(model, "model.layers.1.self_attn.k_rot")   # QKPoint(layer=1, kind='k_rot', module_path=...)
+    attention_layout_from_config(config).check_heads(P.heads)  # before loading weights or any forward pass
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ from torch import nn
 #: The two capture points of every attention module: post-rotary query and key (after q_norm/k_norm if any).
 POINT_KINDS = ("q_rot", "k_rot")
 _REQUIRED_ATTRS = ("q_proj", "k_proj", "layer_idx", "head_dim", "num_key_value_groups")
+# Families whose attention modules look supported but whose attention is not one softmax(q·k) per layer.
+_REFUSED = {
+    "diffllama": "differential attention calls the attention function twice per layer (two query/key halves, "
+                 "the second softmax subtracted from the first), so a head's pattern is not softmax(q·k)",
+}
 
 HeadSpec = Literal["all"] | Iterable[tuple[int, int]]
 
@@ -91,6 +97,8 @@ class AttentionLayout:
 
     def select(self, heads: HeadSpec) -> tuple[tuple[int, int], ...]:
         """Validate a head choice: "all" or an iterable of (layer, head) → sorted, duplicate-free tuple."""
+        if heads is None or not isinstance(heads, (str, Iterable)) or isinstance(heads, dict):
+            raise TypeError(f'heads must be "all" or a list of (layer, head) pairs, got {heads!r}')
         if isinstance(heads, str):
             if heads != "all":
                 raise ValueError(f'heads must be "all" or a list of (layer, head) pairs, got {heads!r}')
@@ -107,15 +115,51 @@ class AttentionLayout:
             raise ValueError(f"heads listed more than once: {dup}")
         return tuple(sorted(chosen))
 
+    def check_heads(self, heads, name: str = "heads") -> tuple[tuple[int, int], ...]:
+        """Check an explicit list of (layer, head) pairs (a chapter's `heads`, or `[view_head]`) against this
+        layout before any forward pass: ints, in range, none repeated. Returns the pairs as tuples, in the order
+        given. `name` is the argument named in the error messages."""
+        if heads is None or isinstance(heads, (str, bytes, dict)) or not isinstance(heads, Iterable):
+            raise TypeError(f"{name} must be a list of (layer, head) pairs, got {heads!r}")
+        heads = list(heads)
+        if len(heads) == 2 and all(isinstance(x, int) for x in heads):
+            raise TypeError(f"{name} must be a list of (layer, head) pairs, got the single pair {tuple(heads)}; "
+                            f"write [{tuple(heads)}]")
+        if not heads:
+            raise ValueError(f"{name} is empty: give at least one (layer, head) pair")
+        out = []
+        for i, item in enumerate(heads):
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise TypeError(f"{name}[{i}] must be a (layer, head) pair of ints, got {item!r}")
+            layer, head = item
+            for what, v, n in (("layer", layer, self.n_layers), ("head", head, self.n_heads)):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise TypeError(f"{name}[{i}] = {item!r}: {what} must be an int in 0..{n - 1}, got {v!r}")
+                if not 0 <= v < n:
+                    unit = "layers" if what == "layer" else "query heads per layer"
+                    raise ValueError(f"{name}[{i}] = {item!r}: {what} {v} is out of range: {self.architecture} has "
+                                     f"{n} {unit} ({what} must be in 0..{n - 1})")
+            if (layer, head) in out:
+                raise ValueError(f"{name} lists the head ({layer}, {head}) more than once")
+            out.append((layer, head))
+        return tuple(out)
+
 
 def _is_attention(module: nn.Module) -> bool:
-    return all(hasattr(module, a) for a in _REQUIRED_ATTRS)
+    # Gemma3n's KV-shared layers have no k_proj: they read the keys of an earlier layer (still one attention call)
+    return all(hasattr(module, a) or (a == "k_proj" and getattr(module, "is_kv_shared_layer", False))
+               for a in _REQUIRED_ATTRS)
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(path, module) of every attention module, ordered by layer index; raises for unsupported architectures."""
-    found = [(name, m) for name, m in model.named_modules() if _is_attention(m)]
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a Hugging Face causal LM), got {type(model).__name__}")
     arch = architecture_name(model)
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in _REFUSED:
+        raise NotImplementedError(f"{arch} is not supported by qkcore.lm: {_REFUSED[model_type]}")
+    found = [(name, m) for name, m in model.named_modules() if _is_attention(m)]
     if not found:
         raise NotImplementedError(
             f"{arch} has no attention module of the AttentionInterface kind (with q_proj, k_proj, layer_idx, "
@@ -140,7 +184,8 @@ def attention_layout(model: nn.Module) -> AttentionLayout:
         n_heads, n_kv = int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or
                                                            cfg.num_attention_heads)
         d = int(m.head_dim)
-        q_out, k_out = m.q_proj.out_features, m.k_proj.out_features
+        q_out = m.q_proj.out_features
+        k_out = m.k_proj.out_features if hasattr(m, "k_proj") else n_kv * d  # KV-shared layer: keys of another
         if q_out != n_heads * d or k_out != n_kv * d or n_heads % n_kv or m.num_key_value_groups != n_heads // n_kv:
             raise NotImplementedError(
                 f"{arch}: {path} has q_proj→{q_out}, k_proj→{k_out} features for {n_heads} query heads, {n_kv} key "
@@ -172,3 +217,17 @@ def head_name(head: tuple[int, int]) -> str:
 def head_names(heads) -> str:
     """[(16, 1), (17, 24)] → "L16H1, L17H24"."""
     return ", ".join(head_name(h) for h in heads)
+
+
+def attention_layout_from_config(config) -> AttentionLayout:
+    """The layout of the causal LM that `config` (a transformers PretrainedConfig, e.g. from
+    AutoConfig.from_pretrained) describes, without weights or a forward pass: the model is built on the meta
+    device (no memory for parameters), so `check_heads` can run before anything expensive."""
+    import torch
+    import transformers
+
+    if not isinstance(config, transformers.PretrainedConfig):
+        raise TypeError(f"config must be a transformers PretrainedConfig, got {type(config).__name__}")
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    return attention_layout(model)

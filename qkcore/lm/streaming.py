@@ -22,7 +22,7 @@ from torch import nn
 
 from qkcore.covariance import ContrastiveCovariance, Weighting
 from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_batch, run_model
-from qkcore.lm.intercept import AttentionCall, attention_session
+from qkcore.lm.intercept import AttentionCall, attention_session, check_model
 from qkcore.lm.layout import HeadSpec, attention_layout, attention_modules
 
 PairList = tuple[tuple[int, tuple[int, ...]], ...]
@@ -67,6 +67,7 @@ class DeltaStreamer:
 
     def __init__(self, model: nn.Module, heads: HeadSpec = "all", weighting: Weighting = "pair_mean",
                  device: torch.device | str | None = None):
+        check_model(model, "DeltaStreamer")
         self.model = model
         self.layout = attention_layout(model)
         self.heads = self.layout.select(heads)
@@ -172,6 +173,13 @@ def stream_delta(
     progress: bool | str = False,
 ) -> DeltaStreamer:
     """ΔC for the chosen heads over all prompts (texts, or lists of token ids), `batch_size` prompts per pass."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+        raise TypeError(f"prompts must be a list of strings or of token-id lists, got {type(prompts).__name__}")
+    if isinstance(pairs, PromptPairs) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a list of PromptPairs (one per prompt), got {type(pairs).__name__}")
+    if any(isinstance(p, str) for p in prompts) and tokenizer is None:
+        raise TypeError("prompts are strings but tokenizer is None: pass the model's tokenizer, or give token-id "
+                        "lists")
     if len(prompts) != len(pairs):
         raise ValueError(f"{len(prompts)} prompts but {len(pairs)} PromptPairs: give one per prompt")
     streamer = DeltaStreamer(model, heads, weighting)
@@ -179,6 +187,8 @@ def stream_delta(
         chunk = [prompts[i] for i in idx]
         if all(isinstance(p, str) for p in chunk):
             batch = encode_batch(tokenizer, chunk, padding_side, add_special_tokens)
+        elif any(isinstance(p, str) for p in chunk):
+            raise TypeError("prompts mixes strings and token-id lists: give one kind")
         else:
             batch = pad_batch(chunk, padding_side)
         streamer.add(batch, [pairs[i] for i in idx])

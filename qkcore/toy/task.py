@@ -67,6 +67,10 @@ class TaskConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if isinstance(self.noise_std, bool) or not isinstance(self.noise_std, (int, float)):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {self.noise_std!r}")
         if self.r1 + self.r2 + self.n_payloads > self.d_model:
             raise ValueError(
                 f"r1 + r2 + n_payloads = {self.r1 + self.r2 + self.n_payloads} must not exceed d_model = "

@@ -46,3 +46,21 @@ def test_wrong_type_is_named(field, value):
 def test_bad_value_says_what_is_allowed():
     with pytest.raises(ValueError, match=r"rate must be in \(0, 1\]"):
         Example(rate=2.0)
+
+
+# hard edges (issue 11, item 7): names IPython owns, or private ones, are never silently ignored
+@pytest.mark.parametrize("name", ["exit", "quit", "open", "In", "Out", "get_ipython"])
+def test_parameter_named_like_an_ipython_name_is_an_error(name):
+    with pytest.raises(ValueError, match=f"parameter name '{name}' is reserved.*'seed'"):
+        from_namespace(Example, {**notebook(), name: 5})
+
+
+def test_private_parameter_name_is_an_error_and_ipython_history_is_not():
+    from qkcore.params import require_text
+    with pytest.raises(ValueError, match="'_seed' starts with '_'"):
+        from_namespace(Example, notebook(_seed=5))
+    ns = {**notebook(seed=2), "_i1": "seed = 2", "_1": None, "__name__": "__main__", "_ih": [], "_oh": {},
+          "exit": print, "quit": print, "open": open}
+    assert from_namespace(Example, ns).seed == 2
+    with pytest.raises(ValueError, match="parameter model is empty"):
+        require_text("", "model", '"organism" or a hub id / local folder')

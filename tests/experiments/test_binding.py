@@ -189,3 +189,15 @@ def test_key_offset_moves_the_keys(tiny):
             assert (set(toks) <= expected) if expected else toks == want
     with pytest.raises(ValueError, match="key_offset"):
         BindingParams(key_offset=2)
+
+
+def test_heads_out_of_range_stop_before_any_forward_pass(tiny, monkeypatch):
+    """issue 11, item 9: a bad `heads` or `view_head` fails at once, not after the scan and the streaming."""
+    path, lm = tiny
+    calls = []
+    monkeypatch.setattr(lm.model, "forward", lambda *a, **k: calls.append(1))
+    with pytest.raises(ValueError, match=r"heads\[0\] = \(5, 0\): layer 5 is out of range"):
+        run_subspaces(SubspaceParams(model=str(path), heads=[[5, 0]], **SMALL), lm)
+    with pytest.raises(ValueError, match=r"view_head\[0\] = \(0, 7\): head 7 is out of range"):
+        run_subspaces(SubspaceParams(model=str(path), view_head=(0, 7), **SMALL), lm)
+    assert not calls

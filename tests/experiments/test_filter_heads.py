@@ -124,3 +124,14 @@ def test_chapter_runs_with_a_tiny_model_folder(tmp_path, save_tiny_llama):
     assert f"model: {path} (" in outputs and "chat template: yes" in outputs  # the folder's model made the figures
     assert "studied heads:" in outputs
     assert "13 categories: key η² (model, null grouping, random init)" in outputs
+
+
+def test_heads_out_of_range_stop_before_the_scan(tiny, monkeypatch):
+    """issue 11, item 9: a bad `heads` fails before the head scan's forward passes."""
+    params, model, tok, _, _ = tiny
+    calls = []
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(1))
+    bad = FilterHeadsParams(model=params.model, heads=[[0, 1], [9, 0]], **SMALL)
+    with pytest.raises(ValueError, match=r"heads\[1\] = \(9, 0\): layer 9 is out of range"):
+        analyse_heads(model, tok, bad)
+    assert not calls

@@ -188,6 +188,8 @@ class BindingAnalysis:
 def analyse_binding(params: BindingParams, lm: LoadedLM | None = None) -> BindingAnalysis:
     """Load the model (unless given), stream both contrasts on it and on a random-init copy, pick the heads."""
     lm = lm if lm is not None else load_binding_lm(params)
+    layout = attention_layout(lm.model)
+    given = layout.check_heads(params.heads) if params.heads is not None else None  # before any forward pass
     order, lexical = contrast_prompts(params)
     trained = stream_contrasts(lm.model, lm.tokenizer, lm.chat, params, order, lexical)
     rnd_model = random_init_copy(lm.model, seed=params.seed + CONTROL_SEED_OFFSET)
@@ -195,9 +197,7 @@ def analyse_binding(params: BindingParams, lm: LoadedLM | None = None) -> Bindin
     if params.heads is None:
         heads, from_scan = scan_heads(trained, params.n_heads, params.scan_by), True
     else:
-        layout = attention_layout(lm.model)
-        heads = tuple((layout.check_layer(l), layout.check_head(h)) for l, h in params.heads)
-        from_scan = False
+        heads, from_scan = given, False
     return BindingAnalysis(params, lm, trained, rnd, rnd_model, heads, from_scan)
 
 

@@ -19,6 +19,7 @@ from qkcore.experiments.binding.analysis import (
     BindingParams,
     analyse_binding,
     control_decompositions,
+    load_binding_lm,
 )
 from qkcore.experiments.binding.views import lexical_view, order_view
 from qkcore.experiments.models import LoadedLM
@@ -70,10 +71,11 @@ class SubspaceResult:
 
 def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> SubspaceResult:
     """The Figure 8 chapter: analysis (scan, contrasts, controls) and the views at the view head."""
+    lm = lm if lm is not None else load_binding_lm(params)
+    if params.view_head is not None:  # checked before the contrasts are streamed
+        attention_layout(lm.model).check_heads([params.view_head], name="view_head")
     analysis = analyse_binding(params, lm)
     head = analysis.heads[0] if params.view_head is None else tuple(params.view_head)
-    layout = attention_layout(analysis.lm.model)
-    layout.check_layer(head[0]), layout.check_head(head[1])
     g = torch.Generator().manual_seed(params.seed + 2)
     order = order_id_prompts(params.n_view_prompts, params.n_pairs, g, query_object=params.query_object)
     plain = [sample_prompt(params.n_pairs, g) for _ in range(params.n_view_prompts)]

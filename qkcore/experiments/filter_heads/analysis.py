@@ -211,6 +211,8 @@ CONDITIONS = ("model", "shuffled labels", "random init")
 
 def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str = "") -> FilterHeadsResult:
     """Scan, choose heads, analyse them and the two controls, project fresh prompts."""
+    if params.heads is not None:  # checked against the model before the scan, the expensive part
+        attention_layout(model).check_heads(params.heads)
     g = torch.Generator().manual_seed(params.seed)
     cats = tuple(params.categories)
     prompts = delta_prompts(cats, params.n_delta_prompts, g)
