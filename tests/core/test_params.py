@@ -1,10 +1,11 @@
 """Chapter parameters: unknown names, wrong types and bad values are clear errors."""
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 
-from qkcore.params import check_types, from_namespace, require
+from qkcore.params import check_types, from_namespace, require, with_preset
 
 
 @dataclass(frozen=True)
@@ -64,3 +65,29 @@ def test_private_parameter_name_is_an_error_and_ipython_history_is_not():
     assert from_namespace(Example, ns).seed == 2
     with pytest.raises(ValueError, match="parameter model is empty"):
         require_text("", "model", '"organism" or a hub id / local folder')
+
+
+@dataclass(frozen=True)
+class QuickChapter:
+    n_prompts: int = 1000
+    seed: int = 0
+    preset: str = "full"
+    QUICK: ClassVar[dict] = {"n_prompts": 50, "seed": 1}
+
+
+def test_quick_preset_replaces_defaults_but_not_values_set_by_hand():
+    assert from_namespace(QuickChapter, notebook(preset="quick")) == QuickChapter(n_prompts=50, seed=1, preset="quick")
+    assert from_namespace(QuickChapter, notebook(preset="quick", seed=7)).seed == 7
+    assert from_namespace(QuickChapter, notebook()) == QuickChapter()
+    with pytest.raises(ValueError, match=r"preset must be one of \('full', 'quick'\), got 'fast'"):
+        from_namespace(QuickChapter, notebook(preset="fast"))
+    with pytest.raises(ValueError, match="Example has no quick preset"):
+        with_preset(_example_quick())
+
+
+def _example_quick():
+    @dataclass(frozen=True)
+    class Example:
+        preset: str = "quick"
+
+    return Example()
