@@ -1,0 +1,46 @@
+"""The closing numbers of each executed chapter, written where the results-at-a-glance page reads them, so that the
+page never retypes a number: a re-execution of the book updates both.
+
+    numbers = record("cube", summary(result), P)   # writes book/results/cube.json when P holds the defaults
+    print_summary(numbers)
+    load_results("book/results")["cube"]["key means: edge ratio"]
+
+Only a run at the chapter's default parameters writes (the book's own run); a re-run with other parameters (a
+class's quick preset, a researcher's model) leaves the book's numbers alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+RESULTS_DIR = "results"  # relative to the chapter's working directory (book/, as `make book` runs it)
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot record {type(value).__name__} {value!r}: give numbers, strings, lists or dicts")
+
+
+def record(chapter: str, numbers: dict, params, directory: str | Path = RESULTS_DIR) -> dict:
+    """Write `numbers` to directory/<chapter>.json when `params` equals its class's defaults; return `numbers`."""
+    if not chapter.replace("_", "").isalnum():
+        raise ValueError(f"chapter must be a plain name like 'filter_heads', got {chapter!r}")
+    if dataclasses.is_dataclass(params) and params == type(params)():
+        path = Path(directory) / f"{chapter}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_plain(numbers), indent=1, ensure_ascii=False) + "\n")
+    return numbers
+
+
+def load_results(directory: str | Path = RESULTS_DIR) -> dict[str, dict]:
+    """{chapter: numbers} for every chapter that has recorded its numbers."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted(Path(directory).glob("*.json"))}
