@@ -8,6 +8,9 @@ Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key he
 Loading (loading.py)
     model, tok = load_model(name_or_path, dtype=None, device=None, device_map=None, attn_implementation="sdpa",
                             trust_remote_code=False, revision=None)   # offline-aware; clear error if not on disk
+    lm = load_lm("smollm2-135m-instruct" | "filter-5x5" | path | hub id, dtype="float32", device="cpu")  # LoadedLM
+    MODELS, registered(name) -> RegisteredModel(name, kind, description, how_to_get, attn_implementation).locate()
+    GGUF files (gguf.py): dequantised by transformers, float32 copy cached in $QKCORE_CACHE/gguf/<sha256>/
 
 Layout and point names (layout.py)
     layout = attention_layout(model)   # .n_layers .n_heads .n_kv_heads .head_dim .group_size .module_paths
@@ -57,8 +60,9 @@ from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_bat
 from qkcore.lm.capture import QKCapture, capture_qk
 from qkcore.lm.editing import AttentionEdits, KeySwap, LogitEdit, edit_attention
 from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, resolve_point
-from qkcore.lm.loading import load_model
+from qkcore.lm.loading import LoadedLM, load_lm, load_model
 from qkcore.lm.positions import TokenSpan, find_substring, token_span
+from qkcore.lm.registry import MODELS, RegisteredModel, registered
 from qkcore.lm.streaming import DeltaStreamer, PromptPairs, stream_delta
 from qkcore.lm.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
@@ -85,6 +89,11 @@ __all__ = [
     "token_span",
     "find_substring",
     "load_model",
+    "LoadedLM",
+    "load_lm",
+    "RegisteredModel",
+    "MODELS",
+    "registered",
     "FAMILIES",
     "tiny_model",
     "tiny_tokenizer",
