@@ -1,5 +1,6 @@
 """Loading by registered name, GGUF file (errors and the dequantised cache), local path and hub id from the cache,
-offline, with clear errors when a model is not on disk or a folder is broken. The real GGUF model: test_real_model.py."""
+offline, with clear errors when a model is not on disk or a folder is broken. The real GGUF model:
+test_real_model.py."""
 
 import importlib.metadata
 import importlib.util

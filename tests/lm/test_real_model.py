@@ -24,7 +24,8 @@ REG = MODELS[NAME]
 try:
     importlib.metadata.distribution(REG.package)
 except importlib.metadata.PackageNotFoundError:
-    pytest.skip(f"{REG.package} is not installed (`{REG.how_to_get}`; `make test` installs it)", allow_module_level=True)
+    pytest.skip(f"{REG.package} is not installed (`{REG.how_to_get}`; `make test` installs it)",
+                allow_module_level=True)
 
 torch.set_num_threads(2)
 slow = pytest.mark.slow
