@@ -24,6 +24,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("QKCORE_CACHE", str(tmp_path / "qkcore_cache"))  # never the user's GGUF cache
 
 
 @pytest.fixture(scope="module")
