@@ -6,8 +6,9 @@ from captured q, k equals the model's own eager attention; outputs with capture 
 Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key head h // group_size.
 
 Loading (loading.py)
-    model, tok = load_model(name_or_path, dtype=None, device=None, device_map=None, attn_implementation="sdpa",
-                            trust_remote_code=False, revision=None)   # offline-aware; clear error if not on disk
+    model, tok = load_model(name_or_path, dtype="float32", device=None, device_map=None, attn_implementation=None,
+                            trust_remote_code=False, revision=None, tokenizer=True, cache=True, progress=None)
+        # registered name, .gguf file or folder, local folder, hub id; offline-aware; clear error if not on disk
     lm = load_lm("smollm2-135m-instruct" | "filter-5x5" | path | hub id, dtype="float32", device="cpu")  # LoadedLM
     MODELS, registered(name) -> RegisteredModel(name, kind, description, how_to_get, attn_implementation).locate()
     GGUF files (gguf.py): dequantised by transformers, float32 copy cached in $QKCORE_CACHE/gguf/<sha256>/

@@ -127,14 +127,15 @@ def _check_name(name_or_path) -> None:
 
 
 @contextlib.contextmanager
-def _progress_bars(show: bool):
-    """transformers' loading / dequantising progress bars on or off inside the block."""
+def _progress_bars(show: bool | None):
+    """transformers' loading progress bars on or off inside the block (None: as they are); yields whether shown."""
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()
+    show = was if show is None else show
     (hf_logging.enable_progress_bar if show else hf_logging.disable_progress_bar)()
     try:
-        yield
+        yield show
     finally:
         (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
@@ -149,14 +150,14 @@ def load_model(
     revision: str | None = None,
     tokenizer: bool = True,
     cache: bool = True,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> tuple[nn.Module, object | None]:
     """(model in eval mode, fast tokenizer or None). dtype: torch dtype or "float32" | "bfloat16" | "float16" |
     "auto" (the checkpoint's; float32 for GGUF). device: where to move the model (not with device_map). device_map:
     passed through (e.g. "auto" to shard over GPUs with accelerate). attn_implementation: None = the registered
     model's ("eager" for organisms, "sdpa" for the real model) or "sdpa"; "eager" gives the model's own attention
-    weights. cache: GGUF only, keep the dequantised float32 copy on disk (qkcore.lm.gguf). progress: show
-    transformers' progress bars."""
+    weights. cache: GGUF only, keep the dequantised float32 copy on disk (qkcore.lm.gguf). progress: show the
+    loading and dequantising progress bars (None: as transformers' switch says, so quiet_progress() hides them)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _check_name(name_or_path)
@@ -165,7 +166,7 @@ def load_model(
     dtype = _as_dtype(dtype)
     reg = registered(name_or_path)
     attn = attn_implementation or (reg.attn_implementation if reg else "sdpa")
-    with _progress_bars(progress):
+    with _progress_bars(progress) as progress:
         if reg is not None and reg.kind == "organism":  # exactly as qkcore.organisms.llama.load_organism
             folder = reg.locate()
             model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn,
