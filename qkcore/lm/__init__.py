@@ -6,8 +6,12 @@ from captured q, k equals the model's own eager attention; outputs with capture 
 Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key head h // group_size.
 
 Loading (loading.py)
-    model, tok = load_model(name_or_path, dtype=None, device=None, device_map=None, attn_implementation="sdpa",
-                            trust_remote_code=False, revision=None)   # offline-aware; clear error if not on disk
+    model, tok = load_model(name_or_path, dtype="float32", device=None, device_map=None, attn_implementation=None,
+                            trust_remote_code=False, revision=None, tokenizer=True, cache=True, progress=None)
+        # registered name, .gguf file or folder, local folder, hub id; offline-aware; clear error if not on disk
+    lm = load_lm("smollm2-135m-instruct" | "filter-5x5" | path | hub id, dtype="float32", device="cpu")  # LoadedLM
+    MODELS, registered(name) -> RegisteredModel(name, kind, description, how_to_get, attn_implementation).locate()
+    GGUF files (gguf.py): dequantised by transformers, float32 copy cached in $QKCORE_CACHE/gguf/<sha256>/
 
 Layout and point names (layout.py)
     layout = attention_layout(model)   # .n_layers .n_heads .n_kv_heads .head_dim .group_size .module_paths
@@ -69,8 +73,9 @@ from qkcore.lm.controls import random_init_copy
 from qkcore.lm.editing import AttentionEdits, KeySwap, LogitEdit, edit_attention
 from qkcore.lm.gather import GatheredQK, gather_qk
 from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, head_name, head_names, resolve_point
-from qkcore.lm.loading import load_model
+from qkcore.lm.loading import LoadedLM, load_lm, load_model
 from qkcore.lm.positions import TokenSpan, find_substring, token_span
+from qkcore.lm.registry import MODELS, RegisteredModel, registered
 from qkcore.lm.streaming import DeltaStreamer, PromptPairs, stream_delta
 from qkcore.lm.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
@@ -104,6 +109,11 @@ __all__ = [
     "token_span",
     "find_substring",
     "load_model",
+    "LoadedLM",
+    "load_lm",
+    "RegisteredModel",
+    "MODELS",
+    "registered",
     "FAMILIES",
     "tiny_model",
     "tiny_tokenizer",

@@ -6,7 +6,7 @@ to disk (the real-model path: load by folder, with and without a chat template).
 import pytest
 import torch
 
-import qkcore.organisms.llama as llama
+import qkcore.lm.registry as registry
 from qkcore.covariance import contrastive_covariance
 from qkcore.experiments.binding.analysis import BindingParams, load_binding_lm
 from qkcore.experiments.binding.attribution import (
@@ -170,9 +170,7 @@ def test_params_validation(monkeypatch, tmp_path):
     with pytest.raises(TypeError, match="weighting"):
         BindingParams(weighting="mean")
     assert AttributionParams().n_pairs == 4 and InterventionParams().n_pairs == 9
-    monkeypatch.setattr(llama, "WEIGHTS_DIR", tmp_path)
-    (tmp_path / "binding").mkdir()
-    (tmp_path / "binding" / "organism.json").write_text("{}")  # weights deleted, their folder left
+    monkeypatch.setattr(registry, "ORGANISM_WEIGHTS", tmp_path)  # the organism's weights are missing
     with pytest.raises(FileNotFoundError, match="regenerate"):
         load_binding_lm(BindingParams())
 

@@ -35,7 +35,7 @@ def tiny(request, tmp_path_factory, save_tiny_llama):
     path = save_tiny_llama(tmp_path_factory.mktemp("tiny"), _words(), chat=request.param, max_positions=128)
     params = FilterHeadsParams(model=str(path), **SMALL)
     lm = load_filter_model(params)
-    return params, lm.model, lm.tokenizer, analyse_heads(lm.model, lm.tokenizer, params, lm.name), request.param
+    return params, lm.model, lm.tokenizer, analyse_heads(lm.model, lm.tokenizer, params, lm.description), request.param
 
 
 def test_item_positions_point_at_the_items(tiny):

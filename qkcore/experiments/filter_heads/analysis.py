@@ -281,6 +281,6 @@ def run_keys_13(params: FilterHeadsParams, model, tokenizer, model_label: str) -
     own scan); otherwise the same model, at the first of `heads` when given (the talk: L20H26), else its scan's top."""
     if params.model == "organism":
         lm13 = load_filter_model(params, ORGANISMS["13"])
-        return analyse_13(lm13.model, lm13.tokenizer, params, None, lm13.name)
+        return analyse_13(lm13.model, lm13.tokenizer, params, None, lm13.description)
     head = params.heads[0] if params.heads is not None else None
     return analyse_13(model, tokenizer, params, head, model_label)

@@ -1,0 +1,285 @@
+"""GGUF checkpoints (llama.cpp's single-file format) as ordinary float32 Hugging Face models, with a disk cache.
+
+transformers dequantises a GGUF file itself (`from_pretrained(folder, gguf_file=name)`, given the `gguf` package);
+for SmolLM2-135M-Instruct's 98 MB Q4_1 file that takes 15–35 s on 2 cores. The first load therefore writes the
+dequantised float32 weights (safetensors), the config and the tokenizer to
+
+    $QKCORE_CACHE/gguf/<sha256 of the file>/    (QKCORE_CACHE defaults to $XDG_CACHE_HOME/qkcore, else ~/.cache/qkcore)
+
+(517 MB for SmolLM2-135M: 4 bytes per parameter) and every later load reads that folder like any local model (< 2 s).
+The folder is written under a temporary name and renamed when complete, so concurrent loads never see half a cache.
+Delete the folder to free the space; pass cache=False to `load_gguf` (or `load_model`) to skip it.
+
+    path = find_gguf("/data/weights/")                     # a .gguf file, or a folder holding exactly one
+    model, tok = load_gguf(path, dtype=torch.float32)      # what qkcore.lm.load_model does with a .gguf path
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+GGUF_INSTALL = "pip install gguf==0.19.0"
+CACHE_ENV = "QKCORE_CACHE"
+SOURCE_FILE = "source.json"  # written last into a cache folder: what it was made from, and with which versions
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256, for this process
+
+
+def cache_root() -> Path:
+    """$QKCORE_CACHE, else $XDG_CACHE_HOME/qkcore, else ~/.cache/qkcore (read now, not at import)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "qkcore"
+
+
+def cache_dir(sha256: str) -> Path:
+    """Where the dequantised copy of the GGUF file with this sha256 lives (whether or not it exists yet)."""
+    return cache_root() / "gguf" / sha256
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The file's sha256 (hex), computed once per process for a given (path, size, mtime)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def find_gguf(path: str | os.PathLike) -> Path:
+    """The .gguf file named by `path`: the file itself, or the only .gguf file in the folder `path`."""
+    path = Path(path).expanduser()
+    if path.suffix == ".gguf" and not path.is_dir():
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a .gguf file nor a folder holding one")
+    found = sorted(path.glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"no .gguf file in {path}")
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise ValueError(f"{path} holds {len(found)} .gguf files ({names}): pass the path of the one to load")
+    return found[0]
+
+
+def require_gguf_package() -> None:
+    """transformers needs the `gguf` package to read GGUF files; say how to install it when it is missing."""
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"loading a GGUF file needs the `gguf` package, which is not installed: `{GGUF_INSTALL}` "
+                          "(the version qkcore pins in pyproject.toml)")
+
+
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_architecture(path: str | os.PathLike) -> str:
+    """`general.architecture` from the file's header (read directly: gguf.GGUFReader parses every field, ~2 s)."""
+    with Path(path).open("rb") as f:
+        def read(fmt):
+            size = struct.calcsize(fmt)
+            raw = f.read(size)
+            if len(raw) != size:
+                raise ValueError(f"{path} ends inside its GGUF header: a truncated or corrupt file")
+            return struct.unpack(fmt, raw)[0]
+
+        def read_string():
+            return f.read(read("<Q")).decode("utf-8", errors="replace")
+
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')")
+        version, _n_tensors, n_kv = read("<I"), read("<Q"), read("<Q")
+        if version < 2:
+            raise ValueError(f"{path} is GGUF version {version}; transformers reads versions 2 and 3")
+        for _ in range(n_kv):  # the architecture is the first key by convention; scan scalars and strings to it
+            key, kind = read_string(), read("<I")
+            if kind == _GGUF_STRING:
+                value = read_string()
+                if key == "general.architecture":
+                    return value
+            elif kind in _GGUF_SCALARS:
+                read(_GGUF_SCALARS[kind])
+            else:
+                break  # an array before the architecture: let the gguf package parse the whole header
+    require_gguf_package()
+    import gguf
+
+    field = gguf.GGUFReader(str(path)).fields.get("general.architecture")
+    if field is None:
+        raise ValueError(f"{path} has no general.architecture field: transformers cannot load it")
+    return bytes(field.parts[field.data[0]]).decode()
+
+
+def check_architecture(path: str | os.PathLike) -> str:
+    """The file's architecture, when transformers can dequantise it into a model; a clear error otherwise."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    arch = gguf_architecture(path)
+    renamed = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "t5encoder": "t5"}.get(arch, arch.replace("-", "_"))
+    if arch not in GGUF_SUPPORTED_ARCHITECTURES and renamed not in GGUF_SUPPORTED_ARCHITECTURES:
+        known = sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
+        raise NotImplementedError(f"{path} holds a {arch!r} model, which transformers cannot dequantise from GGUF; "
+                                  f"it can for: {', '.join(known)}")
+    return arch
+
+
+@contextlib.contextmanager
+def _dequantise_bar(show: bool):
+    """transformers draws its "de-quantizing GGUF tensors" bar with a bare tqdm that ignores its own progress-bar
+    switch; swap in a disabled one inside the block when `show` is False."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    original = gguf_utils.tqdm
+    if not show:
+        gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+
+
+def dequantise(path: Path, attn_implementation: str = "sdpa", progress: bool = True) -> tuple[nn.Module, object]:
+    """(float32 model, tokenizer) straight from the GGUF file through transformers (slow: 15–35 s for SmolLM2)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    require_gguf_package()
+    check_architecture(path)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    with _dequantise_bar(progress):
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                     attn_implementation=attn_implementation, local_files_only=True)
+    return model.eval(), tok
+
+
+def save_plain(model: nn.Module, tokenizer, folder: Path, source: dict) -> None:
+    """Save a dequantised model as an ordinary local model folder: float32 safetensors, config (without the GGUF
+    marker), generation config, tokenizer, and `source.json` (written last) saying what it was made from."""
+    import transformers
+    from safetensors.torch import save_file
+
+    config = copy.deepcopy(model.config)
+    if hasattr(config, "quantization_config"):  # the GGUF marker: the saved copy is a plain float32 model
+        del config.quantization_config
+    config.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():  # tied weights (embedding = lm_head) are stored once
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            tensors[name] = tensor.detach().to("cpu", torch.float32).contiguous()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    source = dict(source, weights_size=(folder / "model.safetensors").stat().st_size,
+                  transformers=transformers.__version__, gguf=_version("gguf"))
+    (folder / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
+
+
+def write_cache(model: nn.Module, tokenizer, path: Path, sha256: str) -> Path:
+    """`save_plain` into the cache folder of `sha256`, atomically: written to a temporary folder beside it, then
+    renamed; when another process completed the same folder meanwhile, its copy is kept and ours discarded."""
+    target = cache_dir(sha256)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=target.parent))
+    try:
+        save_plain(model, tokenizer, tmp, {"gguf_file": path.name, "gguf_size": path.stat().st_size,
+                                           "sha256": sha256})
+        if target.exists() and cached_folder(sha256) is None:  # stale (other versions) or broken: move it away
+            aside = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-old-", dir=target.parent))
+            with contextlib.suppress(OSError):  # another process may have moved it already
+                target.rename(aside / "old")
+            shutil.rmtree(aside, ignore_errors=True)
+        if not target.exists():
+            with contextlib.suppress(OSError):  # lost a race: the other process's copy is complete
+                tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if cached_folder(sha256) is None:
+        raise OSError(f"the cache folder {target} is incomplete after writing it")
+    return target
+
+
+def cached_folder(sha256: str) -> Path | None:
+    """The complete cache folder for this sha256, or None (absent, half-written, or made by other versions)."""
+    import transformers
+
+    folder = cache_dir(sha256)
+    try:
+        source = json.loads((folder / SOURCE_FILE).read_text())
+        complete = (source.get("sha256") == sha256 and source.get("transformers") == transformers.__version__
+                    and (folder / "model.safetensors").stat().st_size == source.get("weights_size"))
+    except (OSError, ValueError):
+        return None
+    return folder if complete else None
+
+
+def load_gguf(
+    path: str | os.PathLike,
+    dtype: torch.dtype | str = torch.float32,
+    attn_implementation: str = "sdpa",
+    device_map: str | dict | None = None,
+    tokenizer: bool = True,
+    cache: bool = True,
+    sha256: str | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, object | None]:
+    """(model in eval mode, tokenizer or None) from a GGUF file. The weights are dequantised to float32, saved as a
+    plain model folder, and loaded from it with `dtype` ("auto" means float32 here), so that a first and a later load
+    give the same model. With `cache` that folder is the cache (module docstring); without, a temporary folder
+    deleted after loading. `sha256` skips hashing when the caller has verified the file already; `progress` shows
+    the dequantising bar."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = find_gguf(path)
+    sha256 = sha256 or sha256_of(path)
+    with contextlib.ExitStack() as stack:
+        folder = cached_folder(sha256) if cache else None
+        if folder is None:
+            model, tok = dequantise(path, attn_implementation, progress)
+            if cache:
+                try:
+                    folder = write_cache(model, tok, path, sha256)
+                except OSError as err:
+                    raise OSError(f"could not write the dequantised copy of {path} to {cache_dir(sha256)} ({err}); "
+                                  f"set {CACHE_ENV} to a writable folder with {4 * _n_params(model) / 1e6:.0f} MB "
+                                  "free, or pass cache=False") from err
+            else:
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qkcore-gguf-")))
+                save_plain(model, tok, folder, {"gguf_file": path.name, "sha256": sha256})
+            del model, tok
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32 if dtype == "auto" else dtype,
+                                                     attn_implementation=attn_implementation, device_map=device_map,
+                                                     local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True) if tokenizer else None
+    return model.eval(), tok
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _version(package: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
