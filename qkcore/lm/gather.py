@@ -28,13 +28,15 @@ from qkcore.lm.layout import HeadSpec, attention_layout
 class GatheredQK:
     """heads[i]'s vectors: q[i] (b, d) at each row's query column; k[i] (b, n, d) at its key columns (every column
     when key_cols was None); attn[i] (b, m) the query's attention on attn_cols (None unless asked); output: the
-    model's output of the pass (logits of the positions run_model kept)."""
+    model's output of the pass (logits of the positions run_model kept); scaling[i]: the logit scale heads[i] used
+    (q·k × scaling is its raw logit)."""
 
     heads: tuple[tuple[int, int], ...]
     q: torch.Tensor
     k: torch.Tensor
     attn: torch.Tensor | None
     output: Any
+    scaling: tuple[float, ...] = ()
 
 
 def _columns(cols, batch: EncodedBatch, name: str, dims: int) -> torch.Tensor:
@@ -72,7 +74,8 @@ def gather_qk(model: nn.Module, batch: EncodedBatch, heads: HeadSpec, query_cols
         else:
             q, k = cap.q(*h)[:, 0], cap.k(*h)
         qs.append(q.to(dtype).cpu()), ks.append(k.to(dtype).cpu())
-    return GatheredQK(heads, torch.stack(qs), torch.stack(ks), torch.stack(attns) if full else None, out)
+    scaling = tuple(float(cap.scaling(h[0])) for h in heads)
+    return GatheredQK(heads, torch.stack(qs), torch.stack(ks), torch.stack(attns) if full else None, out, scaling)
 
 
 def last_columns(batch: EncodedBatch) -> torch.Tensor:

@@ -135,3 +135,54 @@ def test_heads_out_of_range_stop_before_the_scan(tiny, monkeypatch):
     with pytest.raises(ValueError, match=r"heads\[1\] = \(9, 0\): layer 9 is out of range"):
         analyse_heads(model, tok, bad)
     assert not calls
+
+
+def test_recomputed_swap_equals_the_edited_forward_pass(tiny):
+    """The fast path (rows rebuilt from one gathered pass) gives the attention that edit_attention's forward pass
+    gives, condition by condition, at one head."""
+    from qkcore.experiments.filter_heads.swaps import recomputed_swaps
+
+    params, model, tok, result, _ = tiny
+    head = result.heads[0]
+    prompts = FilterTask(FilterTaskConfig(categories=PAPER_CATEGORY_NAMES)).sample_single_positive(
+        12, torch.Generator().manual_seed(3))
+    basis = result.analyses["model"][head].key_basis
+    d = basis.shape[0]
+    bases = {"category": basis, "whole": torch.eye(d, dtype=torch.float64)}
+    fast = recomputed_swaps(model, tok, prompts, head, bases, torch.Generator().manual_seed(5), batch_size=5)
+    slow = swap_attention(model, tok, prompts, [head], {k: [v] for k, v in bases.items()},
+                          torch.Generator().manual_seed(5), batch_size=5)
+    cols = ["attn_orig_before", "attn_target_before", "attn_orig_after", "attn_target_after", "flip_rate"]
+    for name in bases:
+        for col in cols:
+            assert abs(fast.loc[name, col] - slow.loc[name, col]) < 1e-5, (name, col)
+    assert fast.loc["whole", "flip_lo"] <= fast.loc["whole", "flip_rate"] <= fast.loc["whole", "flip_hi"]
+
+
+def test_swapped_attention_row_equals_edit_attention(tiny):
+    """Whole rows, not only the orig/target cells: the rebuilt row is the edited forward pass's row."""
+    from qkcore.experiments.filter_heads.swaps import swapped_attention
+    from qkcore.lm import KeySwap, edit_attention, run_model
+    from qkcore.lm.gather import gather_qk
+    from qkcore.subspace import random_orthonormal
+
+    params, model, tok, result, _ = tiny
+    head = result.heads[0]
+    prompts = FilterTask(FilterTaskConfig(categories=PAPER_CATEGORY_NAMES)).sample_single_positive(
+        6, torch.Generator().manual_seed(4))
+    batch, items = encode_filter_prompts(tok, prompts)
+    last = torch.tensor([batch.padded(r, -1) for r in range(6)])
+    o = torch.tensor([batch.padded(r, items[r][0]) for r in range(6)])
+    t = torch.tensor([batch.padded(r, items[r][3]) for r in range(6)])
+    cols = torch.arange(batch.input_ids.shape[1]).expand(6, -1)
+    got = gather_qk(model, batch, [head], last, attn_cols=cols)
+    d = result.analyses["model"][head].key_pcs.shape[0]
+    # half the key space: unlike a whole-key swap (which only permutes two logits), the softmax's normaliser moves
+    basis = random_orthonormal(d, d // 2, torch.Generator().manual_seed(0)).double()
+    rr = torch.arange(6)
+    rebuilt = swapped_attention(got.attn[0], got.q[0], got.k[0][rr, o], got.k[0][rr, t], basis, got.scaling[0], o, t)
+    swap = KeySwap(head[0], head[1], basis.float(), orig=o.tolist(), target=t.tolist(), query=last.tolist())
+    with edit_attention(model, [swap]) as ed:
+        run_model(model, batch)
+    assert (rebuilt - got.attn[0].double()).abs().max() > 1e-3  # the swap moves the row: the check has teeth
+    torch.testing.assert_close(rebuilt.float(), ed.attention(*head)[rr, last], atol=1e-5, rtol=1e-4)

@@ -10,6 +10,7 @@ intervention, and the controls (shuffled category labels; a randomly initialised
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -44,6 +45,9 @@ class FilterHeadsParams(LMChapterParams):
     n_pca_prompts: int = 200  # fresh prompts for the PCA (paper: 200)
     n_swap_prompts: int = 300  # 1 asked item among 20 others (paper: 1,000)
     n_prompts_13: int = 650
+    answer_prefix: str = ""  # chat models: the answer begun, "{plural}" = the asked category ("" = none)
+    swap_method: Literal["forward", "recompute"] = "forward"  # forward pass per condition, or rebuilt rows
+    keys_13: bool = True  # the 13-category keys-only view (the talk's figure)
 
     def __post_init__(self):
         super().__post_init__()
@@ -218,15 +222,15 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     prompts = delta_prompts(cats, params.n_delta_prompts, g)
     fresh = delta_prompts(cats, params.n_pca_prompts, g)
     grouping = null_grouping(cats, g)
-    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
     layout = attention_layout(model)
     heads = layout.select(params.heads) if params.heads is not None else tuple(scan.ranking()[: params.n_heads])
     rand = random_init_copy(model, params.seed + 1)
-    random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size)
-    vecs = {"model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size),
-            "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size)}
-    fresh_vecs = {"model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size),
-                  "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size)}
+    random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
+    vecs = {"model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
+            "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix)}
+    fresh_vecs = {"model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
+                  "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix)}
     vecs["shuffled labels"] = relabel(vecs["model"], [p.items for p in prompts], grouping)
     fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
     analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}
@@ -260,25 +264,27 @@ def analyse_13(model, tokenizer, params: FilterHeadsParams, head: tuple[int, int
     prompts = delta_prompts(cats, params.n_prompts_13, g, listed=params.listed_13)
     fresh = delta_prompts(cats, params.n_pca_prompts, g, listed=params.listed_13)
     grouping = null_grouping(cats, g)
-    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size)
+    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
     head = tuple(head) if head is not None else scan.ranking()[0]
-    vecs = collect_vectors(model, tokenizer, prompts, cats, [head], params.batch_size)
-    fresh_vecs = collect_vectors(model, tokenizer, fresh, cats, [head], params.batch_size)
+    vecs = collect_vectors(model, tokenizer, prompts, cats, [head], params.batch_size, params.answer_prefix)
+    fresh_vecs = collect_vectors(model, tokenizer, fresh, cats, [head], params.batch_size, params.answer_prefix)
     analysis = analyse_head(vecs, head, params.weighting, params.energy)
     null = analyse_head(relabel(vecs, [p.items for p in prompts], grouping), head, params.weighting, params.energy)
     rand = random_init_copy(model, params.seed + 1)
-    rand_vecs = collect_vectors(rand, tokenizer, prompts, cats, [head], params.batch_size)
+    rand_vecs = collect_vectors(rand, tokenizer, prompts, cats, [head], params.batch_size, params.answer_prefix)
     rand_analysis = analyse_head(rand_vecs, head, params.weighting, params.energy)
-    rand_fresh = collect_vectors(rand, tokenizer, fresh, cats, [head], params.batch_size)
+    rand_fresh = collect_vectors(rand, tokenizer, fresh, cats, [head], params.batch_size, params.answer_prefix)
     return Keys13Result(model_label, cats, scan, head, analysis, project_categories(fresh_vecs, head, analysis), null,
                         project_categories(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null),
                         rand_analysis, project_categories(rand_fresh, head, rand_analysis))
 
 
 
-def run_keys_13(params: FilterHeadsParams, model, tokenizer, model_label: str) -> Keys13Result:
+def run_keys_13(params: FilterHeadsParams, model, tokenizer, model_label: str) -> Keys13Result | None:
     """The 13-category view with the chapter's model: for model="organism" the filter-13 organism (its head from its
     own scan); otherwise the same model, at the first of `heads` when given (the talk: L20H26), else its scan's top."""
+    if not params.keys_13:
+        return None
     if params.model == "organism":
         lm13 = load_filter_model(params, ORGANISMS["13"])
         return analyse_13(lm13.model, lm13.tokenizer, params, None, lm13.description)

@@ -92,7 +92,7 @@ def subspace_table(result: FilterHeadsResult):
     return table
 
 
-def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result) -> dict[str, object]:
+def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | None) -> dict[str, object]:
     """The chapter's closing numbers, rounded to 3 decimals: per studied head the ranks, |q̄|²/E|q|², subspace
     dimensions, η² and the swap's flip rates, each beside its controls."""
     out: dict[str, object] = {"model": result.model_label}
@@ -107,6 +107,11 @@ def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result) -
         out[f"{name} |q̄|²/E|q|² min (model)"] = r3(a["model"].query_concentration.min())
         for cond in swaps.loc[name].index:
             out[f"{name} swap flip rate ({cond})"] = r3(swaps.loc[(name, cond), "flip_rate"])
+            if "flip_lo" in swaps.columns:
+                row = swaps.loc[(name, cond)]
+                out[f"{name} swap flip rate 95% interval ({cond})"] = [r3(row["flip_lo"]), r3(row["flip_hi"])]
+    if k13 is None:
+        return out
     out["13 categories: head"] = head_name(k13.head)
     out["13 categories: ΔC ranks"] = k13.analysis.ranks.tolist()
     out["13 categories: key rank (dims)"] = (k13.analysis.key_rank, k13.analysis.key_basis.shape[1])

@@ -16,6 +16,7 @@ import torch
 from qkcore.experiments.filter_heads.vectors import encode_filter_prompts
 from qkcore.interventions import swap_metrics
 from qkcore.lm import KeySwap, attention_layout, edit_attention, iter_batches, run_model
+from qkcore.lm.gather import gather_qk
 from qkcore.lm.layout import head_name
 from qkcore.organisms.filter_task import FilterPrompt, FilterTask, FilterTaskConfig
 from qkcore.subspace import random_orthonormal
@@ -36,8 +37,8 @@ def swap_targets(prompts: Sequence[FilterPrompt], generator: torch.Generator) ->
 
 @torch.no_grad()
 def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Sequence[tuple[int, int]],
-              bases: dict[str, Sequence[torch.Tensor | int]], generator: torch.Generator, batch_size: int = 50,
-              models: dict[str, torch.nn.Module] | None = None) -> pd.DataFrame:
+                   bases: dict[str, Sequence[torch.Tensor | int]], generator: torch.Generator, batch_size: int = 50,
+                   models: dict[str, torch.nn.Module] | None = None, answer_prefix: str = "") -> pd.DataFrame:
     """One row per condition; the swap is applied at every head of `heads` at once (one head: the paper's setting).
 
     bases: name → one entry per head, each a (d, r) orthonormal basis or an int r (a fresh random orthonormal
@@ -57,7 +58,7 @@ def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Seq
         sums: dict[str, float] = {}
         for chunk in iter_batches(len(prompts), batch_size):
             start = chunk.start
-            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk])
+            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
             o = [batch.padded(r, items[r][orig[i]]) for r, i in enumerate(chunk)]
             t = [batch.padded(r, items[r][target[i]]) for r, i in enumerate(chunk)]
             last = [batch.padded(r, -1) for r in range(len(chunk))]
@@ -85,6 +86,88 @@ def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Seq
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def swapped_attention(attn: torch.Tensor, q: torch.Tensor, k_orig: torch.Tensor, k_target: torch.Tensor,
+                      basis: torch.Tensor, scaling: float, orig: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A head's attention row after swapping two keys inside span(basis), rebuilt from the unedited row: only the
+    logits at orig and target change (by Δ = (q·k′ − q·k) × scaling), so softmax gives p′_j = p_j e^{Δ_j} / Z with
+    Z = 1 + Σ_{o,t} p_j (e^{Δ_j} − 1). Exact for a plain softmax over q·k (no soft-capping), and the row is all that
+    changes when the edited head's own layer is the only one edited (nothing upstream of it moves).
+
+    attn (b, S) unedited row; q (b, d); k_orig, k_target (b, d); basis (d, r); orig, target (b,) columns of attn."""
+    from qkcore.interventions import swap_in_subspace
+
+    q, k_o, k_t = q.double(), k_orig.double(), k_target.double()
+    new_o, new_t = swap_in_subspace(k_o, k_t, basis.double())
+    delta = torch.stack([((new_o - k_o) * q).sum(-1), ((new_t - k_t) * q).sum(-1)], 1) * scaling  # (b, 2)
+    rows = torch.arange(attn.shape[0])
+    cols = torch.stack([orig, target], 1)  # (b, 2)
+    p = attn.double()
+    p_ot = p[rows[:, None], cols]  # (b, 2)
+    z = 1 + (p_ot * torch.expm1(delta)).sum(1, keepdim=True)  # (b, 1)
+    out = p / z
+    out[rows[:, None], cols] = p_ot * torch.exp(delta) / z
+    return out
+
+
+def bootstrap_interval(values: torch.Tensor, generator: torch.Generator, n_boot: int = 1000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-prompt values (n,): resample prompts with replacement."""
+    idx = torch.randint(len(values), (n_boot, len(values)), generator=generator)
+    means = values.double()[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)
+
+
+@torch.no_grad()
+def recomputed_swaps(model, tokenizer, prompts: Sequence[FilterPrompt], head: tuple[int, int],
+                     bases: dict[str, torch.Tensor | int], generator: torch.Generator, batch_size: int = 50,
+                     models: dict[str, torch.nn.Module] | None = None, answer_prefix: str = "",
+                     n_random: int = 10, n_boot: int = 1000) -> pd.DataFrame:
+    """The swap at one head without a forward pass per condition: one pass per model gathers the head's query, its
+    keys and its unedited attention row, then every condition is rebuilt by `swapped_attention`. Same columns as
+    `swap_attention` except the model's answer (not read: no edited forward pass), plus the flip rate's 95% bootstrap
+    interval over prompts (flip_lo, flip_hi). An int basis draws `n_random` random subspaces of that rank; their
+    metrics are averaged (the interval is that of the per-prompt mean over draws)."""
+    head = tuple(head)
+    orig, target = swap_targets(prompts, generator)
+    nets = {name: (models or {}).get(name, model) for name in bases}
+    for net in {id(n): n for n in nets.values()}.values():
+        if getattr(net.config, "attn_logit_softcapping", None):
+            raise NotImplementedError("recomputed swaps assume a plain softmax over q·k; this model soft-caps its "
+                                      "logits: use swap_method='forward'")
+    gathered = {}
+    for net_id, net in {id(n): n for n in nets.values()}.items():
+        rows = []
+        for chunk in iter_batches(len(prompts), batch_size):
+            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
+            cols = torch.arange(batch.input_ids.shape[1]).expand(len(chunk), -1)  # every column (b, S)
+            last = torch.tensor([batch.padded(r, -1) for r in range(len(chunk))])
+            o = torch.tensor([batch.padded(r, items[r][orig[i]]) for r, i in enumerate(chunk)])
+            t = torch.tensor([batch.padded(r, items[r][target[i]]) for r, i in enumerate(chunk)])
+            got = gather_qk(net, batch, [head], last, key_cols=None, attn_cols=cols, logits_to_keep=1)
+            rr = torch.arange(len(chunk))
+            rows.append((got.attn[0], got.q[0], got.k[0][rr, o], got.k[0][rr, t], o, t, got.scaling[0]))
+        gathered[net_id] = rows
+    d = attention_layout(model).head_dim
+    table = {}
+    for name, basis in bases.items():
+        draws = [random_orthonormal(d, basis, generator) for _ in range(n_random)] if isinstance(basis, int) \
+            else [basis]
+        per_prompt, sums = [], {}
+        for b in draws:
+            flips = []
+            for attn, q, k_o, k_t, o, t, scale in gathered[id(nets[name])]:
+                after = swapped_attention(attn, q, k_o, k_t, b, scale, o, t)
+                for key, value in swap_metrics(attn.double(), after, o, t).items():
+                    sums[key] = sums.get(key, 0.0) + value * len(o) / len(prompts) / len(draws)
+                flips.append((after.argmax(-1) == t).double())
+            per_prompt.append(torch.cat(flips))
+        lo, hi = bootstrap_interval(torch.stack(per_prompt).mean(0), generator, n_boot)
+        rank = basis if isinstance(basis, int) else basis.shape[1]
+        table[name] = {"rank": rank, **sums, "flip_lo": lo, "flip_hi": hi}
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
 def _first_token_rate(tokenizer, predicted: torch.Tensor, words: list[str]) -> float:
     """Share of rows whose predicted token is the first token of the word (as written without a leading space, or
     with one: word-level, Llama-3 and SentencePiece tokenizers differ)."""
@@ -107,6 +190,8 @@ def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
         raise TypeError("swap_experiment needs a FilterHeadsResult and its FilterHeadsParams")
     prompts = FilterTask(FilterTaskConfig(categories=params.categories)).sample_single_positive(
         params.n_swap_prompts, torch.Generator().manual_seed(params.seed + 7))
+    if params.swap_method == "recompute":
+        return _recomputed_experiment(model, tokenizer, result, params, prompts)
     groups = [[h] for h in result.heads] + ([list(result.heads)] if len(result.heads) > 1 else [])
     frames = []
     for heads in groups:
@@ -120,8 +205,29 @@ def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
             "random-init model": [a["random init"][h].key_basis for h in heads],
         }
         table = swap_attention(model, tokenizer, prompts, heads, bases, torch.Generator().manual_seed(params.seed + 8),
-                          params.batch_size, models={"random-init model": result.random_model})
+                               params.batch_size, models={"random-init model": result.random_model},
+                               answer_prefix=params.answer_prefix)
         name = head_name(heads[0]) if len(heads) == 1 else "all studied heads"
         table.index = pd.MultiIndex.from_product([[name], table.index], names=["heads", "condition"])
+        frames.append(table)
+    return pd.concat(frames)
+
+
+def _recomputed_experiment(model, tokenizer, result, params, prompts) -> pd.DataFrame:
+    """swap_method="recompute": the same conditions at each studied head (no all-heads row: heads in different layers
+    change each other's inputs, which only a forward pass shows), with bootstrap intervals."""
+    frames = []
+    for h in result.heads:
+        a = result.analyses
+        rank = a["model"][h].key_basis.shape[1]
+        bases = {"category subspace": a["model"][h].key_basis, "random subspace, same rank": rank,
+                 "top key-variance subspace, same rank": a["model"][h].key_pcs[:, :rank],
+                 "shuffled-label subspace": a["shuffled labels"][h].key_basis,
+                 "random-init model": a["random init"][h].key_basis,
+                 "whole key space": torch.eye(a["model"][h].key_pcs.shape[0], dtype=torch.float64)}
+        table = recomputed_swaps(model, tokenizer, prompts, h, bases, torch.Generator().manual_seed(params.seed + 8),
+                                 params.batch_size, models={"random-init model": result.random_model},
+                                 answer_prefix=params.answer_prefix)
+        table.index = pd.MultiIndex.from_product([[head_name(h)], table.index], names=["heads", "condition"])
         frames.append(table)
     return pd.concat(frames)

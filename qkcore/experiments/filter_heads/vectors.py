@@ -13,6 +13,7 @@ keys are each item's last token.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,13 +25,17 @@ from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.chat import model_text, uses_chat_template
 from qkcore.lm.gather import gather_qk, last_columns
 from qkcore.lm.positions import char_span_to_tokens
-from qkcore.organisms.filter_task import FilterPrompt
+from qkcore.organisms.filter_task import PLURALS, FilterPrompt
 
 
-def encode_filter_prompts(tokenizer, prompts: Sequence[FilterPrompt]) -> tuple[EncodedBatch, list[list[int]]]:
-    """Left-padded batch of the prompts and, per prompt, the prompt position of each item's last token."""
+def encode_filter_prompts(tokenizer, prompts: Sequence[FilterPrompt],
+                          answer_prefix: str = "") -> tuple[EncodedBatch, list[list[int]]]:
+    """Left-padded batch of the prompts and, per prompt, the prompt position of each item's last token.
+    answer_prefix (chat models): the assistant's answer begun after the generation prompt, "{plural}" standing for the
+    asked category (e.g. "The {plural} in the list are:"); the query is then its last token."""
     chat = uses_chat_template(tokenizer)
-    texts, shifts = zip(*(model_text(tokenizer, p.text, chat) for p in prompts))
+    texts, shifts = zip(*(model_text(tokenizer, p.text, chat, answer_prefix.format(plural=PLURALS[p.asked]))
+                          for p in prompts))
     # a chat template writes its own BOS; plain prompts get the tokenizer's
     batch = encode_batch(tokenizer, list(texts), padding_side="left", add_special_tokens=not chat)
     items = [[char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r]).last
@@ -75,6 +80,12 @@ class HeadScan:
         return [(int(i) // n_heads, int(i) % n_heads) for i in order]
 
 
+def _last_logits(model) -> dict:
+    """Forward kwargs that keep only the last position's logits (a real vocabulary is 49k+ wide)."""
+    takes = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if takes else {}
+
+
 def _split_pairs(q: torch.Tensor, k: torch.Tensor, positive: torch.Tensor, acc: ContrastiveCovariance) -> None:
     """q (H, b, d) at the last token, k (H, b, I, d) at the items, positive (b, I): add each prompt's pairs (its
     query with every item key) to `acc`, the asked category's items as positives and the others as negatives."""
@@ -85,7 +96,7 @@ def _split_pairs(q: torch.Tensor, k: torch.Tensor, positive: torch.Tensor, acc: 
 
 
 def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Sequence[str],
-              weighting: str = "pair_mean", batch_size: int = 50) -> HeadScan:
+              weighting: str = "pair_mean", batch_size: int = 50, answer_prefix: str = "") -> HeadScan:
     """One ΔC per category at every head (prompts grouped by asked category, one ContrastiveCovariance per category
     over all heads), and each head's attention from the last token on positive vs negative items, from the same
     forward pass (qkcore.lm.gather_qk)."""
@@ -102,9 +113,9 @@ def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Seq
             raise ValueError(f"no prompt asks for {categories[c]!r}: give more prompts")
         for chunk in iter_batches(len(rows), batch_size):
             idx = [rows[i] for i in chunk]
-            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in idx])
+            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in idx], answer_prefix)
             cols = batch.padded_positions(items)  # (b, I) batch columns of the items
-            got = gather_qk(model, batch, "all", last_columns(batch), cols, attn_cols=cols)
+            got = gather_qk(model, batch, "all", last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
             pos = item_cat[idx] == c  # (b, I)
             _split_pairs(got.q, got.k, pos, accs[c])
             attn = got.attn.double()  # (H, b, I)
@@ -137,15 +148,15 @@ class Vectors:
 
 
 def collect_vectors(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Sequence[str],
-                    heads: Sequence[tuple[int, int]], batch_size: int = 50) -> Vectors:
+                    heads: Sequence[tuple[int, int]], batch_size: int = 50, answer_prefix: str = "") -> Vectors:
     """Post-rotary q (last token) and k (items) of the chosen heads, float32 on the CPU."""
     categories = tuple(categories)
     asked, item_cat = _labels(prompts, categories)
     heads = attention_layout(model).select(heads)
     qs, ks, attns = [], [], []
     for chunk in iter_batches(len(prompts), batch_size):
-        batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk])
+        batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
         cols = batch.padded_positions(items)  # (b, I)
-        got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols)
+        got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
         qs.append(got.q), ks.append(got.k), attns.append(got.attn)  # (H, b, d), (H, b, I, d), (H, b, I)
     return Vectors(heads, categories, torch.cat(qs, 1), torch.cat(ks, 1), torch.cat(attns, 1), asked, item_cat)
