@@ -36,4 +36,5 @@ def test_the_book_has_pages(chromium):
 @pytest.mark.parametrize("page", PAGES or ["(no build)"])
 def test_page_renders_cleanly(site, page):
     report = site[page]
-    assert report.ok, "\n" + report.details()
+    if not report.ok:
+        pytest.fail(report.details(), pytrace=False)
