@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make book   execute every chapter with its default parameters and build the HTML book into _build/html
-#   make test   ruff (lint + format), unit tests, nbval on every chapter in _toc.yml, and a book build with -W
+#   make test   ruff (lint + format), unit tests, nbval on every chapter in _toc.yml, a book build with -W, and every
+#               built page opened in headless Chromium (Debian's `chromium`; .ci/run installs it when missing)
 # Each creates the virtual environment .venv when it is missing (or when pyproject.toml changed).
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
 
-.PHONY: book test lint unit nbval html env clean
+.PHONY: book test lint unit nbval html browser env clean
 
 env: $(STAMP)
 
@@ -46,11 +47,19 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The rendered book as a reader's browser shows it (tests/book/test_rendered_pages.py): math errors, missing images,
+# broken links, console errors, blocks wider than their column; run after `html`. The unit run above skips these tests.
+browser: $(STAMP)
+	QKCORE_BOOK_HTML=_build/html $(PY) -m pytest -q -s -p no:cacheprovider tests/book/test_rendered_pages.py \
+	  tests/book/test_planted_defects.py
+
 nbval: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
 	  --nbval-sanitize-with book/nbval_sanitize.cfg $(CHAPTERS)
 
+# In this order (also under `make -j`): the browser check reads what `html` built.
 test: lint unit nbval html
+	$(MAKE) browser
 
 clean:
 	rm -rf _build

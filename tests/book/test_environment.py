@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_environment_yml_pins_equal_pyproject_pins():
@@ -18,7 +18,9 @@ def test_environment_yml_pins_equal_pyproject_pins():
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     env_pins = sorted(p for p in pip_section if not p.startswith("-e"))
     assert env_pins == project
-    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.]*", p) for p in project), "pin every dependency exactly"
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][A-Za-z0-9.]*", p) for p in project), (
+        "pin every dependency exactly"
+    )
     assert "torch==2.13.0" in project
 
 
@@ -26,8 +28,11 @@ def test_chapter_list_comes_from_toc_and_every_toc_entry_exists():
     toc = (ROOT / "_toc.yml").read_text()
     entries = re.findall(r"(?:file|root):\s*(\S+)", toc)
     for entry in entries:
-        assert (ROOT / f"{entry}.ipynb").exists() or (ROOT / f"{entry}.md").exists(), f"{entry} is in _toc.yml but missing"
-    listed = subprocess.run([sys.executable, "scripts/chapters.py"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.split()
+        assert (ROOT / f"{entry}.ipynb").exists() or (ROOT / f"{entry}.md").exists(), (
+            f"{entry} is in _toc.yml but missing"
+        )
+    listed = subprocess.run(
+        [sys.executable, "scripts/chapters.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert listed == [f"{e}.ipynb" for e in entries if (ROOT / f"{e}.ipynb").exists()]
     assert listed, "the book has no executable chapter"

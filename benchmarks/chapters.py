@@ -1,0 +1,215 @@
+"""Benchmark: every chapter of _toc.yml executed with papermill, at its defaults and with `preset = "quick"`, timed
+against the runtime the chapter states. Targets: each stated figure within 50% of the measured one, every quick run
+under 60 s, the whole book at its defaults under 10 minutes (all on 2 cores).
+
+    .venv/bin/python benchmarks/chapters.py                         # all chapters, defaults and quick
+    .venv/bin/python benchmarks/chapters.py --only cube filter_heads --skip-quick
+
+A chapter states its runtime in a markdown line of the form
+`**Runtime:** about 40 s at the defaults on 2 cores; about 12 s with preset = "quick".` (or "about 3 min").
+Chapters run into a temporary folder (never over book/), with the cwd, threads and offline settings of `make book`.
+Prints one table per run kind (chapter, stated, measured wall clock, ratio, CPU time of the kernel: on a machine
+shared with other jobs the CPU time is closer to what the run would take alone) and exits non-zero when a figure is
+off by more than 50%, unstated, a quick run exceeds 60 s, a chapter has no `preset` parameter, a run fails, or the
+default total exceeds 10 minutes.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from scripts.chapters import chapters  # noqa: E402  (the one chapter list, from _toc.yml)
+
+TOLERANCE = 0.5  # a stated figure may be off by this fraction of the measured one
+QUICK_LIMIT_S = 60.0
+BOOK_LIMIT_S = 600.0
+# The same environment as `make book`: one thread layout, no network.
+ENVIRONMENT = {
+    "OMP_NUM_THREADS": "2",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+}
+_FIGURE = r"about\s+(\d+(?:\.\d+)?)\s*(s|sec|seconds?|min|minutes?)\b"
+RUNTIME = re.compile(r"\*\*Runtime:\*\*\s*" + _FIGURE + r"(?P<rest>[^\n]*)", re.I)
+QUICK = re.compile(_FIGURE + r"[^;\n]*?preset\s*=\s*[\"'`]?quick", re.I)
+
+
+def _seconds(value: str, unit: str) -> float:
+    return float(value) * (60.0 if unit.lower().startswith("min") else 1.0)
+
+
+def stated_runtime(notebook: dict) -> tuple[float | None, float | None]:
+    """(seconds at the defaults, seconds with preset = "quick") from the chapter's **Runtime:** line; None where the
+    line, or its quick figure, is missing."""
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        match = RUNTIME.search("".join(cell["source"]))
+        if match:
+            quick = QUICK.search(match.group("rest"))
+            return (
+                _seconds(match.group(1), match.group(2)),
+                _seconds(quick.group(1), quick.group(2)) if quick else None,
+            )
+    return None, None
+
+
+def has_preset(notebook: dict) -> bool:
+    """Whether the cell tagged `parameters` assigns `preset`."""
+    for cell in notebook["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return re.search(r"^preset\s*[:=]", "".join(cell["source"]), re.M) is not None
+    return False
+
+
+@dataclass
+class Run:
+    chapter: str
+    kind: str  # "defaults" or "quick"
+    stated: float | None
+    measured: float | None = None
+    cpu: float | None = None
+    error: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.measured / self.stated if self.measured and self.stated else None
+
+    def flags(self) -> list[str]:
+        if self.error:
+            return [f"{self.chapter} ({self.kind}): {self.error}"]
+        out = []
+        if self.stated is None:
+            out.append(f"{self.chapter} ({self.kind}): runtime not stated (measured {self.measured:.0f} s)")
+        elif abs(self.stated - self.measured) > TOLERANCE * self.measured:
+            out.append(
+                f"{self.chapter} ({self.kind}): states about {self.stated:.0f} s, measured {self.measured:.0f} s "
+                f"(off by more than {TOLERANCE:.0%})"
+            )
+        if self.kind == "quick" and self.measured > QUICK_LIMIT_S:
+            out.append(f"{self.chapter} (quick): {self.measured:.0f} s, over the {QUICK_LIMIT_S:.0f} s target")
+        return out
+
+
+def execute(path: Path, out_dir: Path, kind: str, timeout: float) -> tuple[float, float, str]:
+    """Run one chapter with papermill into out_dir; (wall seconds, CPU seconds of papermill and its kernel, error)."""
+    output = out_dir / f"{path.stem}-{kind}.ipynb"
+    command = [
+        sys.executable,
+        "-m",
+        "papermill",
+        "--cwd",
+        str(ROOT / path.parent),
+        "-k",
+        "python3",
+        str(ROOT / path),
+        str(output),
+        "--log-level",
+        "WARNING",
+        "--no-progress-bar",
+    ]
+    if kind == "quick":
+        command += ["-p", "preset", "quick"]
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in ENVIRONMENT.items()}}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        error = "" if result.returncode == 0 else "failed: " + (result.stderr.strip().splitlines() or ["?"])[-1]
+    except subprocess.TimeoutExpired:
+        error = f"timed out after {timeout:.0f} s"
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, error
+
+
+def _s(value: float | None) -> str:
+    return "not stated" if value is None else f"{value:.0f} s"
+
+
+def table(runs: list[Run], kind: str) -> str:
+    lines = [f"{kind}:", f"  {'chapter':24s} {'stated':>11s} {'measured':>9s} {'ratio':>6s} {'CPU':>7s}"]
+    for r in runs:
+        measured = "failed" if r.error else _s(r.measured)
+        ratio = f"{r.ratio:.2f}" if r.ratio and not r.error else "-"
+        cpu = f"{r.cpu:.0f} s" if r.cpu is not None else "-"
+        lines.append(f"  {r.chapter:24s} {_s(r.stated):>11s} {measured:>9s} {ratio:>6s} {cpu:>7s}")
+    if not runs:
+        lines.append("  (no run)")
+        return "\n".join(lines)
+    stated = [r.stated for r in runs if r.stated is not None]
+    total_stated = _s(sum(stated)) + ("" if len(stated) == len(runs) else "+") if stated else "not stated"
+    measured = sum(r.measured or 0 for r in runs)
+    cpu = sum(r.cpu or 0 for r in runs)
+    lines.append(f"  {'total':24s} {total_stated:>11s} {measured:>7.0f} s {'':>6s} {cpu:>5.0f} s")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="CHAPTER", help="chapter names (file stems) to time")
+    parser.add_argument("--skip-quick", action="store_true", help="time only the runs at the defaults")
+    parser.add_argument("--skip-defaults", action="store_true", help="time only the quick runs")
+    parser.add_argument("--keep", type=Path, help="keep the executed notebooks in this folder (default: discard)")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds before a chapter's run is stopped")
+    args = parser.parse_args()
+
+    paths = chapters()
+    if args.only:
+        unknown = set(args.only) - {p.stem for p in paths}
+        if unknown:
+            parser.error(f"not chapters of _toc.yml: {sorted(unknown)}; chapters: {[p.stem for p in paths]}")
+        paths = [p for p in paths if p.stem in args.only]
+    kinds = [k for k, skip in (("defaults", args.skip_defaults), ("quick", args.skip_quick)) if not skip]
+    runs: dict[str, list[Run]] = {k: [] for k in kinds}
+    missing_preset = []
+    with tempfile.TemporaryDirectory(prefix="qkcore-chapters-") as tmp:
+        out_dir = args.keep or Path(tmp)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            notebook = json.loads((ROOT / path).read_text())
+            stated = dict(zip(("defaults", "quick"), stated_runtime(notebook), strict=True))
+            for kind in kinds:
+                if kind == "quick" and not has_preset(notebook):
+                    missing_preset.append(path.stem)
+                    continue
+                run = Run(path.stem, kind, stated[kind])
+                run.measured, run.cpu, run.error = execute(path, out_dir, kind, args.timeout)
+                print(
+                    f"{path.stem} ({kind}): {run.measured:.1f} s wall, {run.cpu:.1f} s CPU"
+                    f"{'; ' + run.error if run.error else ''}",
+                    flush=True,
+                )
+                runs[kind].append(run)
+
+    print()
+    for kind in kinds:
+        print(table(runs[kind], kind + (" (-p preset quick)" if kind == "quick" else "")))
+    flags = [f for kind in kinds for r in runs[kind] for f in r.flags()]
+    flags += [f"{name}: no `preset` in its parameters cell, so no quick run" for name in missing_preset]
+    if "defaults" in kinds and not args.only:
+        total = sum(r.measured or 0 for r in runs["defaults"])
+        print(f"\nthe whole book at its defaults: {total:.0f} s (target < {BOOK_LIMIT_S:.0f} s)")
+        if total > BOOK_LIMIT_S:
+            flags.append(f"the whole book at its defaults takes {total:.0f} s, over {BOOK_LIMIT_S:.0f} s")
+    print("\nflags:" if flags else "\nno flags: every stated figure within 50%, every quick run under 60 s")
+    for f in flags:
+        print(f"  {f}")
+    sys.exit(1 if flags else 0)
+
+
+if __name__ == "__main__":
+    main()
