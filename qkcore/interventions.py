@@ -10,6 +10,8 @@ If the head reads the feature from that subspace, attention moves from orig to t
 
     new_orig, new_target = swap_in_subspace(k_orig, k_target, V)
     m = swap_metrics(attn_before, attn_after, orig_index, target_index)
+    row = swapped_attention(attn_row, q, k_orig, k_target, V, scaling, orig, target)   # no forward pass
+    lo, hi = bootstrap_interval(per_prompt_flips, generator)                          # the flip rate's spread
 """
 
 from __future__ import annotations
@@ -59,3 +61,33 @@ def swap_metrics(
         "target_shift": (after_t - before_t).mean().item(),
         "flip_rate": (attn_after.argmax(-1) == target).double().mean().item(),
     }
+
+
+def swapped_attention(attn: torch.Tensor, q: torch.Tensor, k_orig: torch.Tensor, k_target: torch.Tensor,
+                      basis: torch.Tensor, scaling: float, orig: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """A head's attention row after swapping two keys inside span(basis), rebuilt from the unedited row: only the
+    logits at orig and target change (by Δ = (q·k′ − q·k) × scaling), so softmax gives p′_j = p_j e^{Δ_j} / Z with
+    Z = 1 + Σ_{o,t} p_j (e^{Δ_j} − 1). Exact for a plain softmax over q·k (no soft-capping), and the row is all that
+    changes when the edited head's own layer is the only one edited (nothing upstream of it moves).
+
+    attn (b, S) unedited row; q (b, d); k_orig, k_target (b, d); basis (d, r); orig, target (b,) columns of attn."""
+    q, k_o, k_t = q.double(), k_orig.double(), k_target.double()
+    new_o, new_t = swap_in_subspace(k_o, k_t, basis.double())
+    delta = torch.stack([((new_o - k_o) * q).sum(-1), ((new_t - k_t) * q).sum(-1)], 1) * scaling  # (b, 2)
+    rows = torch.arange(attn.shape[0])
+    cols = torch.stack([orig, target], 1)  # (b, 2)
+    p = attn.double()
+    p_ot = p[rows[:, None], cols]  # (b, 2)
+    z = 1 + (p_ot * torch.expm1(delta)).sum(1, keepdim=True)  # (b, 1)
+    out = p / z
+    out[rows[:, None], cols] = p_ot * torch.exp(delta) / z
+    return out
+
+
+def bootstrap_interval(values: torch.Tensor, generator: torch.Generator, n_boot: int = 1000,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of per-prompt values (n,): resample prompts with replacement."""
+    idx = torch.randint(len(values), (n_boot, len(values)), generator=generator)
+    means = values.double()[idx].mean(1)
+    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
+    return float(lo), float(hi)

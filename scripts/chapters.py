@@ -1,6 +1,8 @@
 """Print the book's executable chapters (the .ipynb files listed in _toc.yml), in book order, one path per line.
 
-The single source of the chapter list: `make book` executes these and `make test` checks them with nbval."""
+The single source of the chapter list: `make book` executes these and `make test` checks them with nbval.
+`--plan` prints how `make book` makes each one instead: `<notebook>` (executed in place) or
+`<notebook> <source notebook> <parameters as YAML>` for a variant of book/variants.yml."""
 
 from pathlib import Path
 
@@ -34,5 +36,26 @@ def chapters() -> list[Path]:
     return paths
 
 
+def variants() -> dict[str, dict]:
+    """book/variants.yml: name → {"source": chapter name, "parameters": {...}}."""
+    path = ROOT / "book" / "variants.yml"
+    return yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+
+
+def plan() -> list[str]:
+    lines = []
+    known = variants()
+    for nb in chapters():
+        v = known.get(nb.stem)
+        if v is None:
+            lines.append(str(nb))
+        else:
+            params = yaml.safe_dump(v["parameters"], default_flow_style=True, width=10_000).strip()
+            lines.append(f"{nb} {nb.parent / (v['source'] + '.ipynb')} {params}")
+    return lines
+
+
 if __name__ == "__main__":
-    print("\n".join(str(p) for p in chapters()))
+    import sys
+
+    print("\n".join(plan() if "--plan" in sys.argv[1:] else (str(p) for p in chapters())))

@@ -5,8 +5,9 @@ page never retypes a number: a re-execution of the book updates both.
     print_summary(numbers)
     load_results("book/results")["cube"]["key means: edge ratio"]
 
-Only a run at the chapter's default parameters writes (the book's own run); a re-run with other parameters (a
-class's quick preset, a researcher's model) leaves the book's numbers alone.
+Only the book's own runs write: a chapter at its default parameters (to <chapter>.json), and a variant of it listed in
+variants.yml beside the results folder (book/variants.yml) with exactly that variant's parameters (to <variant>.json).
+A re-run with any other parameters (a class's quick preset, a researcher's model) leaves the book's numbers alone.
 """
 
 from __future__ import annotations
@@ -30,12 +31,32 @@ def _plain(value):
     raise TypeError(f"cannot record {type(value).__name__} {value!r}: give numbers, strings, lists or dicts")
 
 
+def book_run_name(chapter: str, params, directory: str | Path = RESULTS_DIR) -> str | None:
+    """The name the book records this run under: `chapter` at the defaults, a variant's name when `params` are that
+    variant's, None for any other run."""
+    if not dataclasses.is_dataclass(params):
+        raise TypeError(f"params must be the chapter's parameter dataclass, got {type(params).__name__}")
+    if params == type(params)():
+        return chapter
+    variants_file = Path(directory).parent / "variants.yml"
+    if variants_file.is_file():
+        import yaml
+
+        for name, variant in (yaml.safe_load(variants_file.read_text()) or {}).items():
+            if variant.get("source") == chapter and dataclasses.replace(type(params)(), **variant["parameters"]) \
+                    == params:
+                return name
+    return None
+
+
 def record(chapter: str, numbers: dict, params, directory: str | Path = RESULTS_DIR) -> dict:
-    """Write `numbers` to directory/<chapter>.json when `params` equals its class's defaults; return `numbers`."""
+    """Write `numbers` to directory/<name>.json when this is one of the book's own runs (see book_run_name); return
+    `numbers`."""
     if not chapter.replace("_", "").isalnum():
         raise ValueError(f"chapter must be a plain name like 'filter_heads', got {chapter!r}")
-    if dataclasses.is_dataclass(params) and params == type(params)():
-        path = Path(directory) / f"{chapter}.json"
+    name = book_run_name(chapter, params, directory)
+    if name is not None:
+        path = Path(directory) / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(_plain(numbers), indent=1, ensure_ascii=False) + "\n")
     return numbers

@@ -161,7 +161,7 @@ def test_recomputed_swap_equals_the_edited_forward_pass(tiny):
 
 def test_swapped_attention_row_equals_edit_attention(tiny):
     """Whole rows, not only the orig/target cells: the rebuilt row is the edited forward pass's row."""
-    from qkcore.experiments.filter_heads.swaps import swapped_attention
+    from qkcore.interventions import swapped_attention
     from qkcore.lm import KeySwap, edit_attention, run_model
     from qkcore.lm.gather import gather_qk
     from qkcore.subspace import random_orthonormal

@@ -25,3 +25,12 @@ def test_bad_names_and_values_are_refused(tmp_path):
         record("../cube", {}, Params(), tmp_path)
     with pytest.raises(TypeError, match="cannot record object"):
         record("cube", {"x": object()}, Params(), tmp_path)
+
+
+def test_a_variant_of_the_book_records_under_its_own_name(tmp_path):
+    (tmp_path / "variants.yml").write_text("cube_big:\n  source: cube\n  parameters: {n: 9}\n")
+    results = tmp_path / "results"
+    record("cube", {"rank": 9}, Params(n=9), results)
+    record("cube", {"rank": 5}, Params(n=5), results)  # not a variant: not recorded
+    record("other", {"rank": 9}, Params(n=9), results)  # a variant of another chapter
+    assert load_results(results) == {"cube_big": {"rank": 9}}

@@ -14,12 +14,14 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.filter_heads.vectors import encode_filter_prompts
-from qkcore.interventions import swap_metrics
+from qkcore.interventions import bootstrap_interval, swap_metrics, swapped_attention
 from qkcore.lm import KeySwap, attention_layout, edit_attention, iter_batches, run_model
 from qkcore.lm.gather import gather_qk
 from qkcore.lm.layout import head_name
 from qkcore.organisms.filter_task import FilterPrompt, FilterTask, FilterTaskConfig
 from qkcore.subspace import random_orthonormal
+
+BOOTSTRAP_SEED = 0  # the bootstrap's own generator: intervals never shift the conditions' random draws
 
 
 def swap_targets(prompts: Sequence[FilterPrompt], generator: torch.Generator) -> tuple[list[int], list[int]]:
@@ -44,8 +46,9 @@ def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Seq
     bases: name → one entry per head, each a (d, r) orthonormal basis or an int r (a fresh random orthonormal
     subspace of rank r per batch). models: name → another model for that condition (e.g. the random-init copy;
     default `model`). Columns: rank (of the first head's subspace), mean over heads of the attention on orig and
-    target before and after, target_shift and flip_rate (swap_metrics), and answer_target / answer_orig: how often
-    the model's next token is then the target's / orig's first token."""
+    target before and after, target_shift and flip_rate (swap_metrics) with its 95% bootstrap interval over
+    prompts (flip_lo, flip_hi; the flip averaged over the heads), and answer_target / answer_orig: how often the
+    model's next token is then the target's / orig's first token."""
     heads = [tuple(h) for h in heads]
     orig, target = swap_targets(prompts, generator)
     rows = {}
@@ -56,6 +59,7 @@ def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Seq
         net = (models or {}).get(name, model)
         d = attention_layout(net).head_dim
         sums: dict[str, float] = {}
+        flips = []  # per prompt, averaged over the heads
         for chunk in iter_batches(len(prompts), batch_size):
             start = chunk.start
             batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
@@ -72,50 +76,23 @@ def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Seq
                              orig=o, target=t, query=last) for h, b in zip(heads, per_head)]
             with edit_attention(net, swaps) as ed:
                 out = run_model(net, batch)
+            flip = torch.zeros(len(chunk), dtype=torch.float64)
             for h in heads:
-                m = swap_metrics(before[h], ed.attention(*h)[rr, last], torch.tensor(o), torch.tensor(t))
+                after = ed.attention(*h)[rr, last]
+                m = swap_metrics(before[h], after, torch.tensor(o), torch.tensor(t))
                 for key, value in m.items():
                     sums[key] = sums.get(key, 0.0) + value * len(chunk) / len(heads)
+                flip += (after.argmax(-1) == torch.tensor(t)).double() / len(heads)
+            flips.append(flip)
             next_token = out.logits[:, -1].argmax(-1)  # left padding: column -1 is every prompt's last token
             for key, which in (("answer_target", target), ("answer_orig", orig)):
                 words = [prompts[i].items[which[i]] for i in chunk]
                 sums[key] = sums.get(key, 0.0) + _first_token_rate(tokenizer, next_token, words) * len(chunk)
         first = per_head[0]
+        lo, hi = bootstrap_interval(torch.cat(flips), torch.Generator().manual_seed(BOOTSTRAP_SEED))
         rows[name] = {"rank": first if isinstance(first, int) else first.shape[1],
-                      **{k: v / len(prompts) for k, v in sums.items()}}
+                      **{k: v / len(prompts) for k, v in sums.items()}, "flip_lo": lo, "flip_hi": hi}
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def swapped_attention(attn: torch.Tensor, q: torch.Tensor, k_orig: torch.Tensor, k_target: torch.Tensor,
-                      basis: torch.Tensor, scaling: float, orig: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """A head's attention row after swapping two keys inside span(basis), rebuilt from the unedited row: only the
-    logits at orig and target change (by Δ = (q·k′ − q·k) × scaling), so softmax gives p′_j = p_j e^{Δ_j} / Z with
-    Z = 1 + Σ_{o,t} p_j (e^{Δ_j} − 1). Exact for a plain softmax over q·k (no soft-capping), and the row is all that
-    changes when the edited head's own layer is the only one edited (nothing upstream of it moves).
-
-    attn (b, S) unedited row; q (b, d); k_orig, k_target (b, d); basis (d, r); orig, target (b,) columns of attn."""
-    from qkcore.interventions import swap_in_subspace
-
-    q, k_o, k_t = q.double(), k_orig.double(), k_target.double()
-    new_o, new_t = swap_in_subspace(k_o, k_t, basis.double())
-    delta = torch.stack([((new_o - k_o) * q).sum(-1), ((new_t - k_t) * q).sum(-1)], 1) * scaling  # (b, 2)
-    rows = torch.arange(attn.shape[0])
-    cols = torch.stack([orig, target], 1)  # (b, 2)
-    p = attn.double()
-    p_ot = p[rows[:, None], cols]  # (b, 2)
-    z = 1 + (p_ot * torch.expm1(delta)).sum(1, keepdim=True)  # (b, 1)
-    out = p / z
-    out[rows[:, None], cols] = p_ot * torch.exp(delta) / z
-    return out
-
-
-def bootstrap_interval(values: torch.Tensor, generator: torch.Generator, n_boot: int = 1000,
-                       level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of per-prompt values (n,): resample prompts with replacement."""
-    idx = torch.randint(len(values), (n_boot, len(values)), generator=generator)
-    means = values.double()[idx].mean(1)
-    lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
-    return float(lo), float(hi)
 
 
 @torch.no_grad()
@@ -162,7 +139,8 @@ def recomputed_swaps(model, tokenizer, prompts: Sequence[FilterPrompt], head: tu
                     sums[key] = sums.get(key, 0.0) + value * len(o) / len(prompts) / len(draws)
                 flips.append((after.argmax(-1) == t).double())
             per_prompt.append(torch.cat(flips))
-        lo, hi = bootstrap_interval(torch.stack(per_prompt).mean(0), generator, n_boot)
+        lo, hi = bootstrap_interval(torch.stack(per_prompt).mean(0), torch.Generator().manual_seed(BOOTSTRAP_SEED),
+                                    n_boot)
         rank = basis if isinstance(basis, int) else basis.shape[1]
         table[name] = {"rank": rank, **sums, "flip_lo": lo, "flip_hi": hi}
     return pd.DataFrame.from_dict(table, orient="index")
