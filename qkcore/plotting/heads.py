@@ -10,9 +10,11 @@ def head_heatmap(ax, values: np.ndarray, title: str, chosen, cmap: str, vmin=Non
     """Draw values (n_layers, n_heads) on ax; annotate cells when the grid is small; box each (layer, head) in chosen."""
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     n_layers, n_heads = values.shape
-    if n_layers * n_heads <= 64:
+    if n_layers * n_heads <= 64:  # numbers in the cells, black on light cells and white on dark ones
         for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=7)
+            r, g, b, _ = im.cmap(im.norm(v))
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8, color=ink)
     for layer, head in chosen:
         ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="k", lw=2))
     ax.set(title=title, xlabel="head", ylabel="layer")

@@ -10,7 +10,7 @@ intervention, and the controls (shuffled category labels; a randomly initialised
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -48,6 +48,10 @@ class FilterHeadsParams(LMChapterParams):
     answer_prefix: str = ""  # chat models: the answer begun, "{plural}" = the asked category ("" = none)
     swap_method: Literal["forward", "recompute"] = "forward"  # forward pass per condition, or rebuilt rows
     keys_13: bool = True  # the 13-category keys-only view (the talk's figure)
+    scan_by: Literal["logit_gap", "attention"] = "logit_gap"  # how the scan ranks heads (HeadScan.score)
+    preset: Literal["full", "quick"] = "full"
+    QUICK: ClassVar[dict] = {"n_delta_prompts": 100, "n_pca_prompts": 50, "n_swap_prompts": 100,
+                             "n_prompts_13": 130}
 
     def __post_init__(self):
         super().__post_init__()
@@ -208,6 +212,20 @@ class FilterHeadsResult:
     analyses: dict[str, dict[tuple[int, int], HeadAnalysis]]  # condition → head → analysis
     projections: dict[str, dict[tuple[int, int], Projection]]
     grouping: dict[str, str]
+    scan_by: str = "logit_gap"
+    accuracy: dict[str, float] | None = None  # first answer token in the asked category: model, random init, chance
+
+
+def first_answer_accuracy(next_token: torch.Tensor, prompts, tokenizer) -> float:
+    """Share of prompts whose predicted first answer token begins an item of the asked category (the item written
+    with or without a leading space: word-level, BPE and SentencePiece tokenizers differ)."""
+    def firsts(word: str) -> set[int]:
+        return {ids[0] for ids in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (word, " " + word))
+                if ids}
+
+    hits = [int(next_token[i]) in set().union(*(firsts(it) for it, c in zip(p.items, p.item_categories)
+                                               if c == p.asked)) for i, p in enumerate(prompts)]
+    return sum(hits) / len(hits)
 
 
 CONDITIONS = ("model", "shuffled labels", "random init")
@@ -224,7 +242,8 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     grouping = null_grouping(cats, g)
     scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
     layout = attention_layout(model)
-    heads = layout.select(params.heads) if params.heads is not None else tuple(scan.ranking()[: params.n_heads])
+    ranked = scan.ranking(params.scan_by)
+    heads = layout.select(params.heads) if params.heads is not None else tuple(ranked[: params.n_heads])
     rand = random_init_copy(model, params.seed + 1)
     random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
     vecs = {"model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
@@ -235,7 +254,11 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
     analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}
     projections = {c: {h: project_categories(fresh_vecs[c], h, analyses[c][h]) for h in heads} for c in CONDITIONS}
-    return FilterHeadsResult(model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping)
+    accuracy = {"model": first_answer_accuracy(scan.next_token, prompts, tokenizer),
+                "random init": first_answer_accuracy(random_scan.next_token, prompts, tokenizer),
+                "chance (a random list item)": scan.items_per_prompt[0] / sum(scan.items_per_prompt)}
+    return FilterHeadsResult(model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping,
+                             params.scan_by, accuracy)
 
 
 @dataclass

@@ -14,16 +14,16 @@ from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResu
 from qkcore.experiments.tables import r3
 from qkcore.lm import pad_batch, run_model
 from qkcore.lm.chat import model_text, uses_chat_template
-from qkcore.lm.layout import head_name
-from qkcore.organisms.filter_task import FilterPrompt
+from qkcore.lm.layout import head_name, head_names
+from qkcore.organisms.filter_task import PLURALS, FilterPrompt
 from qkcore.subspace import principal_angles
 
 
 def scan_table(result: FilterHeadsResult, n: int = 6) -> pd.DataFrame:
-    """The n heads with the largest mean logit gap, with their attention on the asked items and on the others,
-    ‖ΔC‖_F, and the same numbers for the random-init copy's head at that place."""
+    """The top n heads of the scan (ranked as the chapter's scan_by says), with their mean logit gap, their attention
+    on the asked items and on the others, ‖ΔC‖_F, and the same numbers for the random-init copy's head there."""
     rows = {}
-    for layer, head in result.scan.ranking()[:n]:
+    for layer, head in result.scan.ranking(result.scan_by)[:n]:
         rows[head_name((layer, head))] = {
             "logit gap": float(result.scan.logit_gap[:, layer, head].mean()),
             "attention on +": float(result.scan.attn_pos[layer, head]),
@@ -37,9 +37,11 @@ def scan_table(result: FilterHeadsResult, n: int = 6) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def greedy_answer(model, tokenizer, prompt: FilterPrompt, max_new_tokens: int = 8) -> str:
-    """The model's greedy continuation of one prompt, up to end of sequence (what it answers)."""
-    text, _ = model_text(tokenizer, prompt.text, uses_chat_template(tokenizer))
+def greedy_answer(model, tokenizer, prompt: FilterPrompt, max_new_tokens: int = 8, answer_prefix: str = "") -> str:
+    """The model's greedy continuation of one prompt, up to end of sequence (what it answers), after the answer's
+    begun prefix if any (see encode_filter_prompts)."""
+    prefix = answer_prefix.format(plural=PLURALS[prompt.asked])
+    text, _ = model_text(tokenizer, prompt.text, uses_chat_template(tokenizer), prefix)
     ids = tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
     new: list[int] = []
     for _ in range(max_new_tokens):
@@ -47,7 +49,8 @@ def greedy_answer(model, tokenizer, prompt: FilterPrompt, max_new_tokens: int = 
         if token == tokenizer.eos_token_id:
             break
         new.append(token)
-    return tokenizer.decode(new, skip_special_tokens=True).strip()
+    return (prefix + tokenizer.decode(new, skip_special_tokens=True)).strip()
+
 
 def category_table(result: FilterHeadsResult, head: tuple[int, int]):
     """Per category at one head, the model beside its controls: rank of ΔC, share of σ₁², logit gap trace ΔC,
@@ -118,4 +121,77 @@ def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | 
     out["13 categories: key rank, random init"] = k13.random_analysis.key_rank
     out["13 categories: key η² (model, null grouping, random init)"] = (
         r3(k13.projection.key_eta2), r3(k13.null_projection.key_eta2), r3(k13.random_projection.key_eta2))
+    return out
+
+
+# -- verdicts: the page's findings in words, computed from its own numbers (pasted into the prose with myst-nb glue) --
+REPRODUCED = "reproduced"
+SHOWN_BY_CONTROL = "reproduced, but a control shows it too"
+NOT_REPRODUCED = "not reproduced"
+
+
+def swap_verdict(swaps: pd.DataFrame, head_label: str) -> tuple[str, str]:
+    """(verdict, sentence) for the Figure 7 swap at one head, by these rules on the flip rate's 95% intervals:
+    not reproduced when the category subspace's interval reaches down into the random subspace's; reproduced, but
+    a control shows it too, when a label-free or wrong-label subspace (top key variance, shuffled labels) flips at
+    least as often or its interval overlaps the category subspace's; reproduced otherwise."""
+    t = swaps.loc[head_label]
+
+    def cell(cond: str) -> str:
+        row = t.loc[cond]
+        return f"{row.flip_rate:.2f} [{row.flip_lo:.2f}, {row.flip_hi:.2f}]"
+
+    cat, rnd = t.loc["category subspace"], t.loc["random subspace, same rank"]
+    controls = [c for c in ("top key-variance subspace, same rank", "shuffled-label subspace") if c in t.index]
+    shown = [c for c in controls if t.loc[c].flip_hi >= cat.flip_lo or t.loc[c].flip_rate >= cat.flip_rate]
+    if cat.flip_lo <= rnd.flip_hi:
+        verdict = NOT_REPRODUCED
+    elif shown:
+        verdict = SHOWN_BY_CONTROL
+    else:
+        verdict = REPRODUCED
+    sentence = (f"At {head_label}, swapping inside the category subspace moves the head's top attention to the "
+                f"target in {cell('category subspace')} of prompts (95% bootstrap interval), against "
+                f"{cell('random subspace, same rank')} for random subspaces of the same rank; "
+                + "; ".join(f"the {c} {cell(c)}" for c in controls) + ".")
+    return verdict, sentence
+
+
+def findings(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | None) -> dict[str, str]:
+    """Markdown strings for the page, each true for the model that ran: `model` (which model, and its answer
+    accuracy), `ranks`, `geometry`, `swap`, and `verdict` (the chapter's closing paragraph)."""
+    acc = result.accuracy or {}
+    a = result.analyses
+    out = {"model": f"**{result.model_label}**"}
+    if acc:
+        out["accuracy"] = (f"its first answer token is an item of the asked category in {acc['model']:.2f} of the "
+                           f"ΔC prompts (random-init copy {acc['random init']:.2f}; a random list item "
+                           f"{acc['chance (a random list item)']:.2f})")
+    rank_one = all(bool((a[c][h].ranks == 1).all()) for c in CONDITIONS for h in result.heads)
+    conc = min(float(a["model"][h].query_concentration.min()) for h in result.heads)
+    out["ranks"] = (
+        ("Every category's ΔC is rank 1 at the studied heads, **and so is every control's** (shuffled labels, "
+         f"random init): the last token's query hardly varies (|q̄|²/E|q|² ≥ {conc:.2f}), so rank 1 follows from "
+         "the construction and says nothing yet about the head.") if rank_one else
+        ("The per-category ranks at the studied heads are "
+         + "; ".join(f"{head_name(h)}: {a['model'][h].ranks.tolist()}" for h in result.heads)
+         + " (controls in the tables above)."))
+    eta = {c: [result.projections[c][h].key_eta2 for h in result.heads] for c in CONDITIONS}
+    out["geometry"] = ("Keys of fresh prompts sort by category inside the category subspace: key η² "
+                       + ", ".join(f"{x:.2f}" for x in eta["model"]) + " at " + head_names(result.heads)
+                       + " (shuffled labels " + ", ".join(f"{x:.2f}" for x in eta["shuffled labels"])
+                       + "; random init " + ", ".join(f"{x:.2f}" for x in eta["random init"]) + ").")
+    verdicts = {head_name(h): swap_verdict(swaps, head_name(h)) for h in result.heads
+                if "flip_lo" in swaps.columns}
+    best = max(verdicts, key=lambda h: swaps.loc[(h, "category subspace"), "flip_rate"]) if verdicts else None
+    out["swap"] = " ".join(s for _, s in verdicts.values())
+    if best is not None:
+        out["swap_verdict"] = verdicts[best][0]
+        out["verdict"] = (
+            f"On {result.model_label}, the category subspace is real in the sense that keys sort by category inside "
+            f"it, but the rank-1 finding is shared by both controls. The swap at the clearest head ({best}) is "
+            f"**{verdicts[best][0]}**: {verdicts[best][1]} What would settle it: a control that reaches the category "
+            "subspace's flip rate (as a label-free top-variance subspace can) means the head reads its keys' dominant "
+            "directions and that these carry the category; only a gap over every control credits ΔC with finding "
+            "something a label-free method could not.")
     return out

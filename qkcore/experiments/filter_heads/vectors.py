@@ -62,7 +62,8 @@ class HeadScan:
 
     deltas (C, L, H, d, d) float64; logit_gap (C, L, H) = trace ΔC; delta_norm (C, L, H) = ‖ΔC‖_F;
     attn_pos / attn_neg (L, H): mean over prompts of the last token's total attention on the asked category's
-    items / on the other items; categories, weighting."""
+    items / on the other items; next_token (n,): the model's top next token after each prompt (its first answer
+    token), in prompt order; items_per_prompt (positives, negatives); categories, weighting."""
 
     categories: tuple[str, ...]
     weighting: str
@@ -71,12 +72,25 @@ class HeadScan:
     delta_norm: torch.Tensor
     attn_pos: torch.Tensor
     attn_neg: torch.Tensor
+    next_token: torch.Tensor | None = None
+    items_per_prompt: tuple[int, int] = (5, 20)
 
-    def ranking(self) -> list[tuple[int, int]]:
-        """All heads, from the largest mean logit gap (over categories) to the smallest."""
-        gap = self.logit_gap.mean(0)  # (L, H)
-        order = torch.argsort(gap.flatten(), descending=True, stable=True)
-        n_heads = gap.shape[1]
+    def score(self, by: str = "logit_gap") -> torch.Tensor:
+        """(L, H): "logit_gap", the mean over categories of E[q·k|+] − E[q·k|−]; or "attention", the last token's
+        attention per asked item minus per other item (selectivity of the attention itself, 0 for a head that
+        spreads its attention evenly over the list)."""
+        if by == "logit_gap":
+            return self.logit_gap.mean(0)
+        if by == "attention":
+            n_pos, n_neg = self.items_per_prompt
+            return self.attn_pos / n_pos - self.attn_neg / n_neg
+        raise ValueError(f'scan_by must be "logit_gap" or "attention", got {by!r}')
+
+    def ranking(self, by: str = "logit_gap") -> list[tuple[int, int]]:
+        """All heads, from the highest score (see `score`) to the lowest."""
+        score = self.score(by)
+        order = torch.argsort(score.flatten(), descending=True, stable=True)
+        n_heads = score.shape[1]
         return [(int(i) // n_heads, int(i) % n_heads) for i in order]
 
 
@@ -107,6 +121,7 @@ def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Seq
     accs = [ContrastiveCovariance(layout.head_dim, head_shape=(n_heads,), weighting=weighting) for _ in categories]
     attn_pos = torch.zeros(n_heads, dtype=torch.float64)
     attn_neg = torch.zeros_like(attn_pos)
+    next_token = torch.zeros(len(prompts), dtype=torch.long)
     for c in range(len(categories)):
         rows = (asked == c).nonzero().flatten().tolist()
         if not rows:
@@ -118,14 +133,17 @@ def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Seq
             got = gather_qk(model, batch, "all", last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
             pos = item_cat[idx] == c  # (b, I)
             _split_pairs(got.q, got.k, pos, accs[c])
+            next_token[idx] = got.output.logits[:, -1].argmax(-1).cpu()  # left padding: -1 is the last token
             attn = got.attn.double()  # (H, b, I)
             attn_pos += (attn * pos).sum((1, 2))
             attn_neg += (attn * ~pos).sum((1, 2))
     grid = (len(categories), layout.n_layers, layout.n_heads)
     deltas = torch.stack([acc.delta() for acc in accs]).reshape(*grid, layout.head_dim, layout.head_dim)
     n = len(prompts)
+    n_pos = int((item_cat[0] == asked[0]).sum())
     return HeadScan(categories, weighting, deltas, torch.diagonal(deltas, dim1=-2, dim2=-1).sum(-1),
-                    deltas.flatten(-2).norm(dim=-1), attn_pos.reshape(grid[1:]) / n, attn_neg.reshape(grid[1:]) / n)
+                    deltas.flatten(-2).norm(dim=-1), attn_pos.reshape(grid[1:]) / n, attn_neg.reshape(grid[1:]) / n,
+                    next_token, (n_pos, item_cat.shape[1] - n_pos))
 
 
 @dataclass
