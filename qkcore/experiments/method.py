@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar, Literal
 
 import torch
 
@@ -18,9 +19,13 @@ from qkcore.subspace import Decomposition, decompose, principal_angles
 
 @dataclass(frozen=True)
 class MethodParams(PlantedConfig):
-    """The planted example's fields (qkcore.planted.PlantedConfig) plus the rank rule's energy threshold."""
+    """The planted example's fields (qkcore.planted.PlantedConfig) plus the rank rule's energy threshold; preset
+    "quick" draws fewer pairs (the chapter runs in seconds either way)."""
+
+    QUICK: ClassVar[dict] = {"n_pairs": 5000}
 
     energy: float = 0.99
+    preset: Literal["full", "quick"] = "full"
 
     def __post_init__(self):
         check_types(self)
@@ -28,7 +33,7 @@ class MethodParams(PlantedConfig):
         require(0 < self.energy <= 1, f"energy must be in (0, 1], got {self.energy}")
 
     def planted(self) -> PlantedConfig:
-        fields = {k: v for k, v in asdict(self).items() if k != "energy"}
+        fields = {k: v for k, v in asdict(self).items() if k not in ("energy", "preset")}
         return PlantedConfig(**fields)
 
 

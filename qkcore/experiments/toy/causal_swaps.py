@@ -14,6 +14,7 @@ orthonormal subspaces of the same three ranks, averaged over several seeded draw
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -37,6 +38,8 @@ METRIC_COLUMNS = ("attn_orig_before", "attn_target_before", "attn_orig_after", "
 class SwapParams(ToyModelParams):
     """The toy model's fields (see ToyModelParams); n_trials: sequences swapped per condition; n_random: random
     subspaces drawn per rank (their metrics are averaged)."""
+
+    QUICK: ClassVar[dict] = {**ToyModelParams.QUICK, "n_trials": 500, "n_random": 3}
 
     n_trials: int = 2000
     n_random: int = 10

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -36,6 +37,8 @@ POINTS_PER_CODE = 10
 class CubeParams(ToyModelParams):
     """The toy model's fields (see ToyModelParams) and n_points: sequences drawn for the picture (one query and
     one target key each)."""
+
+    QUICK: ClassVar[dict] = {**ToyModelParams.QUICK, "n_points": 1000}
 
     n_points: int = 2000
 

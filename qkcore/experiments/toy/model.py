@@ -12,6 +12,7 @@ parameters subclass it and add their own. Training is deterministic and takes se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from qkcore.params import check_types, require
 from qkcore.toy.analysis import ModelAnalysis, analyse_model
@@ -26,7 +27,11 @@ D_MODEL = TaskConfig().d_model
 class ToyModelParams:
     """r1, r2: latent dims of the two factors; task: "binary" (±1 latents) or "gaussian"; d_head: head width;
     seed: task maps, data and initialisation; energy: the rank rule's threshold (paper 0.99); contrast_batches ×
-    contrast_batch_size: triples per ΔC (authors 80 × 512); lr, max_steps: training (see qkcore.toy.train)."""
+    contrast_batch_size: triples per ΔC (authors 80 × 512); lr, max_steps: training (see qkcore.toy.train);
+    preset: "quick" swaps the QUICK values in for the fields left at their defaults (a class's run in under a minute).
+    """
+
+    QUICK: ClassVar[dict] = {"max_steps": 400, "contrast_batches": 20}
 
     r1: int = 3
     r2: int = 5
@@ -38,6 +43,7 @@ class ToyModelParams:
     contrast_batch_size: int = 512
     lr: float = 1e-2
     max_steps: int = 1000
+    preset: Literal["full", "quick"] = "full"
 
     def __post_init__(self):
         check_types(self)
