@@ -1,7 +1,7 @@
 """The method chapter: ΔC, its spectrum and the rank rule on the planted bilinear example (qkcore.planted).
 
-    P = MethodParams()
-    result = run_method(P)          # decomposition, principal angles, the error as the number of pairs grows
+P = MethodParams()
+result = run_method(P)          # decomposition, principal angles, the error as the number of pairs grows
 """
 
 from __future__ import annotations
@@ -82,7 +82,10 @@ def run_method(params: MethodParams) -> MethodResult:
 def summary(result: MethodResult, params: MethodParams) -> dict[str, object]:
     """The chapter's closing numbers: planted vs recovered rank, the largest principal angles to the planted maps,
     and the relative error of ΔC with all pairs."""
-    return {"planted rank": params.feature_rank, "recovered rank": result.decomposition.rank,
-            "largest principal angle, query side (deg)": round(float(result.query_angles.max()), 2),
-            "largest principal angle, key side (deg)": round(float(result.key_angles.max()), 2),
-            f"relative error of ΔC with {params.n_pairs} pairs": round(result.relative_errors[-1], 3)}
+    return {
+        "planted rank": params.feature_rank,
+        "recovered rank": result.decomposition.rank,
+        "largest principal angle, query side (deg)": round(float(result.query_angles.max()), 2),
+        "largest principal angle, key side (deg)": round(float(result.key_angles.max()), 2),
+        f"relative error of ΔC with {params.n_pairs} pairs": round(result.relative_errors[-1], 3),
+    }

@@ -1,8 +1,8 @@
 """Figures of the method chapter: ΔC beside the planted matrix, its spectrum with the rank rule, convergence.
 
-    fig = plot_delta(result)                   # planted W_Q W_Kᵀ, estimated ΔC, their difference: one colour scale
-    fig = plot_spectrum(result, P.energy)      # singular values (log) and cumulative energy with the 99% cut
-    fig = plot_convergence(result)             # relative error and recovered rank as pairs accumulate
+fig = plot_delta(result)                   # planted W_Q W_Kᵀ, estimated ΔC, their difference: one colour scale
+fig = plot_spectrum(result, P.energy)      # singular values (log) and cumulative energy with the 99% cut
+fig = plot_convergence(result)             # relative error and recovered rank as pairs accumulate
 """
 
 from __future__ import annotations
@@ -44,8 +44,12 @@ def plot_spectrum(result: MethodResult, energy: float):
     ax2.plot(idx, cumulative, "o-", color="k", ms=4)
     ax2.axhline(energy, color=palette(4)[3], ls="--", lw=1.2, label=f"{energy:.0%} of the energy")
     ax2.axvline(dec.rank, color=kept, lw=1.2, label=f"rank $r$ = {dec.rank}")
-    ax2.set(xlabel="number of singular values kept", ylabel="cumulative share of the energy", ylim=(0, 1.05),
-            title="the rank rule")
+    ax2.set(
+        xlabel="number of singular values kept",
+        ylabel="cumulative share of the energy",
+        ylim=(0, 1.05),
+        title="the rank rule",
+    )
     ax2.legend(loc="lower right")
     for a in (ax, ax2):
         a.set_xticks(idx[::3] if len(idx) > 8 else idx)
@@ -61,7 +65,10 @@ def plot_convergence(result: MethodResult):
     ax.loglog(n, err[-1] * np.sqrt(n[-1] / n), "--", color="0.5", lw=1, label="$\\propto 1/\\sqrt{n}$")
     for x, e, r in zip(n, err, result.ranks_at_counts):
         ax.annotate(f"{r}", (x, e), textcoords="offset points", xytext=(0, 7), fontsize=9, ha="center")
-    ax.set(xlabel="pairs per set $n$", ylabel="$\\|\\Delta C_n - W_Q W_K^\\top\\|_F\\ /\\ \\|W_Q W_K^\\top\\|_F$",
-           title="error of the estimate (numbers: the rank it gives)")
+    ax.set(
+        xlabel="pairs per set $n$",
+        ylabel="$\\|\\Delta C_n - W_Q W_K^\\top\\|_F\\ /\\ \\|W_Q W_K^\\top\\|_F$",
+        title="error of the estimate (numbers: the rank it gives)",
+    )
     ax.legend(loc="lower left")
     return fig

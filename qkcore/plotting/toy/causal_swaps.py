@@ -19,7 +19,7 @@ RATES = {"flip_rate": "argmax moves to $i_{target}$", "follows_target": "predict
 
 
 def condition_label(condition: str, rank: int) -> str:
-    """"z1\\nrank 3", "random\\nrank 3", "none": the x tick of a condition."""
+    """ "z1\\nrank 3", "random\\nrank 3", "none": the x tick of a condition."""
     if condition == "none":
         return "no swap"
     name = "random" if condition.startswith("random") else f"${condition.replace('z1', 'z_1').replace('z2', 'z_2')}$"
@@ -44,22 +44,44 @@ def plot_causal_swaps(result: SwapResult):
     n_random = sum(label.startswith("random") for label in order)
     colours = palette(4)
     fig, axes = plt.subplots(2, 1, figsize=(WIDTH, 6.4), sharex=True, layout="constrained")
-    panels = [(axes[0], ATTENTION, [colours[0], colours[3]], "mean attention after the swap"),
-              (axes[1], RATES, [colours[2], colours[1]], "share of trials")]
+    panels = [
+        (axes[0], ATTENTION, [colours[0], colours[3]], "mean attention after the swap"),
+        (axes[1], RATES, [colours[2], colours[1]], "share of trials"),
+    ]
     for ax, columns, hue_colours, ylabel in panels:
         long = rows.melt(id_vars=["label"], value_vars=list(columns), var_name="measure", value_name="value")
         long["measure"] = long["measure"].map(columns)
-        sns.barplot(long, x="label", y="value", hue="measure", order=order, palette=hue_colours, ax=ax,
-                    errorbar="sd", capsize=0.15, err_kws={"linewidth": 1.2}, width=0.75)
+        sns.barplot(
+            long,
+            x="label",
+            y="value",
+            hue="measure",
+            order=order,
+            palette=hue_colours,
+            ax=ax,
+            errorbar="sd",
+            capsize=0.15,
+            err_kws={"linewidth": 1.2},
+            width=0.75,
+        )
         ax.set(ylabel=ylabel, xlabel="", ylim=(0, 1.25), yticks=[0, 0.2, 0.4, 0.6, 0.8, 1.0])
         ax.legend(loc="upper left", ncol=2, title=None)
         if n_random:
             ax.axvspan(len(order) - n_random - 0.5, len(order) - 0.5, color="0.92", zorder=0)
     before = float(result.table.loc["none", "attn_orig_before"])
     axes[0].axhline(before, color=colours[0], ls=":", lw=1.3)
-    axes[0].annotate(f"on $i_{{orig}}$ before: {before:.2f}", (len(order) - 0.5, before), xytext=(0, 3),
-                     textcoords="offset points", ha="right", va="bottom", fontsize=9, color=colours[0])
-    axes[0].set_title(f"swapping the keys of $i_{{orig}}$ and $i_{{target}}$ inside a subspace "
-                      f"({result.n_trials} trials)")
+    axes[0].annotate(
+        f"on $i_{{orig}}$ before: {before:.2f}",
+        (len(order) - 0.5, before),
+        xytext=(0, 3),
+        textcoords="offset points",
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        color=colours[0],
+    )
+    axes[0].set_title(
+        f"swapping the keys of $i_{{orig}}$ and $i_{{target}}$ inside a subspace ({result.n_trials} trials)"
+    )
     axes[1].set_xlabel("subspace swapped (grey: random subspaces, mean ± sd over draws)")
     return fig

@@ -44,10 +44,10 @@ def _axes3d(fig, position, result: CubeResult, elev: float, azim: float):
 def _legend(fig, r: int, colours, extra: list[Line2D]):
     handles = []
     if 2**r <= 10:
-        handles = [Line2D([], [], marker="o", ls="", ms=7, color=colours[c], label=code_label(c, r))
-                   for c in range(2**r)]
-    fig.legend(handles=handles + extra, title="$z_1$ code" if handles else None, loc="center right",
-               borderaxespad=0.2)
+        handles = [
+            Line2D([], [], marker="o", ls="", ms=7, color=colours[c], label=code_label(c, r)) for c in range(2**r)
+        ]
+    fig.legend(handles=handles + extra, title="$z_1$ code" if handles else None, loc="center right", borderaxespad=0.2)
 
 
 def plot_cube_points(result: CubeResult, elev: float = 22, azim: float = -55):
@@ -65,9 +65,11 @@ def plot_cube_points(result: CubeResult, elev: float = 22, azim: float = -55):
     ax.scatter(*k_pts.T, c=point_colours, marker="o", s=7, alpha=0.3, depthshade=False)
     _draw_edges(ax, km, r, color="k", lw=1.3)
     ax.scatter(*km.T, c=colours, s=90, edgecolors="k", depthshade=False)
-    extra = [Line2D([], [], marker="^", ls="", color="0.4", label="query $U^\\top q$"),
-             Line2D([], [], marker="o", ls="", color="0.4", label="key $V^\\top k_{i^*}$"),
-             Line2D([], [], marker="o", ls="-", ms=9, color="k", mfc="w", label="key mean")]
+    extra = [
+        Line2D([], [], marker="^", ls="", color="0.4", label="query $U^\\top q$"),
+        Line2D([], [], marker="o", ls="", color="0.4", label="key $V^\\top k_{i^*}$"),
+        Line2D([], [], marker="o", ls="-", ms=9, color="k", mfc="w", label="key mean"),
+    ]
     _legend(fig, r, colours, extra)
     fig.subplots_adjust(left=0.0, right=0.78, bottom=0.02, top=0.98)
     return fig
@@ -84,8 +86,10 @@ def plot_cube_means(result: CubeResult, elev: float = 22, azim: float = -55):
     _draw_edges(ax, qm, r, color="0.35", lw=1.1, ls="--")
     ax.scatter(*km.T, c=colours, s=100, edgecolors="k", depthshade=False)
     ax.scatter(*qm.T, c=colours, s=70, marker="^", edgecolors="0.2", depthshade=False)
-    extra = [Line2D([], [], marker="o", ls="-", ms=8, color="k", mfc="w", label="key means"),
-             Line2D([], [], marker="^", ls="--", ms=8, color="0.35", mfc="w", label="query means")]
+    extra = [
+        Line2D([], [], marker="o", ls="-", ms=8, color="k", mfc="w", label="key means"),
+        Line2D([], [], marker="^", ls="--", ms=8, color="0.35", mfc="w", label="query means"),
+    ]
     _legend(fig, r, colours, extra)
     fig.subplots_adjust(left=0.0, right=0.78, bottom=0.02, top=0.98)
     return fig

@@ -1,7 +1,7 @@
 """Figures of the rank-recovery chapter (Figure 2): recovered ranks per model, and accuracies beside the ceilings.
 
-    fig = plot_rank_heatmaps(result.table)           # one panel per task × d_head; cells r₁ × r₂
-    fig = plot_accuracy(result.table)                # held-out accuracy beside the ceilings
+fig = plot_rank_heatmaps(result.table)           # one panel per task × d_head; cells r₁ × r₂
+fig = plot_accuracy(result.table)                # held-out accuracy beside the ceilings
 """
 
 from __future__ import annotations
@@ -25,8 +25,13 @@ def plot_rank_heatmaps(table: pd.DataFrame):
     lim = max(1, int(off.abs().max()))
     n_rows, n_cols = len(kinds), len(d_heads)
     cell = min(max(0.62, 2.0 / len(r2s)), (WIDTH - 2.8) / (n_cols * len(r2s)))  # inches; titles need 2 in
-    fig, axes = plt.subplots(n_rows, n_cols, squeeze=False, layout="constrained",
-                             figsize=(min(WIDTH, cell * n_cols * len(r2s) + 2.8), cell * n_rows * len(r1s) + 1.0))
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        squeeze=False,
+        layout="constrained",
+        figsize=(min(WIDTH, cell * n_cols * len(r2s) + 2.8), cell * n_rows * len(r1s) + 1.0),
+    )
     for i, kind in enumerate(kinds):
         for j, dh in enumerate(d_heads):
             sub = table[(table.kind == kind) & (table.d_head == dh)].set_index(["r1", "r2"])
@@ -35,9 +40,22 @@ def plot_rank_heatmaps(table: pd.DataFrame):
             rank2 = np.array([[sub.loc[(a, b), "rank_z2"] for b in r2s] for a in r1s])
             planted = np.array([[a + b for b in r2s] for a in r1s])
             labels = np.array([[f"{x}, {y}" for x, y in zip(u, v)] for u, v in zip(rank1, rank2)])
-            sns.heatmap(rank1 + rank2 - planted, ax=ax, cmap=DIVERGING, vmin=-lim, vmax=lim, annot=labels, fmt="",
-                        annot_kws={"fontsize": 10}, cbar=False, linewidths=0.5, linecolor="0.85",
-                        xticklabels=r2s, yticklabels=r1s, square=True)
+            sns.heatmap(
+                rank1 + rank2 - planted,
+                ax=ax,
+                cmap=DIVERGING,
+                vmin=-lim,
+                vmax=lim,
+                annot=labels,
+                fmt="",
+                annot_kws={"fontsize": 10},
+                cbar=False,
+                linewidths=0.5,
+                linecolor="0.85",
+                xticklabels=r2s,
+                yticklabels=r1s,
+                square=True,
+            )
             _fence(ax, planted > dh)
             ax.set(title=f"{kind}, $d_{{head}}$ = {dh}", xlabel="$r_2$", ylabel="$r_1$")
             ax.tick_params(rotation=0)
@@ -62,8 +80,9 @@ def plot_accuracy(table: pd.DataFrame):
     kinds = list(dict.fromkeys(table.kind))
     d_heads = list(dict.fromkeys(table.d_head))
     colours = palette(len(d_heads))
-    fig, axes = plt.subplots(len(kinds), 1, figsize=(WIDTH, 2.6 * len(kinds) + 0.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        len(kinds), 1, figsize=(WIDTH, 2.6 * len(kinds) + 0.4), squeeze=False, layout="constrained"
+    )
     for ax, kind in zip(axes[:, 0], kinds):
         sub = table[table.kind == kind]
         tasks = sub.drop_duplicates(["r1", "r2"])[["r1", "r2", "ceiling", "reference"]].reset_index(drop=True)
@@ -73,8 +92,15 @@ def plot_accuracy(table: pd.DataFrame):
         for n, dh in enumerate(d_heads):
             group = sub[sub.d_head == dh]
             pos = [x[(tasks.r1 == a) & (tasks.r2 == b)][0] for a, b in zip(group.r1, group.r2)]
-            ax.plot(np.array(pos) + (n - (len(d_heads) - 1) / 2) * 0.22, group.accuracy, ls="",
-                    marker=MARKERS[n % len(MARKERS)], ms=7, color=colours[n], label=f"model, $d_{{head}}$ = {dh}")
+            ax.plot(
+                np.array(pos) + (n - (len(d_heads) - 1) / 2) * 0.22,
+                group.accuracy,
+                ls="",
+                marker=MARKERS[n % len(MARKERS)],
+                ms=7,
+                color=colours[n],
+                label=f"model, $d_{{head}}$ = {dh}",
+            )
         ax.set_xticks(x, [f"{a}, {b}" for a, b in zip(tasks.r1, tasks.r2)])
         ax.set(xlabel="$r_1, r_2$", ylabel="held-out accuracy", title=f"{kind} task")
     fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=2 + len(d_heads))

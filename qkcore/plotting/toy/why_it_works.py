@@ -20,8 +20,9 @@ from qkcore.subspace import Decomposition
 def plot_factor_spectra(decompositions: dict[str, Decomposition], energy: float, true_ranks: dict[str, int]):
     """Energy fractions σᵢ²/Σσ² of ΔC per factor on a log scale, the kept ones coloured, the largest discarded one
     marked: the gap between them is what makes the rank unambiguous."""
-    fig, axes = plt.subplots(1, len(decompositions), figsize=(WIDTH, 3.1), squeeze=False, sharey=True,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(decompositions), figsize=(WIDTH, 3.1), squeeze=False, sharey=True, layout="constrained"
+    )
     kept_colour = palette(1)[0]
     for ax, (factor, dec) in zip(axes[0], decompositions.items()):
         frac = dec.energy_fractions.numpy()
@@ -29,10 +30,22 @@ def plot_factor_spectra(decompositions: dict[str, Decomposition], energy: float,
         ax.bar(idx, frac, color=[kept_colour if i < dec.rank else "0.65" for i in range(len(frac))])
         dropped = frac[dec.rank :]
         note = f"largest dropped: {dropped.max():.0e}" if len(dropped) else "nothing dropped"
-        ax.text(0.97, 0.95, f"kept: the top {dec.rank} ({energy:.0%} rule)\n{note}", ha="right", va="top",
-                transform=ax.transAxes, fontsize=9)
-        ax.set(yscale="log", ylim=(1e-12, 3), xlabel="singular value index", xticks=idx[::3],
-               title=f"$\\Delta C_{{{factor}}}$: rank {dec.rank} (planted {true_ranks[factor]})")
+        ax.text(
+            0.97,
+            0.95,
+            f"kept: the top {dec.rank} ({energy:.0%} rule)\n{note}",
+            ha="right",
+            va="top",
+            transform=ax.transAxes,
+            fontsize=9,
+        )
+        ax.set(
+            yscale="log",
+            ylim=(1e-12, 3),
+            xlabel="singular value index",
+            xticks=idx[::3],
+            title=f"$\\Delta C_{{{factor}}}$: rank {dec.rank} (planted {true_ranks[factor]})",
+        )
     axes[0, 0].set_ylabel("$\\sigma_i^2 / \\sum_j \\sigma_j^2$ (log)")
     return fig
 
@@ -47,8 +60,15 @@ def plot_angles(angles: dict[str, torch.Tensor], cross: dict[str, torch.Tensor] 
         xs = pos + np.arange(len(values))
         ax.bar(xs, values.numpy(), color=own, width=0.8, label="vs its own analytic span" if pos == 0 else None)
         if cross is not None:  # the other factor's span may have fewer dimensions: fewer angles
-            ax.bar(xs[: len(cross[name])], cross[name].numpy(), color="none", edgecolor=other, hatch="//",
-                   width=0.8, label="vs the other factor's span" if pos == 0 else None)
+            ax.bar(
+                xs[: len(cross[name])],
+                cross[name].numpy(),
+                color="none",
+                edgecolor=other,
+                hatch="//",
+                width=0.8,
+                label="vs the other factor's span" if pos == 0 else None,
+            )
         factor, side = name.split("/")
         labels.append((pos + (len(values) - 1) / 2, f"$z_{factor[1:]}$, {side} basis"))
         pos += len(values) + 1.5
@@ -68,12 +88,26 @@ def plot_interaction(G: torch.Tensor, r1: int):
     lim = symmetric_limit(G.numpy())
     fig, ax = plt.subplots(figsize=(0.55 * n + 2.2, 0.5 * n + 1.2), layout="constrained")
     labels = np.vectorize(lambda v: f"{round(v, 1) + 0.0:.1f}")(G.numpy())  # never "−0.0"
-    sns.heatmap(G.numpy(), ax=ax, cmap=DIVERGING, vmin=-lim, vmax=lim, annot=labels, fmt="",
-                annot_kws={"fontsize": 9}, xticklabels=names, yticklabels=names, square=True,
-                cbar_kws={"label": "$G_{ab}$", "shrink": 0.8})
+    sns.heatmap(
+        G.numpy(),
+        ax=ax,
+        cmap=DIVERGING,
+        vmin=-lim,
+        vmax=lim,
+        annot=labels,
+        fmt="",
+        annot_kws={"fontsize": 9},
+        xticklabels=names,
+        yticklabels=names,
+        square=True,
+        cbar_kws={"label": "$G_{ab}$", "shrink": 0.8},
+    )
     for line in (ax.axhline, ax.axvline):
         line(r1, color="k", lw=1.5)
     ax.tick_params(rotation=0)
-    ax.set(xlabel="key latent $b$ (columns of $A$)", ylabel="query latent $a$ (columns of $B$)",
-           title="$G = (W_Q B)^\\top (W_K A)$")
+    ax.set(
+        xlabel="key latent $b$ (columns of $A$)",
+        ylabel="query latent $a$ (columns of $B$)",
+        title="$G = (W_Q B)^\\top (W_K A)$",
+    )
     return fig
