@@ -30,7 +30,7 @@ class RankRecoveryParams:
     """latent_dims: the values of r₁ and of r₂ (every pair is a task); tasks: "binary" and/or "gaussian";
     d_heads: head widths trained for every task; energy: the rank rule's threshold; contrast_batches ×
     contrast_batch_size: triples per ΔC (authors: 80 × 512); lr, max_steps: training (see qkcore.toy.train);
-    preset: "quick" trains the 16 models of r₁, r₂ ∈ {3, 5} with shorter training (about 20 s instead of 70 s)."""
+    preset: "quick" trains the 16 models of r₁, r₂ ∈ {3, 5} with shorter training (about 20 s instead of 60 s)."""
 
     QUICK: ClassVar[dict] = {"latent_dims": (3, 5), "max_steps": 600, "contrast_batches": 20, "test_size": 4096}
 
