@@ -1,41 +1,74 @@
-"""Figures of the method chapter: a ΔC heatmap beside the truth, the spectrum with the rank rule, convergence."""
+"""Figures of the method chapter: ΔC beside the planted matrix, its spectrum with the rank rule, convergence.
+
+fig = plot_delta(result)                   # planted W_Q W_Kᵀ, estimated ΔC, their difference: one colour scale
+fig = plot_spectrum(result, P.energy)      # singular values (log) and cumulative energy with the 99% cut
+fig = plot_convergence(result)             # relative error and recovered rank as pairs accumulate
+"""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 from qkcore.experiments.method import MethodResult
+from qkcore.plotting.style import DIVERGING, WIDTH, palette, symmetric_limit
 
 
-def plot_delta_and_spectrum(result: MethodResult, energy: float):
-    """Left: true W_Q W_Kᵀ; middle: estimated ΔC; right: singular values with the cumulative energy and the cut."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), gridspec_kw={"wspace": 0.35})
-    truth, est = result.pairs.true_delta, result.delta
-    vmax = float(max(truth.abs().max(), est.abs().max()))
-    for ax, m, title in [(axes[0], truth, "planted $W_Q W_K^T$"), (axes[1], est, r"estimated $\Delta C$")]:
-        im = ax.imshow(m.numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
-        ax.set(title=title, xlabel="key dimension")
+def plot_delta(result: MethodResult):
+    """Three heatmaps on one diverging scale: the planted W_Q W_Kᵀ, the estimated ΔC and estimate − planted."""
+    truth, est = result.pairs.true_delta.numpy(), result.delta.numpy()
+    panels = [(truth, "planted $W_Q W_K^\\top$"), (est, "estimated $\\Delta C$"), (est - truth, "estimate − planted")]
+    lim = symmetric_limit(truth, est)
+    fig, axes = plt.subplots(1, 3, figsize=(WIDTH, 3.0), layout="constrained")
+    ticks = np.arange(0, truth.shape[0], 5)
+    for ax, (m, title) in zip(axes, panels):
+        im = ax.imshow(m, cmap=DIVERGING, vmin=-lim, vmax=lim)
+        ax.set(title=title, xlabel="key dimension", xticks=ticks, yticks=ticks)
+        ax.grid(False)
     axes[0].set_ylabel("query dimension")
-    fig.colorbar(im, ax=axes[:2], shrink=0.8)
+    fig.colorbar(im, ax=axes, shrink=0.85, label="entry")
+    return fig
+
+
+def plot_spectrum(result: MethodResult, energy: float):
+    """Singular values of ΔC on a log scale (kept ones coloured) and the cumulative energy with the cut."""
     dec = result.decomposition
     s = dec.S.numpy()
-    ax = axes[2]
-    ax.bar(range(1, len(s) + 1), s, color=["C0" if i < dec.rank else "0.7" for i in range(len(s))])
-    ax.set(xlabel="index i", ylabel=r"$\sigma_i$", title=f"spectrum: rank {dec.rank} at {energy:.0%} energy")
-    twin = ax.twinx()
-    twin.plot(range(1, len(s) + 1), torch.cumsum(dec.energy_fractions, 0).numpy(), "k.-", lw=1)
-    twin.axhline(energy, color="C3", ls="--", lw=1)
-    twin.set(ylim=(0, 1.05), ylabel="cumulative energy")
+    idx = np.arange(1, len(s) + 1)
+    kept, dropped = palette(1)[0], "0.7"
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(WIDTH, 3.0), layout="constrained")
+    ax.bar(idx, s, color=[kept if i < dec.rank else dropped for i in range(len(s))])
+    ax.set(yscale="log", xlabel="index $i$", ylabel="$\\sigma_i$ (log scale)", title="singular values of $\\Delta C$")
+    cumulative = torch.cumsum(dec.energy_fractions, 0).numpy()
+    ax2.plot(idx, cumulative, "o-", color="k", ms=4)
+    ax2.axhline(energy, color=palette(4)[3], ls="--", lw=1.2, label=f"{energy:.0%} of the energy")
+    ax2.axvline(dec.rank, color=kept, lw=1.2, label=f"rank $r$ = {dec.rank}")
+    ax2.set(
+        xlabel="number of singular values kept",
+        ylabel="cumulative share of the energy",
+        ylim=(0, 1.05),
+        title="the rank rule",
+    )
+    ax2.legend(loc="lower right")
+    for a in (ax, ax2):
+        a.set_xticks(idx[::3] if len(idx) > 8 else idx)
     return fig
 
 
 def plot_convergence(result: MethodResult):
-    """Relative error of the streamed ΔC and its rank as pairs accumulate."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.loglog(result.pair_counts, result.relative_errors, "o-")
-    ax.set(xlabel="pairs per set", ylabel=r"$\|\Delta C_n - W_Q W_K^T\|_F / \|W_Q W_K^T\|_F$",
-           title="the streamed estimate converges like $1/\\sqrt{n}$")
-    for n, e, r in zip(result.pair_counts, result.relative_errors, result.ranks_at_counts):
-        ax.annotate(f"r={r}", (n, e), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center")
+    """Relative error of the streamed ΔC against the number of pairs (log-log, with a 1/√n guide), and the rank the
+    rule reads at each count."""
+    n, err = np.array(result.pair_counts), np.array(result.relative_errors)
+    fig, ax = plt.subplots(figsize=(WIDTH * 0.8, 3.4), layout="constrained")
+    ax.loglog(n, err, "o-", label="relative error of $\\Delta C_n$")
+    ax.loglog(n, err[-1] * np.sqrt(n[-1] / n), "--", color="0.5", lw=1, label="$\\propto 1/\\sqrt{n}$")
+    for x, e, r in zip(n, err, result.ranks_at_counts):
+        ax.annotate(f"{r}", (x, e), textcoords="offset points", xytext=(0, 7), fontsize=9, ha="center")
+    ax.set(
+        xlabel="pairs per set $n$",
+        ylabel="$\\|\\Delta C_n - W_Q W_K^\\top\\|_F\\ /\\ \\|W_Q W_K^\\top\\|_F$",
+        title="error of the estimate (numbers: the rank it gives)",
+    )
+    ax.legend(loc="lower left")
     return fig

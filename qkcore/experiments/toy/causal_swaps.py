@@ -14,6 +14,7 @@ orthonormal subspaces of the same three ranks, averaged over several seeded draw
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -29,8 +30,16 @@ from qkcore.toy.task import TaskBatch
 from qkcore.toy.train import TrainedModel
 
 FACTOR_CONDITIONS = ("z1", "z2", "z1+z2")
-METRIC_COLUMNS = ("attn_orig_before", "attn_target_before", "attn_orig_after", "attn_target_after",
-                  "target_shift", "flip_rate", "follows_target", "follows_orig")
+METRIC_COLUMNS = (
+    "attn_orig_before",
+    "attn_target_before",
+    "attn_orig_after",
+    "attn_target_after",
+    "target_shift",
+    "flip_rate",
+    "follows_target",
+    "follows_orig",
+)
 
 
 @dataclass(frozen=True)
@@ -38,14 +47,18 @@ class SwapParams(ToyModelParams):
     """The toy model's fields (see ToyModelParams); n_trials: sequences swapped per condition; n_random: random
     subspaces drawn per rank (their metrics are averaged)."""
 
+    QUICK: ClassVar[dict] = {**ToyModelParams.QUICK, "n_trials": 500, "n_random": 3}
+
     n_trials: int = 2000
     n_random: int = 10
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.r1 + self.r2 <= self.d_head,
-                f"r1 + r2 = {self.r1 + self.r2} does not fit in d_head = {self.d_head}: the z1+z2 subspace and its "
-                "random baseline of equal rank need room; raise d_head or lower r1, r2")
+        require(
+            self.r1 + self.r2 <= self.d_head,
+            f"r1 + r2 = {self.r1 + self.r2} does not fit in d_head = {self.d_head}: the z1+z2 subspace and its "
+            "random baseline of equal rank need room; raise d_head or lower r1, r2",
+        )
         require(self.n_trials >= 1, f"n_trials must be >= 1, got {self.n_trials}")
         require(self.n_random >= 1, f"n_random must be >= 1 (random subspaces per rank), got {self.n_random}")
 
@@ -71,8 +84,9 @@ class SwapOutcome:
 
 
 @torch.no_grad()
-def swap_keys(head: ToyHead, batch: TaskBatch, orig: torch.Tensor, target: torch.Tensor,
-              basis: torch.Tensor | None) -> SwapOutcome:
+def swap_keys(
+    head: ToyHead, batch: TaskBatch, orig: torch.Tensor, target: torch.Tensor, basis: torch.Tensor | None
+) -> SwapOutcome:
     """Swap the keys at `orig` and `target` (n,) inside span(basis) (d_head, r) and recompute attention and the
     readout; basis None means no swap."""
     keys = head.keys(batch.x_ctx)  # (n, C, d_head)
@@ -94,8 +108,9 @@ def subspace_overlap(basis: torch.Tensor | None, reference: torch.Tensor) -> flo
     return float((basis.double().T @ reference.double()).pow(2).sum() / reference.shape[1])
 
 
-def outcome_metrics(before: torch.Tensor, outcome: SwapOutcome, batch: TaskBatch, orig: torch.Tensor,
-                    target: torch.Tensor) -> dict[str, float]:
+def outcome_metrics(
+    before: torch.Tensor, outcome: SwapOutcome, batch: TaskBatch, orig: torch.Tensor, target: torch.Tensor
+) -> dict[str, float]:
     """`swap_metrics` plus whether the predicted payload follows the attention: follows_target / follows_orig =
     share of trials, among those whose two payloads differ, where the model predicts the target's / orig's payload."""
     rows = torch.arange(orig.shape[0])
@@ -140,17 +155,29 @@ def run_causal_swaps(params: SwapParams, trained: tuple[TrainedModel, ModelAnaly
     for name, basis in [("none", None), *bases.items()]:
         outcome = swap_keys(head, batch, orig, target, basis)
         rank = 0 if basis is None else basis.shape[1]
-        rows.append({"condition": name, "rank": rank, "overlap": subspace_overlap(basis, bases["z1+z2"]),
-                     **outcome_metrics(before, outcome, batch, orig, target)})
+        rows.append(
+            {
+                "condition": name,
+                "rank": rank,
+                "overlap": subspace_overlap(basis, bases["z1+z2"]),
+                **outcome_metrics(before, outcome, batch, orig, target),
+            }
+        )
     draws = []
     gen = task.generator("swap-random-subspaces")
     for rank in dict.fromkeys(bases[f].shape[1] for f in FACTOR_CONDITIONS):  # distinct ranks, in order
         for draw in range(params.n_random):
             basis = random_orthonormal(head.d_head, rank, gen)  # (d_head, rank)
             outcome = swap_keys(head, batch, orig, target, basis)
-            draws.append({"condition": f"random {rank}-d", "rank": rank, "draw": draw,
-                          "overlap": subspace_overlap(basis, bases["z1+z2"]),
-                          **outcome_metrics(before, outcome, batch, orig, target)})
+            draws.append(
+                {
+                    "condition": f"random {rank}-d",
+                    "rank": rank,
+                    "draw": draw,
+                    "overlap": subspace_overlap(basis, bases["z1+z2"]),
+                    **outcome_metrics(before, outcome, batch, orig, target),
+                }
+            )
     random_draws = pd.DataFrame(draws)
     table = pd.DataFrame(rows).set_index("condition")
     grouped = random_draws.groupby("condition", sort=False)
@@ -162,8 +189,16 @@ def run_causal_swaps(params: SwapParams, trained: tuple[TrainedModel, ModelAnaly
     table["rank"] = table["rank"].astype(int)
     rows_all = torch.arange(len(keep))
     distinct = int((batch.payloads[rows_all, orig] != batch.payloads[rows_all, target]).sum())
-    return SwapResult(model=model, analysis=analysis, bases=bases, table=table, random_draws=random_draws,
-                      n_trials=len(keep), n_without_target=params.n_trials - len(keep), n_distinct_payloads=distinct)
+    return SwapResult(
+        model=model,
+        analysis=analysis,
+        bases=bases,
+        table=table,
+        random_draws=random_draws,
+        n_trials=len(keep),
+        n_without_target=params.n_trials - len(keep),
+        n_distinct_payloads=distinct,
+    )
 
 
 def summary(result: SwapResult) -> dict[str, object]:
@@ -171,6 +206,8 @@ def summary(result: SwapResult) -> dict[str, object]:
     out: dict[str, object] = {"accuracy": r3(result.model.accuracy), "trials": result.n_trials}
     for name, row in result.table.iterrows():
         out[f"{name} (rank {int(row['rank'])}): flip rate"] = r3(row.flip_rate)
-        out[f"{name}: attention orig → target after the swap"] = f"{row.attn_orig_after:.3f} → {row.attn_target_after:.3f}"
+        out[f"{name}: attention orig → target after the swap"] = (
+            f"{row.attn_orig_after:.3f} → {row.attn_target_after:.3f}"
+        )
         out[f"{name}: predicts the target's payload"] = r3(row.follows_target)
     return out

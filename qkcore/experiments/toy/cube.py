@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -37,17 +38,23 @@ class CubeParams(ToyModelParams):
     """The toy model's fields (see ToyModelParams) and n_points: sequences drawn for the picture (one query and
     one target key each)."""
 
+    QUICK: ClassVar[dict] = {**ToyModelParams.QUICK, "n_points": 1000}
+
     n_points: int = 2000
 
     def __post_init__(self):
         super().__post_init__()
-        require(MIN_CUBE_R1 <= self.r1 <= MAX_CUBE_R1,
-                f"the cube needs r1 between {MIN_CUBE_R1} and {MAX_CUBE_R1} (r1 = 3 is the paper's cube; r1 > 3 "
-                f"gives a hypercube drawn by its 3-D PCA shadow; r1 = 2 would be a square), got r1={self.r1}")
+        require(
+            MIN_CUBE_R1 <= self.r1 <= MAX_CUBE_R1,
+            f"the cube needs r1 between {MIN_CUBE_R1} and {MAX_CUBE_R1} (r1 = 3 is the paper's cube; r1 > 3 "
+            f"gives a hypercube drawn by its 3-D PCA shadow; r1 = 2 would be a square), got r1={self.r1}",
+        )
         require(self.r1 <= self.d_head, f"r1 = {self.r1} does not fit in d_head = {self.d_head}")
-        require(self.n_points >= POINTS_PER_CODE * 2**self.r1,
-                f"n_points = {self.n_points} is too few for 2^r1 = {2**self.r1} codes: use at least "
-                f"{POINTS_PER_CODE * 2**self.r1} (about {POINTS_PER_CODE} points per code)")
+        require(
+            self.n_points >= POINTS_PER_CODE * 2**self.r1,
+            f"n_points = {self.n_points} is too few for 2^r1 = {2**self.r1} codes: use at least "
+            f"{POINTS_PER_CODE * 2**self.r1} (about {POINTS_PER_CODE} points per code)",
+        )
 
 
 def sign_codes(z: torch.Tensor) -> torch.Tensor:
@@ -65,7 +72,7 @@ def code_signs(r: int) -> torch.Tensor:
 
 
 def code_label(code: int, r: int) -> str:
-    """"+−+" for code 5 of r = 3."""
+    """ "+−+" for code 5 of r = 3."""
     return "".join("+" if s > 0 else "−" for s in code_signs(r)[code])
 
 
@@ -127,10 +134,15 @@ def cube_geometry(points: torch.Tensor, codes: torch.Tensor, r: int) -> CubeGeom
     within = ((x - means[codes]) ** 2).sum()
     total = ((x - x.mean(0)) ** 2).sum()
     return CubeGeometry(
-        means=means, counts=counts,
-        edge_ratio=float(lengths.max() / lengths.min()), edge_mean=float(lengths.mean()),
-        angle_min=float(angles.min()), angle_max=float(angles.max()), angle_dev=float((angles - 90).abs().mean()),
-        affine_residual=float(((means - fit) ** 2).sum() / spread), code_share=float(1 - within / total),
+        means=means,
+        counts=counts,
+        edge_ratio=float(lengths.max() / lengths.min()),
+        edge_mean=float(lengths.mean()),
+        angle_min=float(angles.min()),
+        angle_max=float(angles.max()),
+        angle_dev=float((angles - 90).abs().mean()),
+        affine_residual=float(((means - fit) ** 2).sum() / spread),
+        code_share=float(1 - within / total),
     )
 
 
@@ -164,9 +176,11 @@ def run_cube(params: CubeParams, trained: tuple[TrainedModel, ModelAnalysis] | N
     bases, measure the cube, reduce to 3-D."""
     model, analysis = train_and_analyse(params, trained)
     dec = analysis.z1
-    require(dec.rank >= MIN_CUBE_R1,
-            f"ΔC_z1 has recovered rank {dec.rank} < {MIN_CUBE_R1}, so there is no 3-D picture to draw; the head "
-            f"did not learn z1 cleanly (see the rank-recovery chapter) — try d_head = 16 or more training steps")
+    require(
+        dec.rank >= MIN_CUBE_R1,
+        f"ΔC_z1 has recovered rank {dec.rank} < {MIN_CUBE_R1}, so there is no 3-D picture to draw; the head "
+        f"did not learn z1 cleanly (see the rank-recovery chapter) — try d_head = 16 or more training steps",
+    )
     task = model.task
     batch = task.sample(params.n_points, task.generator("cube"))
     rows = torch.arange(params.n_points)
@@ -185,12 +199,23 @@ def run_cube(params: CubeParams, trained: tuple[TrainedModel, ModelAnalysis] | N
     kc = k_geo.means - k_geo.means.mean(0)
     cos = torch.nn.functional.normalize(qc, dim=1) @ torch.nn.functional.normalize(kc, dim=1).T  # (2^r1, 2^r1)
     return CubeResult(
-        model=model, analysis=analysis, r1=params.r1, rank=dec.rank, codes=codes,
-        query_coords=q_coords, key_coords=k_coords, pca_coords=coords3, pca_variance=variance,
-        query_means_3d=(q_geo.means - mean) @ comps, key_means_3d=(k_geo.means - mean) @ comps,
-        query_geometry=q_geo, key_geometry=k_geo, match_cosines=cos.diagonal().clone(),
+        model=model,
+        analysis=analysis,
+        r1=params.r1,
+        rank=dec.rank,
+        codes=codes,
+        query_coords=q_coords,
+        key_coords=k_coords,
+        pca_coords=coords3,
+        pca_variance=variance,
+        query_means_3d=(q_geo.means - mean) @ comps,
+        key_means_3d=(k_geo.means - mean) @ comps,
+        query_geometry=q_geo,
+        key_geometry=k_geo,
+        match_cosines=cos.diagonal().clone(),
         match_rate=float((cos.argmax(1) == torch.arange(cos.shape[0])).double().mean()),
-        query_capture=q_capture, key_capture=k_capture,
+        query_capture=q_capture,
+        key_capture=k_capture,
     )
 
 
@@ -208,9 +233,15 @@ def geometry_table(result: CubeResult) -> pd.DataFrame:
     """The geometry numbers of the query and key means as a small DataFrame (rows: queries, keys)."""
     rows = {}
     for name, g in (("queries Uᵀq", result.query_geometry), ("keys Vᵀk", result.key_geometry)):
-        rows[name] = {"edge ratio": g.edge_ratio, "min angle": g.angle_min, "max angle": g.angle_max,
-                      "mean |angle−90|": g.angle_dev, "affine residual": g.affine_residual,
-                      "code share": g.code_share, "mean edge": g.edge_mean}
+        rows[name] = {
+            "edge ratio": g.edge_ratio,
+            "min angle": g.angle_min,
+            "max angle": g.angle_max,
+            "mean |angle−90|": g.angle_dev,
+            "affine residual": g.affine_residual,
+            "code share": g.code_share,
+            "mean edge": g.edge_mean,
+        }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -218,12 +249,15 @@ def summary(result: CubeResult) -> dict[str, object]:
     """The chapter's closing numbers: the key and query means' cube geometry, the PCA's kept variance and how well
     each code's query mean points at its own key mean."""
     k, q = result.key_geometry, result.query_geometry
-    return {"rank of ΔC_z1": result.rank, "accuracy": r3(result.model.accuracy),
-            "key means: edge ratio": r3(k.edge_ratio),
-            "key means: corner angles (deg)": f"{k.angle_min:.1f}–{k.angle_max:.1f}",
-            "key means: code share": r3(k.code_share),
-            "query means: edge ratio": r3(q.edge_ratio),
-            "query means: corner angles (deg)": f"{q.angle_min:.1f}–{q.angle_max:.1f}",
-            "variance kept by 3 PCs": r3(result.pca_variance.sum()),
-            "smallest cosine(query mean, key mean) of a code": r3(result.match_cosines.min()),
-            "codes whose query mean is nearest their own key mean": r3(result.match_rate)}
+    return {
+        "rank of ΔC_z1": result.rank,
+        "accuracy": r3(result.model.accuracy),
+        "key means: edge ratio": r3(k.edge_ratio),
+        "key means: corner angles (deg)": f"{k.angle_min:.1f}–{k.angle_max:.1f}",
+        "key means: code share": r3(k.code_share),
+        "query means: edge ratio": r3(q.edge_ratio),
+        "query means: corner angles (deg)": f"{q.angle_min:.1f}–{q.angle_max:.1f}",
+        "variance kept by 3 PCs": r3(result.pca_variance.sum()),
+        "smallest cosine(query mean, key mean) of a code": r3(result.match_cosines.min()),
+        "codes whose query mean is nearest their own key mean": r3(result.match_rate),
+    }

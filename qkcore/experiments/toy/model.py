@@ -12,6 +12,7 @@ parameters subclass it and add their own. Training is deterministic and takes se
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from qkcore.params import check_types, require
 from qkcore.toy.analysis import ModelAnalysis, analyse_model
@@ -26,7 +27,11 @@ D_MODEL = TaskConfig().d_model
 class ToyModelParams:
     """r1, r2: latent dims of the two factors; task: "binary" (±1 latents) or "gaussian"; d_head: head width;
     seed: task maps, data and initialisation; energy: the rank rule's threshold (paper 0.99); contrast_batches ×
-    contrast_batch_size: triples per ΔC (authors 80 × 512); lr, max_steps: training (see qkcore.toy.train)."""
+    contrast_batch_size: triples per ΔC (authors 80 × 512); lr, max_steps: training (see qkcore.toy.train);
+    preset: "quick" swaps the QUICK values in for the fields left at their defaults (a class's run in under a minute).
+    """
+
+    QUICK: ClassVar[dict] = {"max_steps": 400, "contrast_batches": 20}
 
     r1: int = 3
     r2: int = 5
@@ -38,26 +43,32 @@ class ToyModelParams:
     contrast_batch_size: int = 512
     lr: float = 1e-2
     max_steps: int = 1000
+    preset: Literal["full", "quick"] = "full"
 
     def __post_init__(self):
         check_types(self)
         require(self.task in TASK_KINDS, f"task must be one of {TASK_KINDS}, got {self.task!r}")
         require(self.r1 >= 1 and self.r2 >= 1, f"latent dims must be >= 1, got r1={self.r1}, r2={self.r2}")
-        require(self.r1 + self.r2 + N_PAYLOADS <= D_MODEL,
-                f"r1 + r2 + {N_PAYLOADS} payloads must fit in d_model = {D_MODEL}, got r1 + r2 = {self.r1 + self.r2}")
+        require(
+            self.r1 + self.r2 + N_PAYLOADS <= D_MODEL,
+            f"r1 + r2 + {N_PAYLOADS} payloads must fit in d_model = {D_MODEL}, got r1 + r2 = {self.r1 + self.r2}",
+        )
         require(self.d_head >= 1, f"d_head must be >= 1, got {self.d_head}")
         require(0 < self.energy <= 1, f"energy must be in (0, 1] (the paper uses 0.99), got {self.energy}")
-        require(self.contrast_batches >= 1 and self.contrast_batch_size >= 1,
-                f"contrast_batches and contrast_batch_size must be >= 1, got {self.contrast_batches}, "
-                f"{self.contrast_batch_size}")
+        require(
+            self.contrast_batches >= 1 and self.contrast_batch_size >= 1,
+            f"contrast_batches and contrast_batch_size must be >= 1, got {self.contrast_batches}, "
+            f"{self.contrast_batch_size}",
+        )
         self.train_config()  # validates lr and max_steps with their own messages
 
     def train_config(self) -> ToyTrainConfig:
         return ToyTrainConfig(lr=self.lr, max_steps=self.max_steps, warmup_steps=min(100, self.max_steps // 10))
 
 
-def train_and_analyse(params: ToyModelParams, trained: tuple[TrainedModel, ModelAnalysis] | None = None
-                      ) -> tuple[TrainedModel, ModelAnalysis]:
+def train_and_analyse(
+    params: ToyModelParams, trained: tuple[TrainedModel, ModelAnalysis] | None = None
+) -> tuple[TrainedModel, ModelAnalysis]:
     """Train the head (deterministic, seconds on one core) and decompose its ΔC_z₁ and ΔC_z₂.
 
     `trained` = (model, analysis) from an earlier call with the same model fields skips the work (tests, or two
@@ -68,8 +79,10 @@ def train_and_analyse(params: ToyModelParams, trained: tuple[TrainedModel, Model
         have = (c.r1, c.r2, c.kind, c.seed, model.d_head)
         want = (params.r1, params.r2, params.task, params.seed, params.d_head)
         if have != want:
-            raise ValueError(f"the trained model has (r1, r2, task, seed, d_head) = {have} but the parameters ask "
-                             f"for {want}; pass trained=None to train the model the parameters describe")
+            raise ValueError(
+                f"the trained model has (r1, r2, task, seed, d_head) = {have} but the parameters ask "
+                f"for {want}; pass trained=None to train the model the parameters describe"
+            )
         return model, analysis
     model = train_one(params.r1, params.r2, params.task, params.d_head, params.seed, params.train_config())
     analysis = analyse_model(model, params.energy, params.contrast_batches, params.contrast_batch_size)

@@ -36,10 +36,12 @@ class WhyItWorksParams(ToyModelParams):
 
     def __post_init__(self):
         super().__post_init__()
-        require(self.r1 + self.r2 <= self.d_head,
-                f"r1 + r2 = {self.r1 + self.r2} does not fit in d_head = {self.d_head}: the head cannot hold both "
-                "factors, so there is no clean subspace to compare (the rank-recovery chapter shows what happens); "
-                "raise d_head or lower r1, r2")
+        require(
+            self.r1 + self.r2 <= self.d_head,
+            f"r1 + r2 = {self.r1 + self.r2} does not fit in d_head = {self.d_head}: the head cannot hold both "
+            "factors, so there is no clean subspace to compare (the rank-recovery chapter shows what happens); "
+            "raise d_head or lower r1, r2",
+        )
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,15 @@ def run_why_it_works(params: WhyItWorksParams) -> WhyItWorksResult:
     for f in FACTORS:
         truth = expected_delta(model, f)
         errors[f] = float((analysis.delta[f] - truth).norm() / truth.norm())
-    return WhyItWorksResult(model=model, analysis=analysis, angles=subspace_angles(model, analysis),
-                            cross_angles=cross, relative_error=errors, G=interaction_matrix(model),
-                            reference=reference_accuracy(model.task, model.train_config.test_size))
+    return WhyItWorksResult(
+        model=model,
+        analysis=analysis,
+        angles=subspace_angles(model, analysis),
+        cross_angles=cross,
+        relative_error=errors,
+        G=interaction_matrix(model),
+        reference=reference_accuracy(model.task, model.train_config.test_size),
+    )
 
 
 def summary(result: WhyItWorksResult) -> dict[str, object]:
@@ -79,12 +87,16 @@ def summary(result: WhyItWorksResult) -> dict[str, object]:
     from qkcore.experiments.toy.rank_recovery import crosstalk
 
     a, c = result.analysis, result.model.config
-    return {"recovered ranks": f"{a.z1.rank}, {a.z2.rank} (true {c.r1}, {c.r2})",
-            "accuracy": r3(result.model.accuracy),
-            "largest principal angle to the analytic spans (deg)": round(max(float(v.max()) for v in
-                                                                         result.angles.values()), 2),
-            "smallest angle to the other factor's spans (deg)": round(min(float(v.min()) for v in
-                                                                      result.cross_angles.values()), 1),
-            "relative error of ΔC vs closed form, z1": r3(result.relative_error["z1"]),
-            "relative error of ΔC vs closed form, z2": r3(result.relative_error["z2"]),
-            "crosstalk of G": round(crosstalk(result.G, c.r1), 4)}
+    return {
+        "recovered ranks": f"{a.z1.rank}, {a.z2.rank} (true {c.r1}, {c.r2})",
+        "accuracy": r3(result.model.accuracy),
+        "largest principal angle to the analytic spans (deg)": round(
+            max(float(v.max()) for v in result.angles.values()), 2
+        ),
+        "smallest angle to the other factor's spans (deg)": round(
+            min(float(v.min()) for v in result.cross_angles.values()), 1
+        ),
+        "relative error of ΔC vs closed form, z1": r3(result.relative_error["z1"]),
+        "relative error of ΔC vs closed form, z2": r3(result.relative_error["z2"]),
+        "crosstalk of G": round(crosstalk(result.G, c.r1), 4),
+    }

@@ -1,8 +1,8 @@
-"""Figure of the cube chapter (paper Figure 3): queries and keys in the z₁ subspace, 3-D PCA, key means joined
+"""Figures of the cube chapter (paper Figure 3): queries and keys in the z₁ subspace, 3-D PCA, code means joined
 along the cube's edges.
 
-    fig = plot_cube(result)          # result = qkcore.experiments.toy.cube.run_cube(P)
-    plt.show()
+    fig = plot_cube_points(result)     # every query and target key, coloured by z₁ code, with the key-mean cube
+    fig = plot_cube_means(result)      # only the code means: the key cube and the query cube
 """
 
 from __future__ import annotations
@@ -11,11 +11,16 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
 from qkcore.experiments.toy.cube import CubeResult, code_label, hypercube_edges
+from qkcore.plotting.style import SEQUENTIAL, WIDTH, palette
 
 
 def _code_colours(r: int):
-    cmap = plt.get_cmap("tab10" if 2**r <= 10 else "viridis")
-    return [cmap(c if 2**r <= 10 else c / (2**r - 1)) for c in range(2**r)]
+    """The colour-blind palette for up to 10 codes (a cube's 8); a sequential map for a hypercube's 16 or more."""
+    n = 2**r
+    if n <= 10:
+        return palette(n)
+    cmap = plt.get_cmap(SEQUENTIAL)
+    return [cmap(c / (n - 1)) for c in range(n)]
 
 
 def _draw_edges(ax, means, r: int, **style):
@@ -23,35 +28,68 @@ def _draw_edges(ax, means, r: int, **style):
         ax.plot(*[[means[a, i], means[b, i]] for i in range(3)], **style)
 
 
-def plot_cube(result: CubeResult, elev: float = 22, azim: float = -55):
-    """Left: every query (triangles) and target key (dots) in the 3-D PCA frame, coloured by z₁ code, with the key
-    means joined along the cube's edges. Right: only the means: the key cube (solid) and the query cube (dashed)."""
+def _axes3d(fig, position, result: CubeResult, elev: float, azim: float):
+    """A 3-D axes with the PCA axes named and no tick labels (PCA coordinates have no unit; labels would overlap)."""
+    ax = fig.add_subplot(position, projection="3d")
+    var = result.pca_variance.tolist()
+    ax.view_init(elev=elev, azim=azim)
+    for i, axis in enumerate((ax.xaxis, ax.yaxis, ax.zaxis)):
+        axis.set_ticklabels([])
+        axis.set_label_text(f"PC{i + 1} ({var[i]:.0%})", fontsize=10)
+        axis.labelpad = -8
+    ax.set_box_aspect(None, zoom=0.92)
+    return ax
+
+
+def _legend(fig, r: int, colours, extra: list[Line2D]):
+    handles = []
+    if 2**r <= 10:
+        handles = [
+            Line2D([], [], marker="o", ls="", ms=7, color=colours[c], label=code_label(c, r)) for c in range(2**r)
+        ]
+    fig.legend(handles=handles + extra, title="$z_1$ code" if handles else None, loc="center right", borderaxespad=0.2)
+
+
+def plot_cube_points(result: CubeResult, elev: float = 22, azim: float = -55):
+    """Every query Uᵀq (triangles) and target key Vᵀk (dots) in the 3-D PCA frame, coloured by z₁ code, with the key
+    means (large dots) joined along the cube's edges."""
     r, n = result.r1, result.n_points
     colours = _code_colours(r)
     pts = result.pca_coords.numpy()
     q_pts, k_pts = pts[:n], pts[n:]
     point_colours = [colours[c] for c in result.codes.tolist()]
-    km, qm = result.key_means_3d.numpy(), result.query_means_3d.numpy()
-    var = result.pca_variance.tolist()
+    km = result.key_means_3d.numpy()
+    fig = plt.figure(figsize=(WIDTH * 0.85, 5.4))
+    ax = _axes3d(fig, 111, result, elev, azim)
+    ax.scatter(*q_pts.T, c=point_colours, marker="^", s=9, alpha=0.35, depthshade=False)
+    ax.scatter(*k_pts.T, c=point_colours, marker="o", s=7, alpha=0.3, depthshade=False)
+    _draw_edges(ax, km, r, color="k", lw=1.3)
+    ax.scatter(*km.T, c=colours, s=90, edgecolors="k", depthshade=False)
+    extra = [
+        Line2D([], [], marker="^", ls="", color="0.4", label="query $U^\\top q$"),
+        Line2D([], [], marker="o", ls="", color="0.4", label="key $V^\\top k_{i^*}$"),
+        Line2D([], [], marker="o", ls="-", ms=9, color="k", mfc="w", label="key mean"),
+    ]
+    _legend(fig, r, colours, extra)
+    fig.subplots_adjust(left=0.0, right=0.78, bottom=0.02, top=0.98)
+    return fig
 
-    fig = plt.figure(figsize=(13, 6))
-    ax = fig.add_subplot(1, 2, 1, projection="3d")
-    ax.scatter(*q_pts.T, c=point_colours, marker="^", s=6, alpha=0.35, depthshade=False)
-    ax.scatter(*k_pts.T, c=point_colours, marker="o", s=5, alpha=0.25, depthshade=False)
-    _draw_edges(ax, km, r, color="k", lw=1.2)
-    ax.scatter(*km.T, c=colours, s=70, edgecolors="k", depthshade=False)
-    ax.set_title(f"queries $U^Tq$ (▲) and target keys $V^Tk$ (●), {n} sequences each")
-    ax2 = fig.add_subplot(1, 2, 2, projection="3d")
-    _draw_edges(ax2, km, r, color="k", lw=1.4)
-    _draw_edges(ax2, qm, r, color="0.45", lw=1.0, ls="--")
-    ax2.scatter(*km.T, c=colours, s=80, edgecolors="k", depthshade=False)
-    ax2.scatter(*qm.T, c=colours, s=50, marker="^", edgecolors="0.3", depthshade=False)
-    ax2.set_title("code means: keys (solid cube), queries (dashed)")
-    for a in (ax, ax2):
-        a.view_init(elev=elev, azim=azim)
-        a.set(xlabel=f"PC1 ({var[0]:.0%})", ylabel=f"PC2 ({var[1]:.0%})", zlabel=f"PC3 ({var[2]:.0%})")
-    if 2**r <= 10:
-        handles = [Line2D([], [], marker="o", ls="", color=colours[c], label=code_label(c, r)) for c in range(2**r)]
-        fig.subplots_adjust(left=0.02, right=0.9, wspace=0.1)
-        fig.legend(handles=handles, title="z₁ code", loc="center right")
+
+def plot_cube_means(result: CubeResult, elev: float = 22, azim: float = -55):
+    """Only the code means in the same frame: the key cube (solid, dots) and the query cube (dashed, triangles)."""
+    r = result.r1
+    colours = _code_colours(r)
+    km, qm = result.key_means_3d.numpy(), result.query_means_3d.numpy()
+    fig = plt.figure(figsize=(WIDTH * 0.85, 5.4))
+    ax = _axes3d(fig, 111, result, elev, azim)
+    _draw_edges(ax, km, r, color="k", lw=1.5)
+    _draw_edges(ax, qm, r, color="0.35", lw=1.1, ls="--")
+    ax.scatter(*km.T, c=colours, s=100, edgecolors="k", depthshade=False)
+    ax.scatter(*qm.T, c=colours, s=70, marker="^", edgecolors="0.2", depthshade=False)
+    extra = [
+        Line2D([], [], marker="o", ls="-", ms=8, color="k", mfc="w", label="key means"),
+        Line2D([], [], marker="^", ls="--", ms=8, color="0.35", mfc="w", label="query means"),
+    ]
+    _legend(fig, r, colours, extra)
+    fig.subplots_adjust(left=0.0, right=0.78, bottom=0.02, top=0.98)
     return fig

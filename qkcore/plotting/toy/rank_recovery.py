@@ -1,7 +1,7 @@
-"""Figures of the rank-recovery chapter (Figure 2): recovered-rank heatmaps and accuracies beside the ceilings.
+"""Figures of the rank-recovery chapter (Figure 2): recovered ranks per model, and accuracies beside the ceilings.
 
-    fig = plot_rank_heatmaps(result.table)           # recovered vs true rank, per task × d_head × factor
-    fig = plot_accuracy(result.table)                # held-out accuracy beside the ceilings
+fig = plot_rank_heatmaps(result.table)           # one panel per task × d_head; cells r₁ × r₂
+fig = plot_accuracy(result.table)                # held-out accuracy beside the ceilings
 """
 
 from __future__ import annotations
@@ -9,56 +9,99 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+
+from qkcore.plotting.style import DIVERGING, MARKERS, WIDTH, palette
 
 
 def plot_rank_heatmaps(table: pd.DataFrame):
-    """One heatmap per (task, d_head, factor): rows r₁, columns r₂, cell = recovered rank; colour = recovered − true
-    (white = exact recovery, blue = fewer dimensions than the factor has)."""
+    """One heatmap per (task, d_head): rows r₁, columns r₂; a cell reads "rank ΔC_z₁, rank ΔC_z₂" and its colour is
+    the total shortfall (recovered − planted, summed over both factors; white = exact), on one scale for all panels.
+    A black line fences off the cells where r₁ + r₂ exceeds d_head."""
     kinds = list(dict.fromkeys(table.kind))
     d_heads = list(dict.fromkeys(table.d_head))
     r1s, r2s = sorted(set(table.r1)), sorted(set(table.r2))
-    n_rows, n_cols = len(kinds), 2 * len(d_heads)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.4 * n_cols + 1, 2.4 * n_rows + 0.6), squeeze=False,
-                             constrained_layout=True)
-    lim = max(1, int(max((table.rank_z1 - table.r1).abs().max(), (table.rank_z2 - table.r2).abs().max())))
-    im = None
+    off = (table.rank_z1 - table.r1) + (table.rank_z2 - table.r2)
+    lim = max(1, int(off.abs().max()))
+    n_rows, n_cols = len(kinds), len(d_heads)
+    cell = min(max(0.62, 2.0 / len(r2s)), (WIDTH - 2.8) / (n_cols * len(r2s)))  # inches; titles need 2 in
+    fig, axes = plt.subplots(
+        n_rows,
+        n_cols,
+        squeeze=False,
+        layout="constrained",
+        figsize=(min(WIDTH, cell * n_cols * len(r2s) + 2.8), cell * n_rows * len(r1s) + 1.0),
+    )
     for i, kind in enumerate(kinds):
         for j, dh in enumerate(d_heads):
             sub = table[(table.kind == kind) & (table.d_head == dh)].set_index(["r1", "r2"])
-            for f, factor in enumerate(("z1", "z2")):
-                ax = axes[i, 2 * j + f]
-                rec = np.array([[sub.loc[(a, b), f"rank_{factor}"] for b in r2s] for a in r1s])
-                true = np.array([[a if factor == "z1" else b for b in r2s] for a in r1s])
-                im = ax.imshow(rec - true, cmap="RdBu_r", vmin=-lim, vmax=lim)
-                for (a, b), value in np.ndenumerate(rec):
-                    ax.text(b, a, f"{value}", ha="center", va="center", fontsize=10,
-                            color="k" if rec[a, b] == true[a, b] else "w")
-                ax.set_xticks(range(len(r2s)), r2s)
-                ax.set_yticks(range(len(r1s)), r1s)
-                true_name = "$r_1$" if f == 0 else "$r_2$"
-                ax.set_title(f"{kind}, $d_{{head}}$={dh}\nrank $\\Delta C_{{{factor}}}$ (true {true_name})", fontsize=9)
-                ax.set_xlabel("$r_2$")
-                ax.set_ylabel("$r_1$")
-    fig.colorbar(im, ax=axes, shrink=0.6, label="recovered − true rank")
+            ax = axes[i, j]
+            rank1 = np.array([[sub.loc[(a, b), "rank_z1"] for b in r2s] for a in r1s])
+            rank2 = np.array([[sub.loc[(a, b), "rank_z2"] for b in r2s] for a in r1s])
+            planted = np.array([[a + b for b in r2s] for a in r1s])
+            labels = np.array([[f"{x}, {y}" for x, y in zip(u, v)] for u, v in zip(rank1, rank2)])
+            sns.heatmap(
+                rank1 + rank2 - planted,
+                ax=ax,
+                cmap=DIVERGING,
+                vmin=-lim,
+                vmax=lim,
+                annot=labels,
+                fmt="",
+                annot_kws={"fontsize": 10},
+                cbar=False,
+                linewidths=0.5,
+                linecolor="0.85",
+                xticklabels=r2s,
+                yticklabels=r1s,
+                square=True,
+            )
+            _fence(ax, planted > dh)
+            ax.set(title=f"{kind}, $d_{{head}}$ = {dh}", xlabel="$r_2$", ylabel="$r_1$")
+            ax.tick_params(rotation=0)
+    fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.6, label="recovered − planted (both factors)")
     return fig
 
 
+def _fence(ax, outside: np.ndarray) -> None:
+    """Draw the border between cells where `outside` is False and cells where it is True."""
+    rows, cols = outside.shape
+    for a in range(rows):
+        for b in range(cols):
+            if b + 1 < cols and outside[a, b] != outside[a, b + 1]:
+                ax.plot([b + 1, b + 1], [a, a + 1], color="k", lw=2)
+            if a + 1 < rows and outside[a, b] != outside[a + 1, b]:
+                ax.plot([b, b + 1], [a + 1, a + 1], color="k", lw=2)
+
+
 def plot_accuracy(table: pd.DataFrame):
-    """Held-out accuracy of each model (dots, by d_head) beside the Bayes ceiling (black bar) and the ideal single
-    head on the same test sequences (grey bar)."""
+    """Held-out accuracy of each model (markers, by d_head) beside the Bayes ceiling (black bar) and the ideal single
+    head on the same test sequences (grey dashed bar); one panel per task, stacked."""
     kinds = list(dict.fromkeys(table.kind))
-    fig, axes = plt.subplots(1, len(kinds), figsize=(6.5 * len(kinds), 3.6), squeeze=False, sharey=False)
-    for ax, kind in zip(axes[0], kinds):
+    d_heads = list(dict.fromkeys(table.d_head))
+    colours = palette(len(d_heads))
+    fig, axes = plt.subplots(
+        len(kinds), 1, figsize=(WIDTH, 2.6 * len(kinds) + 0.4), squeeze=False, layout="constrained"
+    )
+    for ax, kind in zip(axes[:, 0], kinds):
         sub = table[table.kind == kind]
         tasks = sub.drop_duplicates(["r1", "r2"])[["r1", "r2", "ceiling", "reference"]].reset_index(drop=True)
         x = np.arange(len(tasks))
-        ax.hlines(tasks.ceiling, x - 0.4, x + 0.4, color="k", lw=2, label="Bayes ceiling")
-        ax.hlines(tasks.reference, x - 0.4, x + 0.4, color="0.6", lw=2, ls="--", label="ideal single head")
-        for n, (dh, group) in enumerate(sub.groupby("d_head", sort=False)):
+        ax.hlines(tasks.ceiling, x - 0.4, x + 0.4, color="k", lw=2.5, label="Bayes ceiling")
+        ax.hlines(tasks.reference, x - 0.4, x + 0.4, color="0.55", lw=2, ls="--", label="ideal single head")
+        for n, dh in enumerate(d_heads):
+            group = sub[sub.d_head == dh]
             pos = [x[(tasks.r1 == a) & (tasks.r2 == b)][0] for a, b in zip(group.r1, group.r2)]
-            ax.plot(np.array(pos) + (n - 0.5) * 0.2, group.accuracy, "o", color=f"C{n}", label=f"$d_{{head}}$={dh}")
-        ax.set_xticks(x, [f"{a},{b}" for a, b in zip(tasks.r1, tasks.r2)])
+            ax.plot(
+                np.array(pos) + (n - (len(d_heads) - 1) / 2) * 0.22,
+                group.accuracy,
+                ls="",
+                marker=MARKERS[n % len(MARKERS)],
+                ms=7,
+                color=colours[n],
+                label=f"model, $d_{{head}}$ = {dh}",
+            )
+        ax.set_xticks(x, [f"{a}, {b}" for a, b in zip(tasks.r1, tasks.r2)])
         ax.set(xlabel="$r_1, r_2$", ylabel="held-out accuracy", title=f"{kind} task")
-        ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=2 + len(d_heads))
     return fig
