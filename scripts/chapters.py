@@ -26,14 +26,19 @@ def _files(node) -> list[str]:
     return out
 
 
+LAST = ("results",)  # pages that read what the other chapters recorded: executed after all of them
+
+
 def chapters() -> list[Path]:
+    """The notebooks of _toc.yml that exist, and the variants (book/variants.yml) it lists, made or not yet."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    known = variants()
     paths = []
     for name in _files(toc):
         nb = ROOT / f"{name}.ipynb" if not name.endswith(".ipynb") else ROOT / name
-        if nb.exists():
+        if nb.exists() or nb.stem in known:
             paths.append(nb.relative_to(ROOT))
-    return paths
+    return [p for p in paths if p.stem not in LAST] + [p for p in paths if p.stem in LAST]
 
 
 def variants() -> dict[str, dict]:

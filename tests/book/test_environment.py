@@ -34,5 +34,16 @@ def test_chapter_list_comes_from_toc_and_every_toc_entry_exists():
     listed = subprocess.run(
         [sys.executable, "scripts/chapters.py"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
-    assert listed == [f"{e}.ipynb" for e in entries if (ROOT / f"{e}.ipynb").exists()]
+    in_toc = [f"{e}.ipynb" for e in entries if (ROOT / f"{e}.ipynb").exists()]
+    last = [nb for nb in in_toc if Path(nb).stem in ("results",)]  # read the others' numbers: executed last
+    assert listed == [nb for nb in in_toc if nb not in last] + last
     assert listed, "the book has no executable chapter"
+
+
+def test_every_variant_has_a_source_chapter_and_a_toc_entry():
+    variants = yaml.safe_load((ROOT / "book" / "variants.yml").read_text())
+    toc = (ROOT / "_toc.yml").read_text()
+    for name, variant in variants.items():
+        assert (ROOT / "book" / f"{variant['source']}.ipynb").exists(), f"{name}: no source {variant['source']}"
+        assert f"book/{name}\n" in toc, f"variant {name} is not in _toc.yml"
+        assert toc.index(f"book/{variant['source']}\n") < toc.index(f"book/{name}\n"), f"{name} before its source"

@@ -113,6 +113,7 @@ def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | 
             if "flip_lo" in swaps.columns:
                 row = swaps.loc[(name, cond)]
                 out[f"{name} swap flip rate 95% interval ({cond})"] = [r3(row["flip_lo"]), r3(row["flip_hi"])]
+    out.update(verdicts(result, swaps))
     if k13 is None:
         return out
     out["13 categories: head"] = head_name(k13.head)
@@ -155,6 +156,27 @@ def swap_verdict(swaps: pd.DataFrame, head_label: str) -> tuple[str, str]:
                 f"{cell('random subspace, same rank')} for random subspaces of the same rank; "
                 + "; ".join(f"the {c} {cell(c)}" for c in controls) + ".")
     return verdict, sentence
+
+
+def verdicts(result: FilterHeadsResult, swaps: pd.DataFrame) -> dict[str, str]:
+    """The chapter's verdicts, for the results-at-a-glance page, by stated rules: "rank 1 per category" is shown by
+    a control when a control's ΔCs are rank 1 too; keys cluster by category (reproduced) when the model's key η²
+    exceeds both controls' by 0.1 at a studied head; the swap by `swap_verdict` at the head where the category
+    subspace flips most."""
+    a = result.analyses
+    out = {}
+    model_rank1 = all(bool((a["model"][h].ranks == 1).all()) for h in result.heads)
+    control_rank1 = any(bool((a[c][h].ranks == 1).all()) for c in CONDITIONS[1:] for h in result.heads)
+    out["verdict: rank 1 per category"] = (SHOWN_BY_CONTROL if model_rank1 and control_rank1 else
+                                           REPRODUCED if model_rank1 else NOT_REPRODUCED)
+    eta = {c: [result.projections[c][h].key_eta2 for h in result.heads] for c in CONDITIONS}
+    clusters = any(m > max(s, r) + 0.1 for m, s, r in zip(eta["model"], eta["shuffled labels"], eta["random init"]))
+    out["verdict: keys cluster by category (Figure 6)"] = REPRODUCED if clusters else NOT_REPRODUCED
+    if "flip_lo" in swaps.columns:
+        labels = [head_name(h) for h in result.heads]
+        best = max(labels, key=lambda h: swaps.loc[(h, "category subspace"), "flip_rate"])
+        out["verdict: swap moves attention (Figure 7)"] = f"{swap_verdict(swaps, best)[0]} (at {best})"
+    return out
 
 
 def findings(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | None) -> dict[str, str]:
