@@ -199,6 +199,8 @@ class GlanceParams:
 def as_html(table: pd.DataFrame) -> str:
     """The table as HTML with the section column's markdown links turned into links to the built pages."""
     out = table.copy()
+    if "section" not in out.columns:
+        return out.to_html(escape=False, classes="glance")
     out["section"] = out["section"].str.replace(r"\[([^\]]+)\]\(([\w_]+)\.ipynb\)", r'<a href="\2.html">\1</a>',
                                                 regex=True)
     return out.to_html(escape=False, classes="glance")
