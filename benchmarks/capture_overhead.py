@@ -24,15 +24,41 @@ from qkcore.lm import DeltaStreamer, PromptPairs, pad_batch
 from qkcore.lm.batching import run_model
 
 # Llama-3.1-8B's published config (meta-llama/Llama-3.1-8B-Instruct, config.json); weights random here.
-LLAMA31_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
-                  rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False, attention_bias=False,
-                  mlp_bias=False, bos_token_id=128000, eos_token_id=128009,
-                  rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
-                                   "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                   "original_max_position_embeddings": 8192})
-CPU_LLAMA = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                 num_attention_heads=8, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024)
+LLAMA31_8B = dict(
+    vocab_size=128256,
+    hidden_size=4096,
+    intermediate_size=14336,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    head_dim=128,
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    hidden_act="silu",
+    tie_word_embeddings=False,
+    attention_bias=False,
+    mlp_bias=False,
+    bos_token_id=128000,
+    eos_token_id=128009,
+    rope_parameters={
+        "rope_type": "llama3",
+        "rope_theta": 500000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    },
+)
+CPU_LLAMA = dict(
+    vocab_size=1024,
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=32,
+    max_position_embeddings=1024,
+)
 
 
 def make_batches(n_batches: int, batch_size: int, length: int, vocab: int, seed: int = 0):
@@ -64,11 +90,11 @@ def clock(device) -> float:
 def time_modes(modes: dict, batches, device, repeats: int) -> dict:
     """Median seconds per pass through all batches for each mode; modes interleaved so that drift hits all alike."""
     times = {name: [] for name in modes}
-    for name, (fn, setup) in modes.items():  # warm-up
+    for fn, setup in modes.values():  # warm-up
         setup()
         fn(batches[0])
     peaks = {}
-    for rep in range(repeats):
+    for _ in range(repeats):
         for name, (fn, setup) in modes.items():
             setup()
             if device.type == "cuda":
@@ -104,8 +130,11 @@ def bench(config: dict, dtype, device, n_batches: int, batch_size: int, length: 
         "capture": (lambda bp: streamer.add(*bp), sdpa),
         "eager": (lambda bp: run_model(model, bp[0], logits_to_keep=1, output_attentions=True), eager_impl),
     }
-    result = {"heads": len(streamer.heads), "prompts": n_batches * batch_size,
-              **time_modes(modes, batches, device, repeats)}
+    result = {
+        "heads": len(streamer.heads),
+        "prompts": n_batches * batch_size,
+        **time_modes(modes, batches, device, repeats),
+    }
     assert torch.isfinite(streamer.delta()).all()
     return result
 
@@ -129,19 +158,22 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} CPU thread(s)")
-    cpu = bench(CPU_LLAMA, torch.float32, torch.device("cpu"), n_batches=4, batch_size=8, length=128,
-                repeats=args.repeats)
+    cpu = bench(
+        CPU_LLAMA, torch.float32, torch.device("cpu"), n_batches=4, batch_size=8, length=128, repeats=args.repeats
+    )
     report("CPU, random Llama (hidden 256, 4 layers, 8 heads / 2 KV heads, fp32), 128-token prompts", cpu, 1.15)
     if not args.gpu:
         return
     if not torch.cuda.is_available():
-        print("\nGPU benchmark skipped: no CUDA device here (torch.cuda.is_available() is False). Run this "
-              "script with --gpu on a GPU machine with about 40 GiB free.")
+        print(
+            "\nGPU benchmark skipped: no CUDA device here (torch.cuda.is_available() is False). Run this "
+            "script with --gpu on a GPU machine with about 40 GiB free."
+        )
         return
-    gpu = bench(LLAMA31_8B, torch.bfloat16, torch.device("cuda"), n_batches=4, batch_size=16, length=300,
-                repeats=args.repeats)
-    report(f"GPU ({torch.cuda.get_device_name()}), random Llama-3.1-8B config, bf16, 16 × ~300-token prompts",
-           gpu, 1.2)
+    gpu = bench(
+        LLAMA31_8B, torch.bfloat16, torch.device("cuda"), n_batches=4, batch_size=16, length=300, repeats=args.repeats
+    )
+    report(f"GPU ({torch.cuda.get_device_name()}), random Llama-3.1-8B config, bf16, 16 × ~300-token prompts", gpu, 1.2)
 
 
 if __name__ == "__main__":

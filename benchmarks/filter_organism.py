@@ -26,9 +26,9 @@ def time_training(name: str, steps: int | None) -> None:
     full_steps = spec.train.steps
     if steps is not None:
         warmup = min(spec.train.warmup_steps, steps)
-        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, steps=steps, warmup_steps=warmup,
-                                                                   eval_every=0),
-                                   eval_prompts=20)
+        spec = dataclasses.replace(
+            spec, train=dataclasses.replace(spec.train, steps=steps, warmup_steps=warmup, eval_every=0), eval_prompts=20
+        )
     _, _, info = train_filter_organism(spec, log=None)
     seconds = info["results"]["train_seconds"]
     per_step = seconds / spec.train.steps
@@ -59,8 +59,10 @@ def time_chapter() -> None:
     for name, s in stages.items():
         print(f"chapter stage {name:34s} {s:7.1f} s", flush=True)
     total = sum(stages.values())
-    print(f"chapter total (without notebook start-up and plots): {total:.1f} s = {total / 60:.2f} min "
-          f"(target < 5 min; ratio {total / 300:.2f})")
+    print(
+        f"chapter total (without notebook start-up and plots): {total:.1f} s = {total / 60:.2f} min "
+        f"(target < 5 min; ratio {total / 300:.2f})"
+    )
 
 
 def main() -> None:

@@ -6,8 +6,8 @@ run and analysed (ΔC_z₁, ΔC_z₂ from 80 × 512 triples each, ranks). Target
 Prints seconds per model and in total (wall clock, and CPU time of this process: on a machine shared with other
 jobs the CPU time is what the run would take alone), whether every d_head = 16 model recovered (r₁, r₂) exactly
 and came within a point of its ceiling, and, for comparison, the time of training `--alone` models one at a time
-with the same settings (extrapolated to 36). Training and analysis run on one thread, as in the chapters (qkcore.experiments.chapter
-says why), so the second core is free for the rest of the book.
+with the same settings (extrapolated to 36). Training and analysis run on one thread, as in the chapters
+(qkcore.experiments.chapter says why), so the second core is free for the rest of the book.
 """
 
 import argparse
@@ -30,23 +30,31 @@ def main():
     table = result.table
     n = len(table)
     d16 = table[table.d_head == 16]
-    print(f"{n} models, {params.max_steps} steps max, batch 256, ΔC from "
-          f"{params.contrast_batches} x {params.contrast_batch_size} triples per factor")
+    print(
+        f"{n} models, {params.max_steps} steps max, batch 256, ΔC from "
+        f"{params.contrast_batches} x {params.contrast_batch_size} triples per factor"
+    )
     print(f"train    {result.train_seconds:7.1f} s  ({result.train_seconds / n:.2f} s per model)")
     print(f"analyse  {result.analysis_seconds:7.1f} s  ({result.analysis_seconds / n:.2f} s per model)")
-    print(f"total    {total:7.1f} s  ({total / n:.2f} s per model; target < 180 s); CPU time {cpu:.1f} s "
-          f"({cpu / n:.2f} s per model)")
-    print(f"d_head 16: exact ranks {int(d16.exact.sum())}/{len(d16)}; "
-          f"largest gap to the ceiling {(d16.reference - d16.accuracy).max():.4f} "
-          f"(binary: exact Bayes ceiling; gaussian: ideal single head)")
+    print(
+        f"total    {total:7.1f} s  ({total / n:.2f} s per model; target < 180 s); CPU time {cpu:.1f} s "
+        f"({cpu / n:.2f} s per model)"
+    )
+    print(
+        f"d_head 16: exact ranks {int(d16.exact.sum())}/{len(d16)}; "
+        f"largest gap to the ceiling {(d16.reference - d16.accuracy).max():.4f} "
+        f"(binary: exact Bayes ceiling; gaussian: ideal single head)"
+    )
     if args.alone:
         start, cpu_start = time.perf_counter(), time.process_time()
         for r1, r2, kind in [(3, 5, "binary"), (7, 7, "gaussian"), (5, 3, "binary")][: args.alone]:
             train_one(r1, r2, kind, 16, seed=params.seed, config=params.train_config())
         alone = (time.perf_counter() - start) / args.alone
         alone_cpu = (time.process_time() - cpu_start) / args.alone
-        print(f"one at a time: {alone:.1f} s per model (CPU {alone_cpu:.1f} s) -> {36 * alone:.0f} s for 36; "
-              f"the batched grid trains {36 * alone / result.train_seconds:.1f}x faster")
+        print(
+            f"one at a time: {alone:.1f} s per model (CPU {alone_cpu:.1f} s) -> {36 * alone:.0f} s for 36; "
+            f"the batched grid trains {36 * alone / result.train_seconds:.1f}x faster"
+        )
 
 
 if __name__ == "__main__":

@@ -47,10 +47,12 @@ class ContrastiveCovariance:
         for name, value in (("d_head", d_head), ("d_key", d_key)):
             if (value is not None or name == "d_head") and (isinstance(value, bool) or not isinstance(value, int)):
                 raise TypeError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(head_shape, (int, str)) or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
-                                                         for h in head_shape):
-            raise TypeError(f"head_shape must be a tuple of positive ints, e.g. (n_layers, n_heads), got "
-                            f"{head_shape!r}")
+        if isinstance(head_shape, (int, str)) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h >= 1 for h in head_shape
+        ):
+            raise TypeError(
+                f"head_shape must be a tuple of positive ints, e.g. (n_layers, n_heads), got {head_shape!r}"
+            )
         if d_head < 1 or (d_key is not None and d_key < 1):
             raise ValueError(f"dimensions must be positive, got d_head={d_head}, d_key={d_key}")
         self.d_query = int(d_head)
@@ -60,10 +62,12 @@ class ContrastiveCovariance:
         shape = (*self.head_shape, self.d_query, self.d_key)
         self.sums = {s: torch.zeros(shape, dtype=torch.float64, device=device) for s in (True, False)}
         # first moments and Σ|q|², for the rank-1 diagnostics (O(d) per pair beside the O(d²) outer products)
-        self.q_sums = {s: torch.zeros((*self.head_shape, self.d_query), dtype=torch.float64, device=device)
-                       for s in (True, False)}
-        self.k_sums = {s: torch.zeros((*self.head_shape, self.d_key), dtype=torch.float64, device=device)
-                       for s in (True, False)}
+        self.q_sums = {
+            s: torch.zeros((*self.head_shape, self.d_query), dtype=torch.float64, device=device) for s in (True, False)
+        }
+        self.k_sums = {
+            s: torch.zeros((*self.head_shape, self.d_key), dtype=torch.float64, device=device) for s in (True, False)
+        }
         self.q_sq = {s: torch.zeros(self.head_shape, dtype=torch.float64, device=device) for s in (True, False)}
         self.pairs = {True: 0, False: 0}
         self.prompts = {True: 0, False: 0}
@@ -130,7 +134,6 @@ class ContrastiveCovariance:
             raise ValueError("the logit gap needs d_query == d_key")
         return torch.diagonal(self.delta(), dim1=-2, dim2=-1).sum(-1)
 
-
     # -- rank-1 diagnostics -------------------------------------------------------------------------------------
     def mean_query(self, positive: bool = True) -> torch.Tensor:
         """q̄± = E[q | ±] over the pairs of one class: (*head_shape, d_query)."""
@@ -152,6 +155,7 @@ class ContrastiveCovariance:
         """1 − ‖ΔC − M‖² / ‖ΔC‖²: how much of ΔC the outer products of the class means alone give, with
         M = (n⁺/Z⁺) q̄⁺k̄⁺ᵀ − (n⁻/Z⁻) q̄⁻k̄⁻ᵀ (Z = the normaliser: pairs, or prompts for "prompt_sum"): (*head_shape,).
         Near 1 when ΔC is just q̄ (k̄⁺ − k̄⁻)ᵀ, i.e. a single query direction meeting a mean key difference."""
+
         def part(s: bool) -> torch.Tensor:
             scale = self.pairs[s] / self._normaliser(s)
             return scale * self.mean_query(s)[..., :, None] * self.mean_key(s)[..., None, :]

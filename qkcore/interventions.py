@@ -45,8 +45,9 @@ def swap_metrics(
     Returns mean attention on orig/target before and after, the mean shift of attention onto the target, and the
     rate at which the argmax lands on the target after the swap (flip rate)."""
     if attn_before.shape != attn_after.shape or attn_before.dim() != 2:
-        raise ValueError(f"attention tensors must both be (n, C), got {tuple(attn_before.shape)}, "
-                         f"{tuple(attn_after.shape)}")
+        raise ValueError(
+            f"attention tensors must both be (n, C), got {tuple(attn_before.shape)}, {tuple(attn_after.shape)}"
+        )
     n = attn_before.shape[0]
     if orig.shape != (n,) or target.shape != (n,):
         raise ValueError(f"orig and target must be (n={n},), got {tuple(orig.shape)}, {tuple(target.shape)}")
@@ -63,8 +64,16 @@ def swap_metrics(
     }
 
 
-def swapped_attention(attn: torch.Tensor, q: torch.Tensor, k_orig: torch.Tensor, k_target: torch.Tensor,
-                      basis: torch.Tensor, scaling: float, orig: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def swapped_attention(
+    attn: torch.Tensor,
+    q: torch.Tensor,
+    k_orig: torch.Tensor,
+    k_target: torch.Tensor,
+    basis: torch.Tensor,
+    scaling: float,
+    orig: torch.Tensor,
+    target: torch.Tensor,
+) -> torch.Tensor:
     """A head's attention row after swapping two keys inside span(basis), rebuilt from the unedited row: only the
     logits at orig and target change (by Δ = (q·k′ − q·k) × scaling), so softmax gives p′_j = p_j e^{Δ_j} / Z with
     Z = 1 + Σ_{o,t} p_j (e^{Δ_j} − 1). Exact for a plain softmax over q·k (no soft-capping), and the row is all that
@@ -84,8 +93,9 @@ def swapped_attention(attn: torch.Tensor, q: torch.Tensor, k_orig: torch.Tensor,
     return out
 
 
-def bootstrap_interval(values: torch.Tensor, generator: torch.Generator, n_boot: int = 1000,
-                       level: float = 0.95) -> tuple[float, float]:
+def bootstrap_interval(
+    values: torch.Tensor, generator: torch.Generator, n_boot: int = 1000, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of per-prompt values (n,): resample prompts with replacement."""
     idx = torch.randint(len(values), (n_boot, len(values)), generator=generator)
     means = values.double()[idx].mean(1)

@@ -44,13 +44,17 @@ def _is_parameter(name: str, value: Any) -> bool:
     if name in _IPYTHON_NAMES:
         if _is_ipython_value(name, value):
             return False
-        raise ValueError(f"parameter name {name!r} is reserved: IPython binds it in every notebook, so it cannot be "
-                         f"a chapter parameter (got {name} = {value!r})")
+        raise ValueError(
+            f"parameter name {name!r} is reserved: IPython binds it in every notebook, so it cannot be "
+            f"a chapter parameter (got {name} = {value!r})"
+        )
     if name.startswith("_"):
         if _HISTORY.fullmatch(name):
             return False
-        raise ValueError(f"parameter name {name!r} starts with '_': names starting with '_' are not chapter "
-                         f"parameters (got {name} = {value!r})")
+        raise ValueError(
+            f"parameter name {name!r} starts with '_': names starting with '_' are not chapter "
+            f"parameters (got {name} = {value!r})"
+        )
     return True
 
 
@@ -128,8 +132,10 @@ def check_types(obj: Any) -> None:
         value = getattr(obj, f.name)
         if not _matches(value, hints[f.name]):
             raise TypeError(f"parameter {f.name}={value!r} should be of type {hints[f.name]}")
-        if isinstance(value, list) and typing.get_origin(hints[f.name]) in (tuple, None) or (
-            isinstance(value, list) and any(typing.get_origin(h) is tuple for h in typing.get_args(hints[f.name]))
+        if (
+            isinstance(value, list)
+            and typing.get_origin(hints[f.name]) in (tuple, None)
+            or (isinstance(value, list) and any(typing.get_origin(h) is tuple for h in typing.get_args(hints[f.name])))
         ):
             object.__setattr__(obj, f.name, _to_tuple(value))
 

@@ -49,8 +49,10 @@ class PlantedConfig:
             raise TypeError(f"noise must be a finite number, got {self.noise!r}")
         _require(self.latent in ("gaussian", "sign"), f'latent must be "gaussian" or "sign", got {self.latent!r}')
         _require(self.d_head >= 1, f"d_head must be >= 1, got {self.d_head}")
-        _require(1 <= self.feature_rank <= self.d_head,
-                 f"feature_rank must be in [1, d_head={self.d_head}], got {self.feature_rank}")
+        _require(
+            1 <= self.feature_rank <= self.d_head,
+            f"feature_rank must be in [1, d_head={self.d_head}], got {self.feature_rank}",
+        )
         _require(self.nuisance_rank >= 0, f"nuisance_rank must be >= 0, got {self.nuisance_rank}")
         _require(self.n_pairs >= 2, f"n_pairs must be >= 2, got {self.n_pairs}")
         _require(self.noise >= 0, f"noise must be >= 0, got {self.noise}")

@@ -11,8 +11,9 @@ from qkcore.organisms.llama import OrganismConfig, build_model, save_organism
 from qkcore.organisms.vocab import build_word_tokenizer
 
 # A minimal chat template: the prompt sits inside "User : … Assistant :", like a real model's user turn.
-CHAT_TEMPLATE = ("{{ bos_token }}User : {{ messages[0]['content'] }}{% if add_generation_prompt %} Assistant :"
-                 "{% endif %}")
+CHAT_TEMPLATE = (
+    "{{ bos_token }}User : {{ messages[0]['content'] }}{% if add_generation_prompt %} Assistant :{% endif %}"
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -31,8 +32,9 @@ def save_tiny_llama():
         tok = build_word_tokenizer(list(words) + ["User", "Assistant"])
         if chat:
             tok.chat_template = CHAT_TEMPLATE
-        cfg = OrganismConfig(n_layers=2, hidden=32, n_heads=2, n_kv_heads=1, intermediate=64,
-                             max_positions=max_positions, init_std=0.3)
+        cfg = OrganismConfig(
+            n_layers=2, hidden=32, n_heads=2, n_kv_heads=1, intermediate=64, max_positions=max_positions, init_std=0.3
+        )
         save_organism(path, build_model(cfg, tok, seed=0), tok, {}, dtype=torch.float32)
         return path
 

@@ -41,13 +41,15 @@ class LMChapterParams:
         for name in ("n_heads", "batch_size"):
             require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         require(0 < self.energy <= 1, f"energy must be in (0, 1] (the paper uses 0.99), got {self.energy}")
-        require(self.heads is None or len(self.heads) >= 1,
-                "heads must be None (chosen by the scan) or a non-empty list of [layer, head]")
+        require(
+            self.heads is None or len(self.heads) >= 1,
+            "heads must be None (chosen by the scan) or a non-empty list of [layer, head]",
+        )
         require(self.heads is None or len(set(self.heads)) == len(self.heads), f"heads repeat: {self.heads}")
 
 
 def load_chapter_model(model: str, organism: str, dtype: str = "float32", device: str = "cpu") -> LoadedLM:
-    """"organism" → the registered organism `organism` (float32 by default, eager attention, as trained); anything
+    """ "organism" → the registered organism `organism` (float32 by default, eager attention, as trained); anything
     else → whatever qkcore.lm.load_lm takes (a registered name such as "smollm2-135m-instruct", a .gguf file, a
     local folder, a hub id). `description` is what the page prints as the model behind its figures."""
     require_text(model, "model", '"organism", a registered model name, a local folder or a hub id')

@@ -43,8 +43,10 @@ def book_run_name(chapter: str, params, directory: str | Path = RESULTS_DIR) -> 
         import yaml
 
         for name, variant in (yaml.safe_load(variants_file.read_text()) or {}).items():
-            if variant.get("source") == chapter and dataclasses.replace(type(params)(), **variant["parameters"]) \
-                    == params:
+            if (
+                variant.get("source") == chapter
+                and dataclasses.replace(type(params)(), **variant["parameters"]) == params
+            ):
                 return name
     return None
 

@@ -48,8 +48,9 @@ class EncodedBatch:
             raise ValueError(f"row {row} out of range for a batch of {self.size} prompts")
         n = int(self.lengths[row])
         if not -n <= position < n:
-            raise ValueError(f"position {position} is out of range for prompt {row}, which has {n} tokens "
-                             f"(valid: {-n}..{n - 1})")
+            raise ValueError(
+                f"position {position} is out of range for prompt {row}, which has {n} tokens (valid: {-n}..{n - 1})"
+            )
         return int(self.offsets[row]) + (position % n)
 
     def padded_positions(self, positions: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -61,27 +62,50 @@ class EncodedBatch:
             raise ValueError("every prompt needs the same number of positions to form a (batch, n) tensor")
         return torch.tensor(cols, dtype=torch.long)
 
-    def span(self, row: int, substring: str, occurrence: int | None = None, whole_word: bool = True,
-             allow_partial: bool = False):
+    def span(
+        self,
+        row: int,
+        substring: str,
+        occurrence: int | None = None,
+        whole_word: bool = True,
+        allow_partial: bool = False,
+    ):
         """TokenSpan (prompt positions) of `substring` in prompt `row`'s text (see qkcore.lm.positions)."""
         if self.texts is None or self.offset_mapping is None:
             raise ValueError("this batch was built from token ids: it has no text to search (use encode_batch)")
         if not 0 <= row < self.size:
             raise ValueError(f"row {row} out of range for a batch of {self.size} prompts")
-        return span_in_encoding(self.texts[row], self.offset_mapping[row], substring, occurrence, whole_word,
-                                allow_partial)
+        return span_in_encoding(
+            self.texts[row], self.offset_mapping[row], substring, occurrence, whole_word, allow_partial
+        )
 
     def model_inputs(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.input_ids.to(device), "attention_mask": self.attention_mask.to(device),
-                "position_ids": self.position_ids.to(device)}
+        return {
+            "input_ids": self.input_ids.to(device),
+            "attention_mask": self.attention_mask.to(device),
+            "position_ids": self.position_ids.to(device),
+        }
 
     def to(self, device: torch.device | str) -> EncodedBatch:
-        return EncodedBatch(self.input_ids.to(device), self.attention_mask.to(device), self.position_ids.to(device),
-                            self.lengths, self.offsets, self.padding_side, self.texts, self.offset_mapping)
+        return EncodedBatch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.position_ids.to(device),
+            self.lengths,
+            self.offsets,
+            self.padding_side,
+            self.texts,
+            self.offset_mapping,
+        )
 
 
-def pad_batch(token_ids: Sequence[Sequence[int]], padding_side: str = "left", pad_id: int = 0,
-              texts: Sequence[str] | None = None, offset_mapping=None) -> EncodedBatch:
+def pad_batch(
+    token_ids: Sequence[Sequence[int]],
+    padding_side: str = "left",
+    pad_id: int = 0,
+    texts: Sequence[str] | None = None,
+    offset_mapping=None,
+) -> EncodedBatch:
     """Pad lists of token ids into an EncodedBatch. pad_id is irrelevant to the results (padding is masked)."""
     if padding_side not in PADDING_SIDES:
         raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
@@ -97,8 +121,14 @@ def pad_batch(token_ids: Sequence[Sequence[int]], padding_side: str = "left", pa
             row = None
         if row is not None and row.numel() == 0 and not isinstance(t, str):
             raise ValueError(f"prompt {r} has no tokens")
-        if row is None or isinstance(t, str) or row.dim() != 1 or row.is_floating_point() or row.is_complex() \
-                or row.dtype == torch.bool:
+        if (
+            row is None
+            or isinstance(t, str)
+            or row.dim() != 1
+            or row.is_floating_point()
+            or row.is_complex()
+            or row.dtype == torch.bool
+        ):
             raise TypeError(f"token_ids[{r}] must be a list of int token ids, got {t!r}")
         if row.numel() and row.min() < 0:
             raise ValueError(f"token_ids[{r}] contains the negative token id {int(row.min())}; ids are >= 0")
@@ -115,15 +145,24 @@ def pad_batch(token_ids: Sequence[Sequence[int]], padding_side: str = "left", pa
     offsets = (seq - lengths) if padding_side == "left" else torch.zeros_like(lengths)
     for r, t in enumerate(token_ids):
         o = int(offsets[r])
-        ids[r, o:o + len(t)] = t
-        mask[r, o:o + len(t)] = 1
+        ids[r, o : o + len(t)] = t
+        mask[r, o : o + len(t)] = 1
     position_ids = (mask.cumsum(-1) - 1).clamp_min(0)  # (batch, seq): 0..n-1 on each prompt's own tokens
-    return EncodedBatch(ids, mask, position_ids, lengths, offsets, padding_side,
-                        tuple(texts) if texts is not None else None, offset_mapping)
+    return EncodedBatch(
+        ids,
+        mask,
+        position_ids,
+        lengths,
+        offsets,
+        padding_side,
+        tuple(texts) if texts is not None else None,
+        offset_mapping,
+    )
 
 
-def encode_batch(tokenizer, texts: Sequence[str], padding_side: str = "left",
-                 add_special_tokens: bool = True) -> EncodedBatch:
+def encode_batch(
+    tokenizer, texts: Sequence[str], padding_side: str = "left", add_special_tokens: bool = True
+) -> EncodedBatch:
     """Tokenize each text on its own (with character offsets) and pad. Chat-templated prompts: pass the templated
     string and add_special_tokens=False if the template already writes the BOS token."""
     if isinstance(texts, str):
@@ -162,7 +201,9 @@ def run_model(model: nn.Module, batch: EncodedBatch, **kwargs):
     vocab = getattr(embeddings, "num_embeddings", None)
     ids = batch.input_ids
     if vocab is not None and ids.numel() and int(ids.max()) >= vocab:
-        raise ValueError(f"batch.input_ids contains token id {int(ids.max())}, but the model's vocabulary "
-                         f"has {vocab} ids (0..{vocab - 1}): was the batch made with another model's tokenizer?")
+        raise ValueError(
+            f"batch.input_ids contains token id {int(ids.max())}, but the model's vocabulary "
+            f"has {vocab} ids (0..{vocab - 1}): was the batch made with another model's tokenizer?"
+        )
     with torch.no_grad():
         return model(**batch.model_inputs(device), use_cache=False, **kwargs)

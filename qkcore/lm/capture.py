@@ -33,11 +33,15 @@ def as_positions(positions: Positions, name: str) -> torch.Tensor | None:
     try:
         t = torch.as_tensor(positions)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{name} must be a (batch, n) integer tensor or list of equal-length lists of token "
-                         f"positions, got {positions!r} ({e})") from None
+        raise ValueError(
+            f"{name} must be a (batch, n) integer tensor or list of equal-length lists of token "
+            f"positions, got {positions!r} ({e})"
+        ) from None
     if t.dim() != 2 or t.dtype in (torch.bool,) or t.is_floating_point() or t.is_complex():
-        raise ValueError(f"{name} must be a (batch, n) integer tensor or list of equal-length lists of token "
-                         f"positions, got shape {tuple(t.shape)} dtype {t.dtype}")
+        raise ValueError(
+            f"{name} must be a (batch, n) integer tensor or list of equal-length lists of token "
+            f"positions, got shape {tuple(t.shape)} dtype {t.dtype}"
+        )
     return t.long()
 
 
@@ -46,8 +50,10 @@ def check_positions(pos: torch.Tensor, batch: int, length: int, name: str) -> No
         raise ValueError(f"{name} has {pos.shape[0]} rows but the batch has {batch} prompts")
     if pos.numel() and (pos.min() < 0 or pos.max() >= length):
         bad = pos[(pos < 0) | (pos >= length)][0].item()
-        raise ValueError(f"{name} contains position {bad}, out of range for a sequence of {length} tokens "
-                         f"(0..{length - 1}); positions index the padded batch")
+        raise ValueError(
+            f"{name} contains position {bad}, out of range for a sequence of {length} tokens "
+            f"(0..{length - 1}); positions index the padded batch"
+        )
 
 
 def check_not_padding(pos: torch.Tensor, padding_mask: torch.Tensor | None, name: str) -> None:
@@ -58,9 +64,11 @@ def check_not_padding(pos: torch.Tensor, padding_mask: torch.Tensor | None, name
     if not real.all():
         row, i = (~real).nonzero()[0].tolist()
         cols = padding_mask[row].bool().nonzero().flatten().tolist()
-        raise ValueError(f"{name}[{row}] contains column {int(pos[row, i])}, a padding column: prompt {row} has its "
-                         f"tokens in columns {cols[0]}..{cols[-1]}; positions index the padded batch (convert "
-                         "prompt positions with batch.padded(row, position))")
+        raise ValueError(
+            f"{name}[{row}] contains column {int(pos[row, i])}, a padding column: prompt {row} has its "
+            f"tokens in columns {cols[0]}..{cols[-1]}; positions index the padded batch (convert "
+            "prompt positions with batch.padded(row, position))"
+        )
 
 
 def gather_positions(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
@@ -74,8 +82,15 @@ def gather_positions(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
 class QKCapture:
     """What `capture_qk` recorded in one forward pass. Vectors are detached, in the model's dtype."""
 
-    def __init__(self, layout: AttentionLayout, heads: tuple[tuple[int, int], ...], query_positions, key_positions,
-                 keep_masks: bool, device: torch.device | str | None):
+    def __init__(
+        self,
+        layout: AttentionLayout,
+        heads: tuple[tuple[int, int], ...],
+        query_positions,
+        key_positions,
+        keep_masks: bool,
+        device: torch.device | str | None,
+    ):
         self.layout = layout
         self.heads = heads
         self.query_positions = query_positions  # None or (batch, n_q)
@@ -94,12 +109,16 @@ class QKCapture:
     def _record(self, call: AttentionCall, padding_mask: torch.Tensor | None = None) -> None:
         layer = call.layer
         if layer in self._q:
-            raise RuntimeError(f"capture_qk saw layer {layer} twice: use one forward pass per capture context "
-                               "(generate() and cached decoding are not supported)")
+            raise RuntimeError(
+                f"capture_qk saw layer {layer} twice: use one forward pass per capture context "
+                "(generate() and cached decoding are not supported)"
+            )
         b, _, q_len, _ = call.query.shape
         if call.key.shape[2] != q_len:
-            raise RuntimeError(f"layer {layer}: {call.key.shape[2]} keys for {q_len} queries (a KV cache is in "
-                               "use); run the model with use_cache=False and no past_key_values")
+            raise RuntimeError(
+                f"layer {layer}: {call.key.shape[2]} keys for {q_len} queries (a KV cache is in "
+                "use); run the model with use_cache=False and no past_key_values"
+            )
         for pos, name in ((self.query_positions, "query_positions"), (self.key_positions, "key_positions")):
             if pos is not None:
                 check_positions(pos, b, q_len, name)
@@ -120,8 +139,10 @@ class QKCapture:
         self.layout.check_layer(layer)
         self.layout.check_head(head)
         if (layer, head) not in self.heads:
-            raise KeyError(f"head ({layer}, {head}) was not captured; captured heads: {list(self.heads)[:8]}"
-                           f"{' …' if len(self.heads) > 8 else ''}")
+            raise KeyError(
+                f"head ({layer}, {head}) was not captured; captured heads: {list(self.heads)[:8]}"
+                f"{' …' if len(self.heads) > 8 else ''}"
+            )
         if layer not in self._q:
             raise RuntimeError(f"layer {layer} has not run yet: call the model inside the capture context")
 
@@ -173,8 +194,9 @@ class QKCapture:
         mask = mask[:, min(head, mask.shape[1] - 1)] if mask.dim() == 4 else mask  # (batch or 1, q_len, kv_len)
         scale, softcap = self._scaling[layer]
         sinks = self._sinks[layer]
-        return head_logits_to_attention(q @ k.transpose(-1, -2), scale, softcap, mask.to(q.device),
-                                        None if sinks is None else sinks[head])
+        return head_logits_to_attention(
+            q @ k.transpose(-1, -2), scale, softcap, mask.to(q.device), None if sinks is None else sinks[head]
+        )
 
 
 @contextlib.contextmanager
@@ -196,8 +218,14 @@ def capture_qk(
         raise TypeError(f"keep_masks must be True or False, got {keep_masks!r}")
     layout = attention_layout(model)
     chosen = layout.select(heads)
-    cap = QKCapture(layout, chosen, as_positions(query_positions, "query_positions"),
-                    as_positions(key_positions, "key_positions"), keep_masks, device)
+    cap = QKCapture(
+        layout,
+        chosen,
+        as_positions(query_positions, "query_positions"),
+        as_positions(key_positions, "key_positions"),
+        keep_masks,
+        device,
+    )
     mods = {layer: m for layer, (_, m) in enumerate(attention_modules(model)) if layer in cap.q_heads}
 
     sessions = []

@@ -27,8 +27,9 @@ def model_text(tokenizer, text: str, chat: bool, assistant_prefix: str = "") -> 
         return text, 0
     if not uses_chat_template(tokenizer):
         raise ValueError("chat=True but the tokenizer has no chat template: pass chat=False for a plain prompt")
-    templated = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                              add_generation_prompt=True)
+    templated = tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
     shift = templated.find(text)
     if shift < 0 or templated.find(text, shift + 1) >= 0:
         raise ValueError("the chat template did not embed the prompt text exactly once; cannot locate its tokens")

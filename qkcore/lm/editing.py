@@ -57,8 +57,9 @@ class LogitEdit:
         try:
             cells = tuple(_int_tuple(c, "each cell") for c in self.cells)
         except (TypeError, ValueError):
-            raise ValueError(f"cells must be a non-empty list of (row, query_column, key_column), got "
-                             f"{self.cells!r}") from None
+            raise ValueError(
+                f"cells must be a non-empty list of (row, query_column, key_column), got {self.cells!r}"
+            ) from None
         if not cells or any(c is None or len(c) != 3 for c in cells):
             raise ValueError(f"cells must be a non-empty list of (row, query_column, key_column), got {self.cells!r}")
         try:
@@ -91,8 +92,10 @@ class KeySwap:
 
     def __post_init__(self):
         if not isinstance(self.basis, torch.Tensor) or not self.basis.is_floating_point() or self.basis.dim() != 2:
-            raise TypeError(f"basis must be a real (d_head, r) torch.Tensor with orthonormal columns, got "
-                            f"{type(self.basis).__name__} {tuple(getattr(self.basis, 'shape', ()))}")
+            raise TypeError(
+                f"basis must be a real (d_head, r) torch.Tensor with orthonormal columns, got "
+                f"{type(self.basis).__name__} {tuple(getattr(self.basis, 'shape', ()))}"
+            )
         if not torch.isfinite(self.basis).all():
             raise ValueError("basis must be finite: found NaN or inf")
         object.__setattr__(self, "orig", _int_tuple(self.orig, "orig"))
@@ -108,21 +111,31 @@ Edit = LogitEdit | KeySwap
 def _check_cols(cols, length: int, what: str, head: tuple[int, int]) -> None:
     for c in cols:
         if not 0 <= c < length:
-            raise ValueError(f"edit of head {head}: {what} {c} is out of range for {length} positions "
-                             f"(0..{length - 1}); positions are batch columns")
+            raise ValueError(
+                f"edit of head {head}: {what} {c} is out of range for {length} positions "
+                f"(0..{length - 1}); positions are batch columns"
+            )
 
 
 def _check_visible(allowed: torch.Tensor, rows, qcols, kcols, what: str, head: tuple[int, int]) -> None:
     """Each (row, query column, key column) must be a cell the head attends to: allowed (batch, q_len, kv_len)."""
     for r, qc, kc in zip(rows, qcols, kcols):
         if not allowed[r, qc, kc]:
-            raise ValueError(f"edit of head {head}: {what} (row {r}, query column {qc}, key column {kc}) is masked "
-                             "for this head (a future key, a padding column or outside the sliding window), so the "
-                             "edit would change nothing; edit only cells the query can attend to")
+            raise ValueError(
+                f"edit of head {head}: {what} (row {r}, query column {qc}, key column {kc}) is masked "
+                "for this head (a future key, a padding column or outside the sliding window), so the "
+                "edit would change nothing; edit only cells the query can attend to"
+            )
 
 
-def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit, touched: torch.Tensor,
-           allowed: torch.Tensor | None = None) -> None:
+def _apply(
+    raw: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    edit: Edit,
+    touched: torch.Tensor,
+    allowed: torch.Tensor | None = None,
+) -> None:
     """Apply one edit in place to raw (batch, q_len, kv_len) logits of a head with q (batch, q_len, d), k (batch,
     kv_len, d), all float32; mark the edited query rows in touched (batch, q_len) bool. allowed (batch, q_len,
     kv_len) bool: the cells the head's mask lets through; edits of masked cells are refused."""
@@ -150,8 +163,10 @@ def _apply(raw: torch.Tensor, q: torch.Tensor, k: torch.Tensor, edit: Edit, touc
         for cols, what in ((edit.orig, "orig"), (edit.target, "target")):
             for r_, c in enumerate(cols):
                 if not allowed[r_, :, c].any():
-                    raise ValueError(f"KeySwap of head {head}: {what} column {c} of row {r_} is masked for every "
-                                     "query (a padding column), so the swap would change nothing")
+                    raise ValueError(
+                        f"KeySwap of head {head}: {what} column {c} of row {r_} is masked for every "
+                        "query (a padding column), so the swap would change nothing"
+                    )
     r = torch.arange(b, device=raw.device)
     o, t = torch.tensor(edit.orig, device=raw.device), torch.tensor(edit.target, device=raw.device)
     new_o, new_t = swap_in_subspace(k[r, o], k[r, t], edit.basis.to(k.device, torch.float32))  # (batch, d) each
@@ -194,16 +209,19 @@ class AttentionEdits:
 
 
 @contextlib.contextmanager
-def edit_attention(model: nn.Module, edits: Sequence[Edit] = (),
-                   read: Sequence[tuple[int, int]] = ()) -> Iterator[AttentionEdits]:
+def edit_attention(
+    model: nn.Module, edits: Sequence[Edit] = (), read: Sequence[tuple[int, int]] = ()
+) -> Iterator[AttentionEdits]:
     """Apply `edits` (LogitEdit / KeySwap) during forward passes inside the context; read back the attention of the
     edited heads and of the heads in `read`. Needs attn_implementation "eager" or "sdpa" and model.eval()."""
     check_model(model, "edit_attention")
     layout = attention_layout(model)
     impl = getattr(model.config, "_attn_implementation", None)
     if impl not in EDITABLE_IMPLEMENTATIONS:
-        raise NotImplementedError(f"edit_attention needs attn_implementation in {EDITABLE_IMPLEMENTATIONS} (the "
-                                  f"masks of {impl!r} are not materialised); reload the model with sdpa or eager")
+        raise NotImplementedError(
+            f"edit_attention needs attn_implementation in {EDITABLE_IMPLEMENTATIONS} (the "
+            f"masks of {impl!r} are not materialised); reload the model with sdpa or eager"
+        )
     for e in edits:
         if not isinstance(e, (LogitEdit, KeySwap)):
             raise TypeError(f"edits must be LogitEdit or KeySwap, got {type(e).__name__}")
@@ -221,8 +239,9 @@ def edit_attention(model: nn.Module, edits: Sequence[Edit] = (),
             raise RuntimeError("edit_attention needs model.eval(): attention dropout is active")
         bad = [k for k in _UNSUPPORTED_KWARGS if call.kwargs.get(k) is not None]
         if bad:
-            raise NotImplementedError(f"{layout.architecture}: attention uses {bad}; qkcore.lm edits cannot rebuild "
-                                      "it exactly")
+            raise NotImplementedError(
+                f"{layout.architecture}: attention uses {bad}; qkcore.lm edits cannot rebuild it exactly"
+            )
         mask = call.additive_mask()  # (batch or 1, 1 or heads, q_len, kv_len)
         attn_out, *rest = call.output
         new_out = None
@@ -244,8 +263,9 @@ def edit_attention(model: nn.Module, edits: Sequence[Edit] = (),
                 if (e.layer, e.head) == (layer, h):
                     _apply(raw, q, k, e, touched, allowed)
             sinks = call.sinks
-            probs = head_logits_to_attention(raw, call.scaling, call.softcap, m,
-                                             None if sinks is None else sinks[h])  # (batch, q_len, kv_len)
+            probs = head_logits_to_attention(
+                raw, call.scaling, call.softcap, m, None if sinks is None else sinks[h]
+            )  # (batch, q_len, kv_len)
             result._logits[(layer, h)] = raw
             result._attention[(layer, h)] = probs
             if touched.any():  # replace the head's output on the edited query rows only

@@ -43,14 +43,24 @@ def _columns(cols, batch: EncodedBatch, name: str, dims: int) -> torch.Tensor:
     t = torch.as_tensor(cols)
     if t.dim() != dims or t.is_floating_point() or t.dtype == torch.bool or t.shape[0] != batch.size:
         want = "(batch,)" if dims == 1 else "(batch, n)"
-        raise ValueError(f"{name} must be an integer tensor of shape {want} for a batch of {batch.size}, "
-                         f"got shape {tuple(t.shape)} dtype {t.dtype}")
+        raise ValueError(
+            f"{name} must be an integer tensor of shape {want} for a batch of {batch.size}, "
+            f"got shape {tuple(t.shape)} dtype {t.dtype}"
+        )
     return t.long()
 
 
 @torch.no_grad()
-def gather_qk(model: nn.Module, batch: EncodedBatch, heads: HeadSpec, query_cols, key_cols=None,
-              attn_cols=None, dtype: torch.dtype = torch.float32, **forward_kwargs) -> GatheredQK:
+def gather_qk(
+    model: nn.Module,
+    batch: EncodedBatch,
+    heads: HeadSpec,
+    query_cols,
+    key_cols=None,
+    attn_cols=None,
+    dtype: torch.dtype = torch.float32,
+    **forward_kwargs,
+) -> GatheredQK:
     """Post-rotary q of `heads` at query_cols (b,) and k at key_cols (b, n) (None: every column), on the CPU in
     `dtype`; with attn_cols (b, m), also the query's attention on those columns. `heads` keeps its order ("all":
     layer-major)."""
@@ -62,8 +72,13 @@ def gather_qk(model: nn.Module, batch: EncodedBatch, heads: HeadSpec, query_cols
     acol = None if attn_cols is None else _columns(attn_cols, batch, "attn_cols", 2)
     full = acol is not None
     rows = torch.arange(batch.size)
-    with capture_qk(model, list(heads), query_positions=None if full else qcol[:, None],
-                    key_positions=None if full else kcol, keep_masks=full) as cap:
+    with capture_qk(
+        model,
+        list(heads),
+        query_positions=None if full else qcol[:, None],
+        key_positions=None if full else kcol,
+        keep_masks=full,
+    ) as cap:
         out = run_model(model, batch, **forward_kwargs)
     qs, ks, attns = [], [], []
     for h in heads:

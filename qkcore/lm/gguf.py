@@ -84,8 +84,10 @@ def find_gguf(path: str | os.PathLike) -> Path:
 def require_gguf_package() -> None:
     """transformers needs the `gguf` package to read GGUF files; say how to install it when it is missing."""
     if importlib.util.find_spec("gguf") is None:
-        raise ImportError(f"loading a GGUF file needs the `gguf` package, which is not installed: `{GGUF_INSTALL}` "
-                          "(the version qkcore pins in pyproject.toml)")
+        raise ImportError(
+            f"loading a GGUF file needs the `gguf` package, which is not installed: `{GGUF_INSTALL}` "
+            "(the version qkcore pins in pyproject.toml)"
+        )
 
 
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
@@ -95,6 +97,7 @@ _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 
 def gguf_architecture(path: str | os.PathLike) -> str:
     """`general.architecture` from the file's header (read directly: gguf.GGUFReader parses every field, ~2 s)."""
     with Path(path).open("rb") as f:
+
         def read(fmt):
             size = struct.calcsize(fmt)
             raw = f.read(size)
@@ -137,8 +140,10 @@ def check_architecture(path: str | os.PathLike) -> str:
     renamed = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "t5encoder": "t5"}.get(arch, arch.replace("-", "_"))
     if arch not in GGUF_SUPPORTED_ARCHITECTURES and renamed not in GGUF_SUPPORTED_ARCHITECTURES:
         known = sorted(a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer"))
-        raise NotImplementedError(f"{path} holds a {arch!r} model, which transformers cannot dequantise from GGUF; "
-                                  f"it can for: {', '.join(known)}")
+        raise NotImplementedError(
+            f"{path} holds a {arch!r} model, which transformers cannot dequantise from GGUF; "
+            f"it can for: {', '.join(known)}"
+        )
     return arch
 
 
@@ -165,8 +170,13 @@ def dequantise(path: Path, attn_implementation: str = "sdpa", progress: bool = T
     check_architecture(path)
     tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     with _dequantise_bar(progress):
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                     attn_implementation=attn_implementation, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent,
+            gguf_file=path.name,
+            dtype=torch.float32,
+            attn_implementation=attn_implementation,
+            local_files_only=True,
+        )
     return model.eval(), tok
 
 
@@ -188,8 +198,12 @@ def save_plain(model: nn.Module, tokenizer, folder: Path, source: dict) -> None:
             seen.add(tensor.data_ptr())
             tensors[name] = tensor.detach().to("cpu", torch.float32).contiguous()
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
-    source = dict(source, weights_size=(folder / "model.safetensors").stat().st_size,
-                  transformers=transformers.__version__, gguf=_version("gguf"))
+    source = dict(
+        source,
+        weights_size=(folder / "model.safetensors").stat().st_size,
+        transformers=transformers.__version__,
+        gguf=_version("gguf"),
+    )
     (folder / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n")
 
 
@@ -200,8 +214,7 @@ def write_cache(model: nn.Module, tokenizer, path: Path, sha256: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-", dir=target.parent))
     try:
-        save_plain(model, tokenizer, tmp, {"gguf_file": path.name, "gguf_size": path.stat().st_size,
-                                           "sha256": sha256})
+        save_plain(model, tokenizer, tmp, {"gguf_file": path.name, "gguf_size": path.stat().st_size, "sha256": sha256})
         if target.exists() and cached_folder(sha256) is None:  # stale (other versions) or broken: move it away
             aside = Path(tempfile.mkdtemp(prefix=f".{sha256[:12]}-old-", dir=target.parent))
             with contextlib.suppress(OSError):  # another process may have moved it already
@@ -224,8 +237,11 @@ def cached_folder(sha256: str) -> Path | None:
     folder = cache_dir(sha256)
     try:
         source = json.loads((folder / SOURCE_FILE).read_text())
-        complete = (source.get("sha256") == sha256 and source.get("transformers") == transformers.__version__
-                    and (folder / "model.safetensors").stat().st_size == source.get("weights_size"))
+        complete = (
+            source.get("sha256") == sha256
+            and source.get("transformers") == transformers.__version__
+            and (folder / "model.safetensors").stat().st_size == source.get("weights_size")
+        )
     except (OSError, ValueError):
         return None
     return folder if complete else None
@@ -258,16 +274,22 @@ def load_gguf(
                 try:
                     folder = write_cache(model, tok, path, sha256)
                 except OSError as err:
-                    raise OSError(f"could not write the dequantised copy of {path} to {cache_dir(sha256)} ({err}); "
-                                  f"set {CACHE_ENV} to a writable folder with {4 * _n_params(model) / 1e6:.0f} MB "
-                                  "free, or pass cache=False") from err
+                    raise OSError(
+                        f"could not write the dequantised copy of {path} to {cache_dir(sha256)} ({err}); "
+                        f"set {CACHE_ENV} to a writable folder with {4 * _n_params(model) / 1e6:.0f} MB "
+                        "free, or pass cache=False"
+                    ) from err
             else:
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="qkcore-gguf-")))
                 save_plain(model, tok, folder, {"gguf_file": path.name, "sha256": sha256})
             del model, tok
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32 if dtype == "auto" else dtype,
-                                                     attn_implementation=attn_implementation, device_map=device_map,
-                                                     local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=torch.float32 if dtype == "auto" else dtype,
+            attn_implementation=attn_implementation,
+            device_map=device_map,
+            local_files_only=True,
+        )
         tok = AutoTokenizer.from_pretrained(folder, local_files_only=True) if tokenizer else None
     return model.eval(), tok
 

@@ -74,12 +74,22 @@ class AttentionCall:
 
     def additive_mask(self) -> torch.Tensor:
         """The mask as the model applies it: float32 (batch or 1, 1 or heads, q_len, kv_len), 0 = attend, -inf = not."""
-        return additive_mask(self.attention_mask, self.query, self.key, getattr(self.module, "is_causal", True),
-                             self.kwargs.get("is_causal"))
+        return additive_mask(
+            self.attention_mask,
+            self.query,
+            self.key,
+            getattr(self.module, "is_causal", True),
+            self.kwargs.get("is_causal"),
+        )
 
 
-def additive_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, module_causal: bool,
-                  is_causal_kw: bool | None = None) -> torch.Tensor:
+def additive_mask(
+    mask: torch.Tensor | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    module_causal: bool,
+    is_causal_kw: bool | None = None,
+) -> torch.Tensor:
     """Normalise the three mask forms the attention functions receive into a float32 additive mask."""
     q_len, kv_len = query.shape[2], key.shape[2]
     if mask is None:
@@ -99,8 +109,13 @@ def additive_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Ten
     return torch.zeros(allowed.shape, dtype=torch.float32, device=query.device).masked_fill(~allowed, float("-inf"))
 
 
-def head_logits_to_attention(raw: torch.Tensor, scaling: float, softcap: float | None,
-                             mask: torch.Tensor, sink: torch.Tensor | float | None = None) -> torch.Tensor:
+def head_logits_to_attention(
+    raw: torch.Tensor,
+    scaling: float,
+    softcap: float | None,
+    mask: torch.Tensor,
+    sink: torch.Tensor | float | None = None,
+) -> torch.Tensor:
     """softmax(cap(q·k · scaling) + mask) in float32, as the models' eager functions compute it.
 
     raw: (..., q_len, kv_len) raw q·k; mask broadcastable additive. Fully masked rows give 0, not NaN.
@@ -120,13 +135,16 @@ def head_logits_to_attention(raw: torch.Tensor, scaling: float, softcap: float |
 def check_model(model: nn.Module, what: str) -> None:
     """Refuse up front what cannot run: a non-module, or weights on the meta device (no values to compute with)."""
     if not isinstance(model, nn.Module):
-        raise TypeError(f"{what}: model must be a torch.nn.Module (a Hugging Face causal LM), got "
-                        f"{type(model).__name__}")
+        raise TypeError(
+            f"{what}: model must be a torch.nn.Module (a Hugging Face causal LM), got {type(model).__name__}"
+        )
     meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
     if meta is not None:
-        raise ValueError(f"{what}: {architecture_name(model)} has parameters on the meta device (e.g. {meta}): they "
-                         "hold no values, so it cannot run. Load the weights first (from_pretrained without "
-                         "device_map offloading to 'meta', or model.to_empty(...) then load a state dict)")
+        raise ValueError(
+            f"{what}: {architecture_name(model)} has parameters on the meta device (e.g. {meta}): they "
+            "hold no values, so it cannot run. Load the weights first (from_pretrained without "
+            "device_map offloading to 'meta', or model.to_empty(...) then load a state dict)"
+        )
 
 
 def column_dependence(model: nn.Module, seq_len: int) -> str | None:
@@ -138,8 +156,10 @@ def column_dependence(model: nn.Module, seq_len: int) -> str | None:
     if getattr(cfg, "attn_temperature_tuning", False) and 0 in (getattr(cfg, "no_rope_layers", None) or []):
         floor_scale = int(cfg.floor_scale)
         if seq_len >= floor_scale:  # column c gets a scale != 1 once c + 1 >= floor_scale
-            return (f"attn_temperature_tuning scales the queries of its NoPE layers by the column index "
-                    f"(floor_scale={floor_scale}), not by position_ids")
+            return (
+                f"attn_temperature_tuning scales the queries of its NoPE layers by the column index "
+                f"(floor_scale={floor_scale}), not by position_ids"
+            )
     return None
 
 
@@ -166,7 +186,8 @@ def _wrap(fn: Callable) -> Callable:
             if id(module) in s.seen:
                 raise NotImplementedError(
                     f"{type(module).__name__} (layer {s.modules[id(module)]}) called the attention function twice "
-                    "in one forward pass; qkcore.lm supports one softmax(q·k) per attention module")
+                    "in one forward pass; qkcore.lm supports one softmax(q·k) per attention module"
+                )
             s.seen.add(id(module))
             call = AttentionCall(module, s.modules[id(module)], query, key, value, mask, call_kwargs)
             call.output = out
@@ -211,7 +232,8 @@ def attention_session(
                 raise NotImplementedError(
                     f"{architecture_name(model)}: {reason}, so a prompt padded on the left gets other q and k than "
                     f"alone ({seq} columns); qkcore.lm cannot keep positions unshifted here. Use "
-                    "padding_side='right' (or batch_size=1)")
+                    "padding_side='right' (or batch_size=1)"
+                )
 
     def check(module, _inputs, _output):
         if id(module) not in session.seen:

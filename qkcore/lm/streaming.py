@@ -65,21 +65,28 @@ class DeltaStreamer:
 
     `acc` is a ContrastiveCovariance with head_shape (len(heads),), head i = heads[i] (sorted (layer, head))."""
 
-    def __init__(self, model: nn.Module, heads: HeadSpec = "all", weighting: Weighting = "pair_mean",
-                 device: torch.device | str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        heads: HeadSpec = "all",
+        weighting: Weighting = "pair_mean",
+        device: torch.device | str | None = None,
+    ):
         check_model(model, "DeltaStreamer")
         self.model = model
         self.layout = attention_layout(model)
         self.heads = self.layout.select(heads)
         self._index = {h: i for i, h in enumerate(self.heads)}
-        self.q_heads = {layer: [h for (l, h) in self.heads if l == layer] for layer in sorted({l for l, _ in
-                                                                                               self.heads})}
+        self.q_heads = {
+            layer: [h for (l, h) in self.heads if l == layer] for layer in sorted({l for l, _ in self.heads})
+        }
         mods = attention_modules(model)
         self._modules = {layer: mods[layer][1] for layer in self.q_heads}
         if device is None:
             device = next(model.parameters()).device
-        self.acc = ContrastiveCovariance(self.layout.head_dim, head_shape=(len(self.heads),), weighting=weighting,
-                                         device=device)
+        self.acc = ContrastiveCovariance(
+            self.layout.head_dim, head_shape=(len(self.heads),), weighting=weighting, device=device
+        )
         self.prompts_seen = 0
         # ΔC needs no logits: ask for the last position's only (saves the vocabulary projection of every token)
         takes = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -89,17 +96,23 @@ class DeltaStreamer:
     def _pair_index(self, batch: EncodedBatch, pairs: Sequence[PromptPairs], positive: bool):
         rows, qcols, kcols = [], [], []
         for r, p in enumerate(pairs):
-            for qpos, kposs in (p.positive if positive else p.negative):
+            for qpos, kposs in p.positive if positive else p.negative:
                 qc = batch.padded(r, qpos)
                 for kpos in kposs:
                     kc = batch.padded(r, kpos)
                     if kc > qc:
-                        raise ValueError(f"prompt {r}: key position {kpos} comes after query position {qpos}; a "
-                                         "causal head cannot attend to it")
+                        raise ValueError(
+                            f"prompt {r}: key position {kpos} comes after query position {qpos}; a "
+                            "causal head cannot attend to it"
+                        )
                     rows.append(r), qcols.append(qc), kcols.append(kc)
         n_prompts = sum(1 for p in pairs if (p.positive if positive else p.negative))
-        return torch.tensor(rows, dtype=torch.long), torch.tensor(qcols, dtype=torch.long), \
-            torch.tensor(kcols, dtype=torch.long), n_prompts
+        return (
+            torch.tensor(rows, dtype=torch.long),
+            torch.tensor(qcols, dtype=torch.long),
+            torch.tensor(kcols, dtype=torch.long),
+            n_prompts,
+        )
 
     def add(self, batch: EncodedBatch, pairs: Sequence[PromptPairs]) -> None:
         """Run `model` on `batch` and add each prompt's positive and negative pairs, for every chosen head."""
@@ -178,8 +191,7 @@ def stream_delta(
     if isinstance(pairs, PromptPairs) or not isinstance(pairs, Sequence):
         raise TypeError(f"pairs must be a list of PromptPairs (one per prompt), got {type(pairs).__name__}")
     if any(isinstance(p, str) for p in prompts) and tokenizer is None:
-        raise TypeError("prompts are strings but tokenizer is None: pass the model's tokenizer, or give token-id "
-                        "lists")
+        raise TypeError("prompts are strings but tokenizer is None: pass the model's tokenizer, or give token-id lists")
     if len(prompts) != len(pairs):
         raise ValueError(f"{len(prompts)} prompts but {len(pairs)} PromptPairs: give one per prompt")
     streamer = DeltaStreamer(model, heads, weighting)

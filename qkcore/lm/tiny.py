@@ -23,12 +23,17 @@ _FAMILIES = {
     "gemma": ("GemmaConfig", "GemmaForCausalLM", {}),
     # Gemma2: soft-capped logits, alternating sliding/full layers (window 4 so that short test prompts use it).
     # Cap 5 (Gemma2 uses 50) so that the cap bends the tiny model's logits measurably.
-    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"sliding_window": 4, "query_pre_attn_scalar": 16,
-                                                     "attn_logit_softcapping": 5.0}),
+    "gemma2": (
+        "Gemma2Config",
+        "Gemma2ForCausalLM",
+        {"sliding_window": 4, "query_pre_attn_scalar": 16, "attn_logit_softcapping": 5.0},
+    ),
     # Gemma3: q_norm/k_norm, sliding layers, query_pre_attn_scalar.
-    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
-               {"sliding_window": 4, "query_pre_attn_scalar": 16, "layer_types": ["sliding_attention",
-                                                                                "full_attention"]}),
+    "gemma3": (
+        "Gemma3TextConfig",
+        "Gemma3ForCausalLM",
+        {"sliding_window": 4, "query_pre_attn_scalar": 16, "layer_types": ["sliding_attention", "full_attention"]},
+    ),
 }
 FAMILIES = tuple(_FAMILIES)
 # More decoder families for the exactness matrix (tests/lm/test_architectures.py), one feature each at least.
@@ -41,13 +46,26 @@ _MORE_FAMILIES = {
     "stablelm": ("StableLmConfig", "StableLmForCausalLM", {"qk_layernorm": True, "partial_rotary_factor": 0.5}),
     "cohere": ("CohereConfig", "CohereForCausalLM", {"use_qk_norm": True}),
     "cohere2": ("Cohere2Config", "Cohere2ForCausalLM", {"sliding_window": 4}),
-    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
-                                                            "moe_intermediate_size": 32,
-                                                            "shared_expert_intermediate_size": 32}),
-    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {"num_experts": 4, "num_experts_per_tok": 2,
-                                                            "moe_intermediate_size": 32}),
-    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2,
-                                                        "sliding_window": None}),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        {
+            "num_experts": 4,
+            "num_experts_per_tok": 2,
+            "moe_intermediate_size": 32,
+            "shared_expert_intermediate_size": 32,
+        },
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    ),
+    "mixtral": (
+        "MixtralConfig",
+        "MixtralForCausalLM",
+        {"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None},
+    ),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", {"sliding_window": 4}),
     "granite": ("GraniteConfig", "GraniteForCausalLM", {"attention_multiplier": 0.3}),  # scaling ≠ 1/√d
     "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
@@ -80,17 +98,29 @@ def tiny_config(family: str, **overrides):
     if family not in _FAMILIES and family not in _MORE_FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {MATRIX_FAMILIES}")
     config_cls, _, extra = {**_FAMILIES, **_MORE_FAMILIES}[family]
-    fields = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
-                  initializer_range=0.2)  # 10× the usual init: logits of order 1–10, peaked attention patterns
+    fields = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+        initializer_range=0.2,
+    )  # 10× the usual init: logits of order 1–10, peaked attention patterns
     fields.update(extra)
     fields.update(overrides)
     return getattr(transformers, config_cls)(**fields)
 
 
-def tiny_model(family: str, seed: int = 0, attn_implementation: str | None = None,
-               dtype: torch.dtype = torch.float32, **overrides) -> torch.nn.Module:
+def tiny_model(
+    family: str, seed: int = 0, attn_implementation: str | None = None, dtype: torch.dtype = torch.float32, **overrides
+) -> torch.nn.Module:
     """A randomly initialised `family` causal LM (eval mode) from `tiny_config(family, **overrides)`.
     attn_implementation defaults to "sdpa" ("eager" for Gemma2, which transformers runs with eager only)."""
     if attn_implementation is None:
@@ -98,8 +128,7 @@ def tiny_model(family: str, seed: int = 0, attn_implementation: str | None = Non
     config = tiny_config(family, **overrides)
     _, model_cls, _ = {**_FAMILIES, **_MORE_FAMILIES}[family]
     torch.manual_seed(seed)
-    model = getattr(transformers, model_cls)._from_config(config, attn_implementation=attn_implementation,
-                                                          dtype=dtype)
+    model = getattr(transformers, model_cls)._from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     with torch.no_grad():  # random init of q_norm/k_norm weights too, so that a missed norm would show
         for name, p in model.named_parameters():
             if name.endswith(("q_norm.weight", "k_norm.weight")) or ".q_layernorm." in name or ".k_layernorm." in name:
@@ -114,8 +143,10 @@ _CORPUS = [
     "The egg is in Box A, the fan is in Box B, and the tea is in Box C. Which box is the tea in? Box",
     "The cat sat on the mat. A dog, a horse and a cow walked to the scooter shop.",
 ]
-_CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
-                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 _SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|system|>"]
 
 
@@ -126,8 +157,12 @@ def tiny_tokenizer(kind: str = "byte_bpe") -> transformers.PreTrainedTokenizerFa
     if kind == "byte_bpe":
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=_SPECIALS, show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer = trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=_SPECIALS,
+            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
         tok.decoder = decoders.ByteLevel()
     elif kind == "metaspace":
         tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -143,7 +178,12 @@ def tiny_tokenizer(kind: str = "byte_bpe") -> transformers.PreTrainedTokenizerFa
     tok.train_from_iterator(_CORPUS, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"])
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=["<|user|>", "<|assistant|>", "<|system|>"],
+    )
     fast.chat_template = _CHAT_TEMPLATE
     return fast

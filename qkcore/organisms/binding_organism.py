@@ -62,8 +62,16 @@ class BindingRecipe:
 
     model: OrganismConfig = OrganismConfig(n_layers=2, hidden=128, n_heads=4, n_kv_heads=4, intermediate=256)
     train: TrainConfig = TrainConfig(
-        steps=4000, lr=1e-3, warmup_steps=100, min_lr_ratio=0.1, weight_decay=0.01, betas=(0.9, 0.98),
-        grad_clip=1.0, seed=0, eval_every=500, log_every=100,
+        steps=4000,
+        lr=1e-3,
+        warmup_steps=100,
+        min_lr_ratio=0.1,
+        weight_decay=0.01,
+        betas=(0.9, 0.98),
+        grad_clip=1.0,
+        seed=0,
+        eval_every=500,
+        log_every=100,
     )
     batch_size: int = 32
     model_seed: int = 0
@@ -134,8 +142,7 @@ class HintedLM(torch.nn.Module):
         hinting = self.training and self.forwards < self.hint_steps and self.hint_weight > 0
         if self.training:
             self.forwards += 1
-        out = self.model(input_ids=input_ids, labels=labels, attention_mask=attention_mask,
-                         output_attentions=hinting)
+        out = self.model(input_ids=input_ids, labels=labels, attention_mask=attention_mask, output_attentions=hinting)
         if not hinting:
             return out
         hint = hint_loss(input_ids, out.attentions, self.question_mark, self.box, self.respond, self.letter_ids)
@@ -161,8 +168,14 @@ def hint_loss(input_ids, attentions, question_mark: int, box: int, respond: int,
 
 @torch.no_grad()
 def binding_accuracy(
-    model, tokenizer, n_pairs: int, n_prompts: int = 500, seed: int = EVAL_SEED,
-    object_pool: Sequence[str] = PAPER_OBJECTS, letter_pool: Sequence[str] | None = None, batch_size: int = 250,
+    model,
+    tokenizer,
+    n_pairs: int,
+    n_prompts: int = 500,
+    seed: int = EVAL_SEED,
+    object_pool: Sequence[str] = PAPER_OBJECTS,
+    letter_pool: Sequence[str] | None = None,
+    batch_size: int = 250,
 ) -> float:
     """Fraction of fresh paper-format prompts (one question, no chat template) whose next-token argmax over the
     whole vocabulary is the answer letter. Default pools: the paper's objects and letters A.. (A–I for 9 pairs)."""
@@ -196,8 +209,9 @@ def evaluate_binding_organism(model, tokenizer, n_prompts: int) -> dict[str, flo
     return {
         "acc_9_pairs": binding_accuracy(model, tokenizer, 9, n_prompts),
         "acc_4_pairs": binding_accuracy(model, tokenizer, 4, n_prompts),
-        "acc_9_pairs_any_words": binding_accuracy(model, tokenizer, 9, n_prompts, object_pool=OBJECTS,
-                                                  letter_pool=LETTERS),
+        "acc_9_pairs_any_words": binding_accuracy(
+            model, tokenizer, 9, n_prompts, object_pool=OBJECTS, letter_pool=LETTERS
+        ),
     }
 
 
@@ -220,12 +234,20 @@ def train_binding_organism(recipe: BindingRecipe = BindingRecipe(), log=print):
     history = train(hinted, batch_fn, recipe.train, eval_fn=eval_fn, log=log)
     seconds = time.perf_counter() - start
     model.eval()
-    results = {**evaluate_binding_organism(model, tokenizer, recipe.eval_prompts), "train_seconds": round(seconds, 1),
-               "threads": torch.get_num_threads(), "final_loss": history.losses[-1]["loss"],
-               "parameters": sum(p.numel() for p in model.parameters())}
+    results = {
+        **evaluate_binding_organism(model, tokenizer, recipe.eval_prompts),
+        "train_seconds": round(seconds, 1),
+        "threads": torch.get_num_threads(),
+        "final_loss": history.losses[-1]["loss"],
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     results["attention_to_answer_9_pairs"] = attention_to_answer(model, tokenizer).round(decimals=3).tolist()
-    info = {"recipe": recipe.to_dict(), "results": results, "history": history.to_dict(),
-            "regenerate": "OMP_NUM_THREADS=1 python -m qkcore.organisms.binding_organism"}
+    info = {
+        "recipe": recipe.to_dict(),
+        "results": results,
+        "history": history.to_dict(),
+        "regenerate": "OMP_NUM_THREADS=1 python -m qkcore.organisms.binding_organism",
+    }
     return model, tokenizer, info
 
 
@@ -240,15 +262,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.steps is not None:
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, steps=args.steps))
     if args.seed is not None:
-        recipe = dataclasses.replace(recipe, model_seed=args.seed,
-                                     train=dataclasses.replace(recipe.train, seed=args.seed))
+        recipe = dataclasses.replace(
+            recipe, model_seed=args.seed, train=dataclasses.replace(recipe.train, seed=args.seed)
+        )
     model, tokenizer, info = train_binding_organism(recipe)
     save_organism(args.out, model, tokenizer, info, dtype=torch.float16)
     reloaded, tok, _ = load_organism(args.out)
     after = evaluate_binding_organism(reloaded, tok, recipe.eval_prompts)
-    print(f"saved {args.out}; held-out accuracy in float32 "
-          f"{ {k: info['results'][k] for k in after} }, after the float16 round trip {after}; "
-          f"trained in {info['results']['train_seconds']} s")
+    print(
+        f"saved {args.out}; held-out accuracy in float32 "
+        f"{ {k: info['results'][k] for k in after} }, after the float16 round trip {after}; "
+        f"trained in {info['results']['train_seconds']} s"
+    )
 
 
 if __name__ == "__main__":

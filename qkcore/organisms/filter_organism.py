@@ -47,9 +47,15 @@ class FilterOrganismSpec:
     eval_prompts: int = 500
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "task": self.task.to_dict(), "model": self.model.to_dict(),
-                "train": self.train.to_dict(), "batch_size": self.batch_size, "model_seed": self.model_seed,
-                "eval_prompts": self.eval_prompts}
+        return {
+            "name": self.name,
+            "task": self.task.to_dict(),
+            "model": self.model.to_dict(),
+            "train": self.train.to_dict(),
+            "batch_size": self.batch_size,
+            "model_seed": self.model_seed,
+            "eval_prompts": self.eval_prompts,
+        }
 
 
 SPECS: dict[str, FilterOrganismSpec] = {
@@ -72,8 +78,11 @@ def held_out_sets(spec: FilterOrganismSpec, n: int | None = None) -> dict[str, l
     task = FilterTask(spec.task)
     n = spec.eval_prompts if n is None else n
     g = torch.Generator().manual_seed(spec.train.seed + EVAL_SEED_OFFSET)
-    return {"full": task.sample(n, g, full=True), "varied": task.sample(n, g, full=False),
-            "single": task.sample_single_positive(n, g)}
+    return {
+        "full": task.sample(n, g, full=True),
+        "varied": task.sample(n, g, full=False),
+        "single": task.sample_single_positive(n, g),
+    }
 
 
 def evaluate_filter_organism(model, tokenizer, sets: dict[str, list]) -> dict[str, float]:
@@ -92,12 +101,18 @@ def train_filter_organism(spec: FilterOrganismSpec, log=print):
         return task.batch(task.sample(spec.batch_size, g), tokenizer)
 
     start = time.perf_counter()
-    history = train(model, batch_fn, spec.train, eval_fn=lambda m, s: evaluate_filter_organism(m, tokenizer, sets), log=log)
+    history = train(
+        model, batch_fn, spec.train, eval_fn=lambda m, s: evaluate_filter_organism(m, tokenizer, sets), log=log
+    )
     info = {
         "spec": spec.to_dict(),
-        "results": {"exact_match": history.final_eval, "train_seconds": round(time.perf_counter() - start, 1),
-                    "threads": torch.get_num_threads(), "final_loss": history.losses[-1]["loss"],
-                    "parameters": sum(p.numel() for p in model.parameters())},
+        "results": {
+            "exact_match": history.final_eval,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "threads": torch.get_num_threads(),
+            "final_loss": history.losses[-1]["loss"],
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
         "history": history.to_dict(),
         "regenerate": f"OMP_NUM_THREADS=1 python -m qkcore.organisms.filter_organism {spec.name}",
     }
@@ -119,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     save_organism(out, model, tokenizer, info, dtype=torch.float16)
     reloaded, tok, _ = load_organism(out)
     after = evaluate_filter_organism(reloaded, tok, held_out_sets(spec))
-    print(f"saved {out}; held-out exact match in float32 {info['results']['exact_match']}, after the float16 "
-          f"round trip {after}; trained in {info['results']['train_seconds']} s")
+    print(
+        f"saved {out}; held-out exact match in float32 {info['results']['exact_match']}, after the float16 "
+        f"round trip {after}; trained in {info['results']['train_seconds']} s"
+    )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,19 @@ EXTRA_CATEGORIES: dict[str, tuple[str, ...]] = {
 }
 CATEGORIES: dict[str, tuple[str, ...]] = {**PAPER_CATEGORIES, **EXTRA_CATEGORIES}
 PLURALS: dict[str, str] = {
-    "animal": "animals", "fruit": "fruits", "liquid": "liquids", "vehicle": "vehicles", "country": "countries",
-    "color": "colors", "vegetable": "vegetables", "instrument": "instruments", "tool": "tools",
-    "clothing": "clothes", "sport": "sports", "profession": "professions", "city": "cities",
+    "animal": "animals",
+    "fruit": "fruits",
+    "liquid": "liquids",
+    "vehicle": "vehicles",
+    "country": "countries",
+    "color": "colors",
+    "vegetable": "vegetables",
+    "instrument": "instruments",
+    "tool": "tools",
+    "clothing": "clothes",
+    "sport": "sports",
+    "profession": "professions",
+    "city": "cities",
 }
 PAPER_CATEGORY_NAMES: tuple[str, ...] = tuple(PAPER_CATEGORIES)
 ALL_CATEGORY_NAMES: tuple[str, ...] = tuple(CATEGORIES)
@@ -146,8 +156,9 @@ class FilterTask:
         texts += [item for c in self.config.categories for item in CATEGORIES[c]]
         return [w for w in vocabulary_from_texts(texts) if w != "x"]
 
-    def sample(self, n: int, generator: torch.Generator, asked: str | None = None,
-               full: bool | None = None) -> list[FilterPrompt]:
+    def sample(
+        self, n: int, generator: torch.Generator, asked: str | None = None, full: bool | None = None
+    ) -> list[FilterPrompt]:
         """n prompts. asked: force the asked category (None = uniform among the listed); full: force the paper's
         format (True: every listed category with max_items items) or a varied list (False); None = draw it."""
         cfg = self.config
@@ -164,8 +175,11 @@ class FilterTask:
             which = asked if asked is not None else listed[int(torch.randint(len(listed), (), generator=generator))]
             items, cats = [], []
             for c in listed:
-                k = cfg.max_items if is_full else int(
-                    torch.randint(cfg.min_items, cfg.max_items + 1, (), generator=generator))
+                k = (
+                    cfg.max_items
+                    if is_full
+                    else int(torch.randint(cfg.min_items, cfg.max_items + 1, (), generator=generator))
+                )
                 chosen = torch.randperm(5, generator=generator)[:k].tolist()
                 items += [CATEGORIES[c][j] for j in chosen]
                 cats += [c] * k
@@ -188,8 +202,9 @@ class FilterTask:
             chosen = [pool[i] for i in torch.randperm(len(pool), generator=generator)[:n_others].tolist()]
             chosen.append((CATEGORIES[asked][int(torch.randint(5, (), generator=generator))], asked))
             perm = torch.randperm(len(chosen), generator=generator).tolist()
-            prompts.append(render_prompt([chosen[i][0] for i in perm], [chosen[i][1] for i in perm], asked,
-                                         cfg.instruction))
+            prompts.append(
+                render_prompt([chosen[i][0] for i in perm], [chosen[i][1] for i in perm], asked, cfg.instruction)
+            )
         return prompts
 
     @staticmethod
@@ -204,13 +219,14 @@ class FilterTask:
         labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (B, T)
         for b, (pi, ai) in enumerate(rows):
             ids[b, : len(pi) + len(ai)] = torch.tensor(pi + ai)
-            labels[b, len(pi): len(pi) + len(ai)] = torch.tensor(ai)
+            labels[b, len(pi) : len(pi) + len(ai)] = torch.tensor(ai)
         return ids, labels
 
 
 @torch.no_grad()
-def exact_match(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[FilterPrompt],
-                batch_size: int = 100) -> float:
+def exact_match(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[FilterPrompt], batch_size: int = 100
+) -> float:
     """Share of prompts whose whole answer (items in list order, then <eos>) the model gets right. Teacher-forced
     argmax at every answer position: all correct ⇔ greedy decoding writes exactly the answer and stops."""
     if not prompts:
@@ -219,7 +235,7 @@ def exact_match(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prom
     model.eval()
     correct = 0
     for i in range(0, len(prompts), batch_size):
-        ids, labels = FilterTask.batch(prompts[i: i + batch_size], tokenizer)
+        ids, labels = FilterTask.batch(prompts[i : i + batch_size], tokenizer)
         logits = model(input_ids=ids).logits  # (B, T, vocab)
         pred = logits[:, :-1].argmax(-1)  # prediction for position t+1
         target = labels[:, 1:]

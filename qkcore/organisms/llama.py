@@ -112,7 +112,9 @@ def quiet_progress():
 def build_model(config: OrganismConfig, tokenizer: PreTrainedTokenizerBase, seed: int) -> LlamaForCausalLM:
     """A freshly initialised LlamaForCausalLM (float32, eager attention), its weights drawn from `seed`."""
     if tokenizer.pad_token_id is None or tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer needs pad, bos and eos tokens (use qkcore.organisms.vocab.build_word_tokenizer)")
+        raise ValueError(
+            "the tokenizer needs pad, bos and eos tokens (use qkcore.organisms.vocab.build_word_tokenizer)"
+        )
     hf_config = config.llama_config(tokenizer)
     hf_config._attn_implementation = "eager"
     with torch.random.fork_rng(devices=[]):
@@ -161,8 +163,10 @@ def load_organism(
     {} when the directory has no organism.json. The one loader of every organism."""
     directory = Path(directory)
     if not (directory / "model.safetensors").is_file() or not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} holds no config.json and model.safetensors: not a saved organism; "
-                                f"regenerate it with the command in {WEIGHTS_DIR / 'README.md'}")
+        raise FileNotFoundError(
+            f"{directory} holds no config.json and model.safetensors: not a saved organism; "
+            f"regenerate it with the command in {WEIGHTS_DIR / 'README.md'}"
+        )
     with quiet_progress():
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -93,8 +93,9 @@ def _unpack(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor
     input_ids, labels = batch[0], batch[1]
     mask = batch[2] if len(batch) == 3 else None
     if input_ids.dim() != 2 or labels.shape != input_ids.shape:
-        raise ValueError(f"input_ids and labels must both be (B, T), got {tuple(input_ids.shape)}, "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"input_ids and labels must both be (B, T), got {tuple(input_ids.shape)}, {tuple(labels.shape)}"
+        )
     if input_ids.dtype != torch.long or labels.dtype != torch.long:
         raise ValueError("input_ids and labels must be torch.long")
     if (labels != -100).sum() == 0:
@@ -119,7 +120,8 @@ def train(
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas,
+        lr=cfg.lr,
+        betas=cfg.betas,
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     history = TrainHistory()

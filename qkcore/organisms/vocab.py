@@ -64,6 +64,11 @@ def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
     )
     core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with single spaces
     return PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK,
-        padding_side="right", model_max_length=4096,
+        tokenizer_object=core,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        padding_side="right",
+        model_max_length=4096,
     )

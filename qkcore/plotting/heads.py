@@ -7,7 +7,8 @@ import numpy as np
 
 
 def head_heatmap(ax, values: np.ndarray, title: str, chosen, cmap: str, vmin=None, vmax=None):
-    """Draw values (n_layers, n_heads) on ax; annotate cells when the grid is small; box each (layer, head) in chosen."""
+    """Draw values (n_layers, n_heads) on ax; annotate cells when the grid is small; box each (layer, head) in
+    chosen."""
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     n_layers, n_heads = values.shape
     if n_layers * n_heads <= 64:  # numbers in the cells, black on light cells and white on dark ones

@@ -65,8 +65,12 @@ def _check_contrast(n_batches: int, batch_size: int) -> None:
 
 
 @torch.no_grad()
-def factor_delta(model: TrainedModel, factor: str, n_batches: int = AUTHORS_CONTRAST_BATCHES,
-                 batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE) -> torch.Tensor:
+def factor_delta(
+    model: TrainedModel,
+    factor: str,
+    n_batches: int = AUTHORS_CONTRAST_BATCHES,
+    batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE,
+) -> torch.Tensor:
     """ΔC (d_head, d_head), float64, for factor "z1" or "z2" from n_batches × batch_size contrast triples drawn
     from the task's "contrast-<factor>" stream (the same triples `grid_factor_deltas` uses for this task)."""
     _check_factor(factor)
@@ -83,8 +87,12 @@ def factor_delta(model: TrainedModel, factor: str, n_batches: int = AUTHORS_CONT
 
 
 @torch.no_grad()
-def grid_factor_deltas(grid: TrainedGrid, factor: str, n_batches: int = AUTHORS_CONTRAST_BATCHES,
-                       batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE) -> torch.Tensor:
+def grid_factor_deltas(
+    grid: TrainedGrid,
+    factor: str,
+    n_batches: int = AUTHORS_CONTRAST_BATCHES,
+    batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE,
+) -> torch.Tensor:
     """ΔC of every head of a grid at once: (T, G, H, H) float64, H = max d_head; a head with a smaller d_head
     has zeros outside its top-left d_head × d_head block. Equal to `factor_delta` per model."""
     _check_factor(factor)
@@ -146,8 +154,12 @@ class ModelAnalysis:
         return self.decomposition["z2"]
 
 
-def analyse_model(model: TrainedModel, energy: float = 0.99, n_batches: int = AUTHORS_CONTRAST_BATCHES,
-                  batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE) -> ModelAnalysis:
+def analyse_model(
+    model: TrainedModel,
+    energy: float = 0.99,
+    n_batches: int = AUTHORS_CONTRAST_BATCHES,
+    batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE,
+) -> ModelAnalysis:
     """ΔC_z₁, ΔC_z₂ of one model and their SVDs with the energy rank rule."""
     deltas = {f: factor_delta(model, f, n_batches, batch_size) for f in FACTORS}
     return ModelAnalysis(delta=deltas, decomposition={f: decompose(d, energy) for f, d in deltas.items()})
@@ -188,8 +200,12 @@ def reference_accuracy(task: PayloadTask, n: int, stream: str = "test", chunk: i
     return total / n
 
 
-def analyse_grid(grid: TrainedGrid, energy: float = 0.99, n_batches: int = AUTHORS_CONTRAST_BATCHES,
-                 batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE) -> tuple[list[dict], dict[str, torch.Tensor]]:
+def analyse_grid(
+    grid: TrainedGrid,
+    energy: float = 0.99,
+    n_batches: int = AUTHORS_CONTRAST_BATCHES,
+    batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE,
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
     """Ranks of ΔC_z₁, ΔC_z₂ for every model of the grid, beside its accuracy and ceilings.
 
     Returns (rows, deltas): rows are dicts with kind, r1, r2, d_head, rank_z1, rank_z2, accuracy, ceiling (Bayes),
@@ -202,7 +218,17 @@ def analyse_grid(grid: TrainedGrid, energy: float = 0.99, n_batches: int = AUTHO
         reference = reference_accuracy(task, grid.train_config.test_size)
         for g, dh in enumerate(grid.d_heads):
             m = grid.model_at(t, g)
-            rows.append({"kind": c.kind, "r1": c.r1, "r2": c.r2, "d_head": dh,
-                         "rank_z1": int(ranks["z1"][t, g]), "rank_z2": int(ranks["z2"][t, g]),
-                         "accuracy": m.accuracy, "ceiling": m.ceiling, "reference": reference})
+            rows.append(
+                {
+                    "kind": c.kind,
+                    "r1": c.r1,
+                    "r2": c.r2,
+                    "d_head": dh,
+                    "rank_z1": int(ranks["z1"][t, g]),
+                    "rank_z2": int(ranks["z2"][t, g]),
+                    "accuracy": m.accuracy,
+                    "ceiling": m.ceiling,
+                    "reference": reference,
+                }
+            )
     return rows, deltas

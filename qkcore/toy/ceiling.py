@@ -105,8 +105,9 @@ def gaussian_bayes_error_bound(task: PayloadTask, z_sigmas: float = 6.0) -> floa
     return min(1.0, (c.context - 1) * (ball * (4 * math.pi) ** (-r / 2) + tail))
 
 
-def bilinear_head_reference(r1: int, r2: int, kind: str, n_samples: int = 200_000, context: int = 16,
-                            n_payloads: int = 10, seed: int = 0) -> float:
+def bilinear_head_reference(
+    r1: int, r2: int, kind: str, n_samples: int = 200_000, context: int = 16, n_payloads: int = 10, seed: int = 0
+) -> float:
     """Monte-Carlo accuracy of the ideal single head: scores z*·z_i (identity interaction), uniform attention
     on the positions with the top score (exact ties only), answer = the payload with the most attention.
 

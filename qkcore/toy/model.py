@@ -75,8 +75,14 @@ class HeadStack(torch.nn.Module):
     initialised like torch.nn.Linear (uniform ±1/√fan_in) from its own generator, so a head's initial weights do
     not depend on which other heads share the stack."""
 
-    def __init__(self, n_tasks: int, d_heads: tuple[int, ...], d_model: int, n_payloads: int,
-                 generators: list[list[torch.Generator]]):
+    def __init__(
+        self,
+        n_tasks: int,
+        d_heads: tuple[int, ...],
+        d_model: int,
+        n_payloads: int,
+        generators: list[list[torch.Generator]],
+    ):
         super().__init__()
         if len(generators) != n_tasks or any(len(row) != len(d_heads) for row in generators):
             raise ValueError("need one generator per (task, d_head) pair")

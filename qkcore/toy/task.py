@@ -139,8 +139,9 @@ class PayloadTask:
             return torch.randint(0, 2, (*shape, r), generator=generator).float() * 2 - 1
         return torch.randn(*shape, r, generator=generator)
 
-    def key_inputs(self, z1: torch.Tensor, z2: torch.Tensor, payloads: torch.Tensor,
-                   generator: torch.Generator | None) -> torch.Tensor:
+    def key_inputs(
+        self, z1: torch.Tensor, z2: torch.Tensor, payloads: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         """Context embeddings A₁z₁ + A₂z₂ + E[y] (+ ε if a generator is given): (..., d_model)."""
         x = z1 @ self.A1.T + z2 @ self.A2.T + self.E[payloads]
         return x if generator is None else x + self.noise(x.shape, generator)
@@ -164,8 +165,9 @@ class PayloadTask:
         rows = torch.arange(n)
         x_ctx = self.key_inputs(z1, z2, payloads, generator)  # (n, C, d_model)
         x_q = self.query_inputs(z1[rows, target], z2[rows, target], generator)  # (n, d_model)
-        return TaskBatch(x_ctx=x_ctx, x_q=x_q, payloads=payloads, target=target, label=payloads[rows, target],
-                         z1=z1, z2=z2)
+        return TaskBatch(
+            x_ctx=x_ctx, x_q=x_q, payloads=payloads, target=target, label=payloads[rows, target], z1=z1, z2=z2
+        )
 
     def sample_contrast(self, n: int, factor: Factor, generator: torch.Generator) -> ContrastBatch:
         """n (query, positive key, negative key) triples for `factor` ("z1" or "z2").
@@ -192,8 +194,18 @@ class PayloadTask:
         y_neg = torch.randint(0, c.n_payloads, (n,), generator=generator)
         x_pos = self.key_inputs(z1_pos, z2_pos, y_pos, generator)  # (n, d_model)
         x_neg = self.key_inputs(z1_neg, z2_neg, y_neg, generator)  # (n, d_model)
-        return ContrastBatch(factor=factor, x_q=x_q, x_pos=x_pos, x_neg=x_neg, z1_q=z1_q, z1_pos=z1_pos,
-                             z1_neg=z1_neg, z2_q=z2_q, z2_pos=z2_pos, z2_neg=z2_neg)
+        return ContrastBatch(
+            factor=factor,
+            x_q=x_q,
+            x_pos=x_pos,
+            x_neg=x_neg,
+            z1_q=z1_q,
+            z1_pos=z1_pos,
+            z1_neg=z1_neg,
+            z2_q=z2_q,
+            z2_pos=z2_pos,
+            z2_neg=z2_neg,
+        )
 
 
 def _check_n(n: int) -> None:

@@ -97,8 +97,14 @@ class TrainedModel:
         return self.task.config
 
     def describe(self) -> dict:
-        return {**self.config.to_dict(), "d_head": self.d_head, "accuracy": self.accuracy, "ceiling": self.ceiling,
-                "best_step": self.best_step, "train": asdict(self.train_config)}
+        return {
+            **self.config.to_dict(),
+            "d_head": self.d_head,
+            "accuracy": self.accuracy,
+            "ceiling": self.ceiling,
+            "best_step": self.best_step,
+            "train": asdict(self.train_config),
+        }
 
 
 @dataclass
@@ -122,8 +128,10 @@ class TrainedGrid:
             if (c.r1, c.r2, c.kind) == (r1, r2, kind) and d_head in self.d_heads:
                 return t, self.d_heads.index(d_head)
         have = sorted({(t.config.r1, t.config.r2, t.config.kind) for t in self.tasks})
-        raise KeyError(f"no model (r1={r1}, r2={r2}, kind={kind!r}, d_head={d_head}) in this grid; it holds tasks "
-                       f"{have} with d_heads {self.d_heads}")
+        raise KeyError(
+            f"no model (r1={r1}, r2={r2}, kind={kind!r}, d_head={d_head}) in this grid; it holds tasks "
+            f"{have} with d_heads {self.d_heads}"
+        )
 
     def model(self, r1: int, r2: int, kind: str, d_head: int) -> TrainedModel:
         t, g = self.index(r1, r2, kind, d_head)
@@ -134,10 +142,15 @@ class TrainedGrid:
             task = self.tasks[t]
             c = task.config
             self._models[(t, g)] = TrainedModel(
-                task=task, head=self.stack.head(t, g), d_head=self.d_heads[g],
-                accuracy=float(self.accuracy[t, g]), ceiling=task_ceiling(c.r1, c.r2, c.kind, c.context, c.n_payloads),
-                best_step=int(self.best_step[t, g]), best_val_loss=float(self.best_val_loss[t, g]),
-                train_config=self.train_config)
+                task=task,
+                head=self.stack.head(t, g),
+                d_head=self.d_heads[g],
+                accuracy=float(self.accuracy[t, g]),
+                ceiling=task_ceiling(c.r1, c.r2, c.kind, c.context, c.n_payloads),
+                best_step=int(self.best_step[t, g]),
+                best_val_loss=float(self.best_val_loss[t, g]),
+                train_config=self.train_config,
+            )
         return self._models[(t, g)]
 
     def models(self) -> list[TrainedModel]:
@@ -145,11 +158,16 @@ class TrainedGrid:
         return [self.model_at(t, g) for t in range(len(self.tasks)) for g in range(len(self.d_heads))]
 
 
-def grid_tasks(seed: int = 11, latent_dims: tuple[int, ...] = GRID_LATENT_DIMS,
-               kinds: tuple[str, ...] = TASK_KINDS) -> list[PayloadTask]:
+def grid_tasks(
+    seed: int = 11, latent_dims: tuple[int, ...] = GRID_LATENT_DIMS, kinds: tuple[str, ...] = TASK_KINDS
+) -> list[PayloadTask]:
     """The paper's grid of tasks: r₁, r₂ ∈ latent_dims × kinds (18 tasks by default)."""
-    return [PayloadTask(TaskConfig(r1=r1, r2=r2, kind=kind, seed=seed))
-            for kind in kinds for r1 in latent_dims for r2 in latent_dims]
+    return [
+        PayloadTask(TaskConfig(r1=r1, r2=r2, kind=kind, seed=seed))
+        for kind in kinds
+        for r1 in latent_dims
+        for r2 in latent_dims
+    ]
 
 
 def _stack_batches(batches: list[TaskBatch]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -180,8 +198,9 @@ def _per_model_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     return -picked.mean(-1)
 
 
-def train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...] = GRID_D_HEADS,
-               config: ToyTrainConfig = ToyTrainConfig()) -> TrainedGrid:
+def train_grid(
+    tasks: list[PayloadTask], d_heads: tuple[int, ...] = GRID_D_HEADS, config: ToyTrainConfig = ToyTrainConfig()
+) -> TrainedGrid:
     """Train one head per (task, d_head) in a single batched run; returns each head's best-validation state."""
     d_heads = tuple(d_heads)
     _check_tasks(tasks, d_heads)
@@ -190,8 +209,15 @@ def train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...] = GRID_D_HEADS
 
 def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyTrainConfig) -> TrainedGrid:
     c0 = tasks[0].config
-    inits = [[torch.Generator().manual_seed(derive_seed(t.config.seed, "init", t.config.kind, t.config.r1,
-                                                        t.config.r2, dh)) for dh in d_heads] for t in tasks]
+    inits = [
+        [
+            torch.Generator().manual_seed(
+                derive_seed(t.config.seed, "init", t.config.kind, t.config.r1, t.config.r2, dh)
+            )
+            for dh in d_heads
+        ]
+        for t in tasks
+    ]
     stack = HeadStack(len(tasks), d_heads, c0.d_model, c0.n_payloads, inits)
     train_gens = [t.generator("train") for t in tasks]
     val = _stack_batches([t.sample(config.val_size, t.generator("val")) for t in tasks])
@@ -220,21 +246,31 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
             best_step = torch.where(improved, torch.full_like(best_step, step + 1), best_step)
             for name, p in stack.named_parameters():
                 best_state[name][improved] = p.detach()[improved]
-            patience = torch.where(improved, torch.full_like(patience, config.patience),
-                                   torch.where(active, patience - 1, patience))
+            patience = torch.where(
+                improved, torch.full_like(patience, config.patience), torch.where(active, patience - 1, patience)
+            )
             if not (patience > 0).any():
                 break
     with torch.no_grad():
         for name, p in stack.named_parameters():
             p.copy_(best_state[name])
     accuracy = evaluate_heads(stack, tasks, config.test_size)
-    return TrainedGrid(tasks=list(tasks), d_heads=d_heads, stack=stack, accuracy=accuracy, best_step=best_step,
-                       best_val_loss=best_loss, steps_run=step + 1, train_config=config)
+    return TrainedGrid(
+        tasks=list(tasks),
+        d_heads=d_heads,
+        stack=stack,
+        accuracy=accuracy,
+        best_step=best_step,
+        best_val_loss=best_loss,
+        steps_run=step + 1,
+        train_config=config,
+    )
 
 
 @torch.no_grad()
-def evaluate_heads(stack: HeadStack, tasks: list[PayloadTask], n: int, stream: str = "test",
-             chunk: int = 2048) -> torch.Tensor:
+def evaluate_heads(
+    stack: HeadStack, tasks: list[PayloadTask], n: int, stream: str = "test", chunk: int = 2048
+) -> torch.Tensor:
     """Accuracy (T, G) of every head on n fresh sequences per task from the task's `stream` generator
     (drawn in chunks of `chunk`, so memory stays small and the numbers do not depend on the stack)."""
     gens = [t.generator(stream) for t in tasks]
@@ -246,8 +282,9 @@ def evaluate_heads(stack: HeadStack, tasks: list[PayloadTask], n: int, stream: s
     return correct / n
 
 
-def train_one(r1: int, r2: int, kind: str, d_head: int, seed: int = 11,
-              config: ToyTrainConfig = ToyTrainConfig()) -> TrainedModel:
+def train_one(
+    r1: int, r2: int, kind: str, d_head: int, seed: int = 11, config: ToyTrainConfig = ToyTrainConfig()
+) -> TrainedModel:
     """Train one head alone: the same model the grid holds for these settings (same batches, same init)."""
     if kind not in TASK_KINDS:
         raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")

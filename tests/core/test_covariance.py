@@ -98,8 +98,12 @@ def test_deterministic_for_same_inputs(pairs):
 
 @pytest.mark.parametrize(
     "q_shape, k_shape, match",
-    [((5, 6), (5, 4), "k must have shape"), ((5, 3), (5, 6), "q must have shape"), ((6,), (6,), "q must have shape"),
-     ((5, 6), (4, 6), "k must have shape")],
+    [
+        ((5, 6), (5, 4), "k must have shape"),
+        ((5, 3), (5, 6), "q must have shape"),
+        ((6,), (6,), "q must have shape"),
+        ((5, 6), (4, 6), "k must have shape"),
+    ],
 )
 def test_shape_mismatch_is_a_clear_error(q_shape, k_shape, match):
     acc = ContrastiveCovariance(6)

@@ -37,8 +37,9 @@ def test_unknown_parameter_is_named():
         from_namespace(Example, notebook(sed=3))
 
 
-@pytest.mark.parametrize("field, value", [("seed", 1.5), ("seed", True), ("rate", "x"), ("heads", [[1, "a"]]),
-                                          ("name", 3)])
+@pytest.mark.parametrize(
+    "field, value", [("seed", 1.5), ("seed", True), ("rate", "x"), ("heads", [[1, "a"]]), ("name", 3)]
+)
 def test_wrong_type_is_named(field, value):
     with pytest.raises(TypeError, match=field):
         from_namespace(Example, notebook(**{field: value}))
@@ -58,10 +59,20 @@ def test_parameter_named_like_an_ipython_name_is_an_error(name):
 
 def test_private_parameter_name_is_an_error_and_ipython_history_is_not():
     from qkcore.params import require_text
+
     with pytest.raises(ValueError, match="'_seed' starts with '_'"):
         from_namespace(Example, notebook(_seed=5))
-    ns = {**notebook(seed=2), "_i1": "seed = 2", "_1": None, "__name__": "__main__", "_ih": [], "_oh": {},
-          "exit": print, "quit": print, "open": open}
+    ns = {
+        **notebook(seed=2),
+        "_i1": "seed = 2",
+        "_1": None,
+        "__name__": "__main__",
+        "_ih": [],
+        "_oh": {},
+        "exit": print,
+        "quit": print,
+        "open": open,
+    }
     assert from_namespace(Example, ns).seed == 2
     with pytest.raises(ValueError, match="parameter model is empty"):
         require_text("", "model", '"organism" or a hub id / local folder')

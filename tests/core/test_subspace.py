@@ -28,7 +28,10 @@ def test_planted_rank_and_subspaces_are_recovered(rank):
 
 def test_exact_low_rank_matrix_is_recovered_exactly():
     g = torch.Generator().manual_seed(0)
-    W_Q, W_K = torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randn(16, 4, generator=g, dtype=torch.float64)
+    W_Q, W_K = (
+        torch.randn(16, 4, generator=g, dtype=torch.float64),
+        torch.randn(16, 4, generator=g, dtype=torch.float64),
+    )
     dec = decompose(W_Q @ W_K.T)
     assert dec.rank == 4
     assert principal_angles(dec.query_basis, W_Q).max() < 1e-5

@@ -52,9 +52,10 @@ def test_item_positions_point_at_the_items(tiny):
 
 def test_streamed_delta_equals_delta_from_stored_vectors(tiny):
     _, _, _, result, _ = tiny
-    for (layer, head) in result.heads:
-        torch.testing.assert_close(result.scan.deltas[:, layer, head],
-                                   result.analyses["model"][(layer, head)].deltas, rtol=1e-5, atol=1e-9)
+    for layer, head in result.heads:
+        torch.testing.assert_close(
+            result.scan.deltas[:, layer, head], result.analyses["model"][(layer, head)].deltas, rtol=1e-5, atol=1e-9
+        )
     attn = result.scan.attn_pos + result.scan.attn_neg
     assert ((attn > 0) & (attn <= 1 + 1e-6)).all()
 
@@ -75,8 +76,15 @@ def test_full_space_swap_exchanges_attention(tiny):
     prompts = FilterTask(FilterTaskConfig()).sample_single_positive(10, torch.Generator().manual_seed(0))
     head = result.heads[0]
     d = result.analyses["model"][head].deltas.shape[-1]
-    t = swap_attention(model, tok, prompts, [head], {"identity": [torch.eye(d)], "nothing": [torch.zeros(d, 0)]},
-                  torch.Generator().manual_seed(1), batch_size=4)
+    t = swap_attention(
+        model,
+        tok,
+        prompts,
+        [head],
+        {"identity": [torch.eye(d)], "nothing": [torch.zeros(d, 0)]},
+        torch.Generator().manual_seed(1),
+        batch_size=4,
+    )
     assert t.loc["identity", "attn_orig_after"] == pytest.approx(t.loc["identity", "attn_target_before"], abs=1e-6)
     assert t.loc["identity", "attn_target_after"] == pytest.approx(t.loc["identity", "attn_orig_before"], abs=1e-6)
     assert t.loc["nothing", "target_shift"] == pytest.approx(0.0, abs=1e-7)
@@ -113,14 +121,30 @@ def test_bad_parameters_are_rejected():
 def test_chapter_runs_with_a_tiny_model_folder(tmp_path, save_tiny_llama):
     path = save_tiny_llama(tmp_path / "model", _words(), chat=True, max_positions=128)
     out = tmp_path / "filter_heads.ipynb"
-    args = [sys.executable, "-m", "papermill", "-k", "python3", "--cwd", str(ROOT / "book"),
-            str(ROOT / "book" / "filter_heads.ipynb"), str(out), "-p", "model", str(path)]
+    args = [
+        sys.executable,
+        "-m",
+        "papermill",
+        "-k",
+        "python3",
+        "--cwd",
+        str(ROOT / "book"),
+        str(ROOT / "book" / "filter_heads.ipynb"),
+        str(out),
+        "-p",
+        "model",
+        str(path),
+    ]
     for key, value in SMALL.items():
         args += ["-p", key, str(value)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    outputs = "".join(o.get("text", "") for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"
-                      for o in c.get("outputs", []))
+    outputs = "".join(
+        o.get("text", "")
+        for c in nbformat.read(out, as_version=4).cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )
     assert f"model: {path} (" in outputs and "chat template: yes" in outputs  # the folder's model made the figures
     assert "studied heads:" in outputs
     assert "13 categories: key η² (model, null grouping, random init)" in outputs
@@ -145,13 +169,15 @@ def test_recomputed_swap_equals_the_edited_forward_pass(tiny):
     params, model, tok, result, _ = tiny
     head = result.heads[0]
     prompts = FilterTask(FilterTaskConfig(categories=PAPER_CATEGORY_NAMES)).sample_single_positive(
-        12, torch.Generator().manual_seed(3))
+        12, torch.Generator().manual_seed(3)
+    )
     basis = result.analyses["model"][head].key_basis
     d = basis.shape[0]
     bases = {"category": basis, "whole": torch.eye(d, dtype=torch.float64)}
     fast = recomputed_swaps(model, tok, prompts, head, bases, torch.Generator().manual_seed(5), batch_size=5)
-    slow = swap_attention(model, tok, prompts, [head], {k: [v] for k, v in bases.items()},
-                          torch.Generator().manual_seed(5), batch_size=5)
+    slow = swap_attention(
+        model, tok, prompts, [head], {k: [v] for k, v in bases.items()}, torch.Generator().manual_seed(5), batch_size=5
+    )
     cols = ["attn_orig_before", "attn_target_before", "attn_orig_after", "attn_target_after", "flip_rate"]
     for name in bases:
         for col in cols:
@@ -169,7 +195,8 @@ def test_swapped_attention_row_equals_edit_attention(tiny):
     params, model, tok, result, _ = tiny
     head = result.heads[0]
     prompts = FilterTask(FilterTaskConfig(categories=PAPER_CATEGORY_NAMES)).sample_single_positive(
-        6, torch.Generator().manual_seed(4))
+        6, torch.Generator().manual_seed(4)
+    )
     batch, items = encode_filter_prompts(tok, prompts)
     last = torch.tensor([batch.padded(r, -1) for r in range(6)])
     o = torch.tensor([batch.padded(r, items[r][0]) for r in range(6)])

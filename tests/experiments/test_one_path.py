@@ -22,12 +22,18 @@ def _check(name: str, tensor: torch.Tensor) -> None:
     if "values" in ref:
         torch.testing.assert_close(t.flatten(), torch.tensor(ref["values"], dtype=torch.float64), rtol=1e-9, atol=1e-12)
         return
-    torch.testing.assert_close(t.flatten(-2).norm(dim=-1).flatten(), torch.tensor(ref["fro"], dtype=torch.float64),
-                               rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(torch.diagonal(t, dim1=-2, dim2=-1).sum(-1).flatten(),
-                               torch.tensor(ref["trace"], dtype=torch.float64), rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(t[..., :3, :3].flatten(), torch.tensor(ref["corner"], dtype=torch.float64),
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        t.flatten(-2).norm(dim=-1).flatten(), torch.tensor(ref["fro"], dtype=torch.float64), rtol=1e-9, atol=1e-12
+    )
+    torch.testing.assert_close(
+        torch.diagonal(t, dim1=-2, dim2=-1).sum(-1).flatten(),
+        torch.tensor(ref["trace"], dtype=torch.float64),
+        rtol=1e-9,
+        atol=1e-10,
+    )
+    torch.testing.assert_close(
+        t[..., :3, :3].flatten(), torch.tensor(ref["corner"], dtype=torch.float64), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_both_chapters_feed_the_one_accumulator():
@@ -51,12 +57,21 @@ def test_binding_contrasts_equal_the_old_accumulator():
     params = BindingParams(n_order_prompts=40, n_lexical_prompts=40, batch_size=20)
     lm = load_binding_lm(params)
     order, lexical = contrast_prompts(params)
-    o, scan = contrasts.order_contrast(lm.model, lm.tokenizer, order, chat=False, batch_size=20,
-                                       generator=torch.Generator().manual_seed(1))
-    lex = contrasts.lexical_contrast(lm.model, lm.tokenizer, lexical, chat=False, batch_size=20,
-                                     generator=torch.Generator().manual_seed(1))
-    for name, value in (("order_delta", o.delta), ("order_null", o.null_delta), ("order_qc", o.query_concentration),
-                        ("order_ms", o.mean_share), ("lex_delta", lex.delta), ("lex_null", lex.null_delta),
-                        ("lex_qc", lex.query_concentration), ("lex_ms", lex.mean_share),
-                        ("attn_answer", scan.attn_answer)):
+    o, scan = contrasts.order_contrast(
+        lm.model, lm.tokenizer, order, chat=False, batch_size=20, generator=torch.Generator().manual_seed(1)
+    )
+    lex = contrasts.lexical_contrast(
+        lm.model, lm.tokenizer, lexical, chat=False, batch_size=20, generator=torch.Generator().manual_seed(1)
+    )
+    for name, value in (
+        ("order_delta", o.delta),
+        ("order_null", o.null_delta),
+        ("order_qc", o.query_concentration),
+        ("order_ms", o.mean_share),
+        ("lex_delta", lex.delta),
+        ("lex_null", lex.null_delta),
+        ("lex_qc", lex.query_concentration),
+        ("lex_ms", lex.mean_share),
+        ("attn_answer", scan.attn_answer),
+    ):
         _check(name, value)

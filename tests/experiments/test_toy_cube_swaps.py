@@ -27,28 +27,34 @@ def test_papermill_overrides_are_accepted():
     assert (c.r1, c.r2, c.d_head) == (4, 6, 16)
 
 
-@pytest.mark.parametrize("bad,message", [
-    (dict(r1=2), "the cube needs r1 between 3"),
-    (dict(r1=9, r2=3), "the cube needs r1 between 3"),
-    (dict(n_points=50), "too few for 2\\^r1 = 8"),
-    (dict(task="ternary"), "task must be one of"),
-    (dict(r1=12, r2=12, d_head=32), "must fit in d_model"),
-    (dict(energy=0.0), "energy"),
-    (dict(seed="11"), "seed"),
-    (dict(max_steps=0), "max_steps"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(r1=2), "the cube needs r1 between 3"),
+        (dict(r1=9, r2=3), "the cube needs r1 between 3"),
+        (dict(n_points=50), "too few for 2\\^r1 = 8"),
+        (dict(task="ternary"), "task must be one of"),
+        (dict(r1=12, r2=12, d_head=32), "must fit in d_model"),
+        (dict(energy=0.0), "energy"),
+        (dict(seed="11"), "seed"),
+        (dict(max_steps=0), "max_steps"),
+    ],
+)
 def test_cube_params_reject_bad_values(bad, message):
     with pytest.raises((ValueError, TypeError), match=message):
         CubeParams(**bad)
 
 
-@pytest.mark.parametrize("bad,message", [
-    (dict(r1=7, r2=7, d_head=8), "does not fit in d_head"),
-    (dict(n_trials=0), "n_trials"),
-    (dict(n_random=0), "n_random"),
-    (dict(r2=0), "latent dims must be >= 1"),
-    (dict(contrast_batches=0), "contrast_batches"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (dict(r1=7, r2=7, d_head=8), "does not fit in d_head"),
+        (dict(n_trials=0), "n_trials"),
+        (dict(n_random=0), "n_random"),
+        (dict(r2=0), "latent dims must be >= 1"),
+        (dict(contrast_batches=0), "contrast_batches"),
+    ],
+)
 def test_swap_params_reject_bad_values(bad, message):
     with pytest.raises((ValueError, TypeError), match=message):
         SwapParams(**bad)
@@ -76,8 +82,9 @@ def _planted_points(M: torch.Tensor, noise: float = 0.0, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     r = M.shape[1]
     codes = torch.arange(2**r).repeat(20)
-    pts = code_signs(r)[codes] @ M.T + 3.0 + noise * torch.randn(len(codes), M.shape[0], generator=g,
-                                                                 dtype=torch.float64)
+    pts = (
+        code_signs(r)[codes] @ M.T + 3.0 + noise * torch.randn(len(codes), M.shape[0], generator=g, dtype=torch.float64)
+    )
     return pts, codes
 
 

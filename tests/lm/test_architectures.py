@@ -23,8 +23,11 @@ def worst_difference(model, reference, batch):
     with capture_qk(model, keep_masks=True) as cap:
         on = run_model(model, batch).logits
     layout, rows = attention_layout(model), batch.attention_mask.bool()[:, :, None]
-    worst = max(((cap.attention(layer, h) - ref.attentions[layer][:, h]).abs() * rows).max().item()
-                for layer in range(layout.n_layers) for h in range(layout.n_heads))
+    worst = max(
+        ((cap.attention(layer, h) - ref.attentions[layer][:, h]).abs() * rows).max().item()
+        for layer in range(layout.n_layers)
+        for h in range(layout.n_heads)
+    )
     return worst, torch.equal(on, bare)
 
 
@@ -52,23 +55,40 @@ def test_sdpa_rebuilt_attention_matches_eager(family):
 
 
 def small(config_cls, **extra):
-    fields = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    fields = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     fields.update(extra)
     return getattr(transformers, config_cls)(**fields)
 
 
 # (model class, config, what the error must say)
 REFUSED = {
-    "gpt2": ("GPT2LMHeadModel", lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50),
-             "GPT2LMHeadModel.*no attention module of the AttentionInterface kind"),
+    "gpt2": (
+        "GPT2LMHeadModel",
+        lambda: transformers.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50),
+        "GPT2LMHeadModel.*no attention module of the AttentionInterface kind",
+    ),
     "phi3": ("Phi3ForCausalLM", lambda: small("Phi3Config", num_key_value_heads=2), "Phi3ForCausalLM.*no attention"),
     "gpt_neox": ("GPTNeoXForCausalLM", lambda: small("GPTNeoXConfig"), "GPTNeoXForCausalLM.*no attention"),
     "persimmon": ("PersimmonForCausalLM", lambda: small("PersimmonConfig"), "PersimmonForCausalLM.*no attention"),
-    "jetmoe": ("JetMoeForCausalLM", lambda: small("JetMoeConfig", kv_channels=16, num_local_experts=2),
-               "JetMoeForCausalLM.*no attention"),
-    "diffllama": ("DiffLlamaForCausalLM", lambda: small("DiffLlamaConfig", num_key_value_heads=2),
-                  "DiffLlama.*attention function twice per layer"),
+    "jetmoe": (
+        "JetMoeForCausalLM",
+        lambda: small("JetMoeConfig", kv_channels=16, num_local_experts=2),
+        "JetMoeForCausalLM.*no attention",
+    ),
+    "diffllama": (
+        "DiffLlamaForCausalLM",
+        lambda: small("DiffLlamaConfig", num_key_value_heads=2),
+        "DiffLlama.*attention function twice per layer",
+    ),
 }
 
 

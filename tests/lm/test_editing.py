@@ -13,8 +13,9 @@ from qkcore.subspace import random_orthonormal
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11, 12], [5, 9, 20, 4, 33]]
 
 
-@pytest.mark.parametrize("family, impl", [(f, i) for f in FAMILIES for i in ("eager", "sdpa")
-                                          if not (i == "sdpa" and f in NO_SDPA)])
+@pytest.mark.parametrize(
+    "family, impl", [(f, i) for f in FAMILIES for i in ("eager", "sdpa") if not (i == "sdpa" and f in NO_SDPA)]
+)
 def test_read_without_edits_is_the_models_attention(family, impl):
     model, eager = tiny_model(family, attn_implementation=impl), tiny_model(family, attn_implementation="eager")
     batch = pad_batch(PROMPTS, "left")

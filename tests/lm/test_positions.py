@@ -16,14 +16,14 @@ def tok(request):
 
 def decoded(tok, text, span, add_special_tokens=True):
     ids = tok(text, add_special_tokens=add_special_tokens)["input_ids"]
-    return tok.decode(ids[span.start:span.stop]).strip()
+    return tok.decode(ids[span.start : span.stop]).strip()
 
 
 def test_span_covers_exactly_the_word(tok):
     for word in ["egg", "fan", "scooter", "Which"]:
         span = token_span(tok, TEXT, word)
         assert decoded(tok, TEXT, span).replace(" ", "") == word
-        assert TEXT[span.char_start:span.char_end] == word
+        assert TEXT[span.char_start : span.char_end] == word
     assert token_span(tok, TEXT, "The").start == 1  # after <s>; a special token never matches
 
 
@@ -32,7 +32,7 @@ def test_multi_token_word_last_sub_token(kind):
     tok = tiny_tokenizer(kind)
     text = "The seahorse is in Box D."  # a word the tokenizers never saw: several sub-tokens
     span = token_span(tok, text, "seahorse")
-    pieces = tok.convert_ids_to_tokens(tok(text)["input_ids"][span.start:span.stop])
+    pieces = tok.convert_ids_to_tokens(tok(text)["input_ids"][span.start : span.stop])
     assert len(pieces) > 1 and "".join(pieces).lstrip("▁Ġ") == "seahorse"
     assert span.last == span.stop - 1 and span.positions == list(range(span.start, span.stop))
 
@@ -42,7 +42,7 @@ def test_token_merged_with_punctuation_is_an_error_unless_allowed():
     with pytest.raises(ValueError, match=r"extends beyond 'A'.*allow_partial"):
         token_span(tok, TEXT, "A")
     span = token_span(tok, TEXT, "A", allow_partial=True)
-    assert tok.convert_ids_to_tokens(tok(TEXT)["input_ids"][span.start:span.stop]) == ["▁A,"]
+    assert tok.convert_ids_to_tokens(tok(TEXT)["input_ids"][span.start : span.stop]) == ["▁A,"]
 
 
 def test_missing_and_ambiguous_substrings_are_named(tok):
@@ -79,7 +79,7 @@ def test_spans_survive_padding(tok, padding_side):
         alone = tok(text)["input_ids"]
         span = batch.span(row, "tea" if row == 1 else "scooter", occurrence=-1)
         cols = [batch.padded(row, p) for p in span.positions]
-        assert batch.input_ids[row, cols].tolist() == alone[span.start:span.stop]
+        assert batch.input_ids[row, cols].tolist() == alone[span.start : span.stop]
         assert batch.input_ids[row, batch.padded(row, -1)].item() == alone[-1]
     with pytest.raises(ValueError, match="position 40 is out of range for prompt 1"):
         batch.padded(1, 40)

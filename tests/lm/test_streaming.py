@@ -55,8 +55,9 @@ def test_streamed_delta_equals_delta_from_stored_vectors(family, weighting):
     pairs = pairs_for(prompts)
     ref = stored_delta(model, prompts, pairs, heads, weighting)
     for batch_size, side in [(3, "left"), (7, "right"), (1, "left")]:
-        st = stream_delta(model, None, prompts, pairs, heads=heads, batch_size=batch_size, padding_side=side,
-                          weighting=weighting)
+        st = stream_delta(
+            model, None, prompts, pairs, heads=heads, batch_size=batch_size, padding_side=side, weighting=weighting
+        )
         assert st.heads == tuple(heads)
         torch.testing.assert_close(st.delta(), ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(st.delta(1, 1), ref[2], atol=1e-5, rtol=1e-5)
@@ -70,7 +71,7 @@ def test_all_heads_grid_and_constant_memory():
     st = DeltaStreamer(model, heads="all")
     sizes = []
     for start in range(0, 9, 3):
-        st.add(pad_batch(prompts[start:start + 3]), pairs[start:start + 3])
+        st.add(pad_batch(prompts[start : start + 3]), pairs[start : start + 3])
         sizes.append(sum(t.numel() for t in st.acc.sums.values()))
     assert len(set(sizes)) == 1  # the state is the float64 sums only, whatever the number of prompts
     grid = st.grid()
@@ -83,8 +84,10 @@ def test_text_prompts_with_token_spans():
     tok = tiny_tokenizer("byte_bpe")
     model = tiny_model("llama", vocab_size=len(tok))
     items = ["cat", "dog", "scooter", "apple", "tea"]
-    texts = [f"Here is a list:\n- {a}\n- {b}\n- {c}\nAnswer:" for a, b, c in
-             [items[0:3], items[1:4], items[2:5], [items[4], items[0], items[2]]]]
+    texts = [
+        f"Here is a list:\n- {a}\n- {b}\n- {c}\nAnswer:"
+        for a, b, c in [items[0:3], items[1:4], items[2:5], [items[4], items[0], items[2]]]
+    ]
     batch = encode_batch(tok, texts)
     pairs = []
     for row, text in enumerate(texts):

@@ -34,8 +34,10 @@ def tokenizer():
 
 def test_paper_prompt_text_and_positions(tokenizer):
     p = make_prompt(["egg", "fan", "tea"], ["A", "B", "C"], query=2)
-    assert p.text == ("The egg is in Box A, the fan is in Box B, and the tea is in Box C. Respond in one word, only "
-                      "the answer and nothing else: Which box is the tea in? Box")
+    assert p.text == (
+        "The egg is in Box A, the fan is in Box B, and the tea is in Box C. Respond in one word, only "
+        "the answer and nothing else: Which box is the tea in? Box"
+    )
     assert p.answer == "C" and p.query_object == "tea" and p.n_pairs == 3
     assert [p.words[i] for i in p.letter_positions] == ["A", "B", "C"]
     assert [p.words[i] for i in p.object_positions] == ["egg", "fan", "tea"]

@@ -27,8 +27,9 @@ def test_committed_weights_reach_the_stated_accuracy(name):
 
 def test_training_is_deterministic():
     spec = SPECS["filter-5x5"]
-    spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, steps=3, warmup_steps=1, eval_every=0,
-                                                               log_every=1), eval_prompts=4)
+    spec = dataclasses.replace(
+        spec, train=dataclasses.replace(spec.train, steps=3, warmup_steps=1, eval_every=0, log_every=1), eval_prompts=4
+    )
     a, _, info_a = train_filter_organism(spec, log=None)
     b, _, info_b = train_filter_organism(spec, log=None)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))

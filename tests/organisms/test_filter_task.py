@@ -19,8 +19,10 @@ def test_paper_categories_and_format():
     assert len(ALL_CATEGORY_NAMES) == 13 and all(len(v) == 5 for v in CATEGORIES.values())
     assert len({i for v in CATEGORIES.values() for i in v}) == 65  # every item in one category only
     p = render_prompt(["cat", "apple", "pear"], ["animal", "fruit", "fruit"], "fruit")
-    assert p.text == ("Here is a list:\n- cat\n- apple\n- pear\nRespond in single words, only the answers and "
-                      "nothing else: What are the fruits in the list? Answer:")
+    assert p.text == (
+        "Here is a list:\n- cat\n- apple\n- pear\nRespond in single words, only the answers and "
+        "nothing else: What are the fruits in the list? Answer:"
+    )
     assert [p.text[s:e] for s, e in p.item_spans] == ["cat", "apple", "pear"]
     assert p.answer == ("apple", "pear") and p.positive == (False, True, True)
     with pytest.raises(ValueError, match="no item"):

@@ -51,10 +51,10 @@ def test_head_trained_in_the_grid_equals_the_head_trained_alone():
 
 def test_masked_rows_of_narrow_heads_stay_zero_and_training_learns():
     tasks = grid_tasks(seed=5, latent_dims=(3,), kinds=("binary",))
-    before = train_grid(tasks, (16, 8), ToyTrainConfig(max_steps=2, warmup_steps=1, val_every=1, val_size=256,
-                                                        test_size=2048))
-    grid = train_grid(tasks, (16, 8), ToyTrainConfig(max_steps=300, warmup_steps=30, val_size=1024,
-                                                      test_size=2048))
+    before = train_grid(
+        tasks, (16, 8), ToyTrainConfig(max_steps=2, warmup_steps=1, val_every=1, val_size=256, test_size=2048)
+    )
+    grid = train_grid(tasks, (16, 8), ToyTrainConfig(max_steps=300, warmup_steps=30, val_size=1024, test_size=2048))
     s = grid.stack
     for W in (s.W_Q, s.W_K, s.W_V):
         assert torch.count_nonzero(W[0, 1, 8:]) == 0

@@ -50,24 +50,31 @@ class FilterHeadsParams(LMChapterParams):
     keys_13: bool = True  # the 13-category keys-only view (the talk's figure)
     scan_by: Literal["logit_gap", "attention"] = "logit_gap"  # how the scan ranks heads (HeadScan.score)
     preset: Literal["full", "quick"] = "full"
-    QUICK: ClassVar[dict] = {"n_delta_prompts": 100, "n_pca_prompts": 50, "n_swap_prompts": 100,
-                             "n_prompts_13": 130}
+    QUICK: ClassVar[dict] = {"n_delta_prompts": 100, "n_pca_prompts": 50, "n_swap_prompts": 100, "n_prompts_13": 130}
 
     def __post_init__(self):
         super().__post_init__()
         for name in ("categories", "categories_13"):
             cats = getattr(self, name)
             bad = [c for c in cats if c not in CATEGORIES]
-            require(not bad and len(set(cats)) == len(cats) and len(cats) >= 2,
-                    f"{name} must be ≥ 2 distinct names from {list(CATEGORIES)}; bad: {bad}")
+            require(
+                not bad and len(set(cats)) == len(cats) and len(cats) >= 2,
+                f"{name} must be ≥ 2 distinct names from {list(CATEGORIES)}; bad: {bad}",
+            )
         require(2 <= self.listed_13 <= len(self.categories_13), f"listed_13 must be in [2, {len(self.categories_13)}]")
-        require(len(self.categories) * 5 - 5 >= 20, "the swap prompts need ≥ 20 items outside the asked category: "
-                                                    "give at least 5 categories")
+        require(
+            len(self.categories) * 5 - 5 >= 20,
+            "the swap prompts need ≥ 20 items outside the asked category: give at least 5 categories",
+        )
         for name in ("n_delta_prompts", "n_pca_prompts", "n_swap_prompts", "n_prompts_13"):
             require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
-        require(self.n_delta_prompts >= 2 * len(self.categories),
-                f"n_delta_prompts must give each category ≥ 2 prompts (≥ {2 * len(self.categories)})")
-        require(self.n_prompts_13 >= 2 * len(self.categories_13), f"n_prompts_13 must be ≥ {2 * len(self.categories_13)}")
+        require(
+            self.n_delta_prompts >= 2 * len(self.categories),
+            f"n_delta_prompts must give each category ≥ 2 prompts (≥ {2 * len(self.categories)})",
+        )
+        require(
+            self.n_prompts_13 >= 2 * len(self.categories_13), f"n_prompts_13 must be ≥ {2 * len(self.categories_13)}"
+        )
 
 
 ORGANISMS = {"5x5": "filter-5x5", "13": "filter-13"}  # model="organism": the 5-category and 13-category organisms
@@ -148,14 +155,24 @@ def analyse_head(vecs: Vectors, head: tuple[int, int], weighting: str, energy: f
     diffs = torch.stack(out["diff"])  # (C, d)
     keys = k_all.reshape(-1, d).double()  # (n·I, d) every item key
     return HeadAnalysis(
-        head=tuple(head), deltas=torch.stack(out["deltas"]), energy_fractions=torch.stack(out["fractions"]),
-        ranks=torch.tensor(out["ranks"]), logit_gap=torch.stack(out["gap"]), query_concentration=torch.stack(out["share"]),
-        mean_share=torch.stack(out["product"]), attn_pos=torch.stack(out["attn"]).double(),
-        query_basis=combine_bases(out["U"]), key_basis=combine_bases(out["V"]), query_stack_sv=q_sv,
-        key_stack_sv=k_sv, query_rank=rank_at_energy(q_sv, energy), key_rank=rank_at_energy(k_sv, energy),
+        head=tuple(head),
+        deltas=torch.stack(out["deltas"]),
+        energy_fractions=torch.stack(out["fractions"]),
+        ranks=torch.tensor(out["ranks"]),
+        logit_gap=torch.stack(out["gap"]),
+        query_concentration=torch.stack(out["share"]),
+        mean_share=torch.stack(out["product"]),
+        attn_pos=torch.stack(out["attn"]).double(),
+        query_basis=combine_bases(out["U"]),
+        key_basis=combine_bases(out["V"]),
+        query_stack_sv=q_sv,
+        key_stack_sv=k_sv,
+        query_rank=rank_at_energy(q_sv, energy),
+        key_rank=rank_at_energy(k_sv, energy),
         closure=float(diffs.sum(0).norm() / diffs.norm(dim=1).sum()),
         key_pcs=torch.linalg.svd(keys - keys.mean(0), full_matrices=False).Vh.T,
-        key_span=torch.linalg.svd(k_stack, full_matrices=False).U[:, : rank_at_energy(k_sv, energy)])
+        key_span=torch.linalg.svd(k_stack, full_matrices=False).U[:, : rank_at_energy(k_sv, energy)],
+    )
 
 
 @dataclass
@@ -190,8 +207,9 @@ def project_categories(vecs: Vectors, head: tuple[int, int], analysis: HeadAnaly
     k_labels, q_labels = vecs.item_cat.reshape(-1), vecs.asked
     kxyz, _, kexp, _ = pca(kc, 3, pad=True)
     qxyz, _, qexp, _ = pca(qc, 3, pad=True)
-    return Projection(kxyz.float(), k_labels, qxyz.float(), q_labels, eta_squared(kc, k_labels),
-                      eta_squared(qc, q_labels), kexp, qexp)
+    return Projection(
+        kxyz.float(), k_labels, qxyz.float(), q_labels, eta_squared(kc, k_labels), eta_squared(qc, q_labels), kexp, qexp
+    )
 
 
 def delta_prompts(categories: tuple[str, ...], n: int, generator: torch.Generator, listed: int | None = None):
@@ -219,12 +237,16 @@ class FilterHeadsResult:
 def first_answer_accuracy(next_token: torch.Tensor, prompts, tokenizer) -> float:
     """Share of prompts whose predicted first answer token begins an item of the asked category (the item written
     with or without a leading space: word-level, BPE and SentencePiece tokenizers differ)."""
-    def firsts(word: str) -> set[int]:
-        return {ids[0] for ids in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (word, " " + word))
-                if ids}
 
-    hits = [int(next_token[i]) in set().union(*(firsts(it) for it, c in zip(p.items, p.item_categories)
-                                               if c == p.asked)) for i, p in enumerate(prompts)]
+    def firsts(word: str) -> set[int]:
+        return {
+            ids[0] for ids in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (word, " " + word)) if ids
+        }
+
+    hits = [
+        int(next_token[i]) in set().union(*(firsts(it) for it, c in zip(p.items, p.item_categories) if c == p.asked))
+        for i, p in enumerate(prompts)
+    ]
     return sum(hits) / len(hits)
 
 
@@ -246,19 +268,26 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     heads = layout.select(params.heads) if params.heads is not None else tuple(ranked[: params.n_heads])
     rand = random_init_copy(model, params.seed + 1)
     random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
-    vecs = {"model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
-            "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix)}
-    fresh_vecs = {"model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
-                  "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix)}
+    vecs = {
+        "model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
+        "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
+    }
+    fresh_vecs = {
+        "model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
+        "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
+    }
     vecs["shuffled labels"] = relabel(vecs["model"], [p.items for p in prompts], grouping)
     fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
     analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}
     projections = {c: {h: project_categories(fresh_vecs[c], h, analyses[c][h]) for h in heads} for c in CONDITIONS}
-    accuracy = {"model": first_answer_accuracy(scan.next_token, prompts, tokenizer),
-                "random init": first_answer_accuracy(random_scan.next_token, prompts, tokenizer),
-                "chance (a random list item)": scan.items_per_prompt[0] / sum(scan.items_per_prompt)}
-    return FilterHeadsResult(model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping,
-                             params.scan_by, accuracy)
+    accuracy = {
+        "model": first_answer_accuracy(scan.next_token, prompts, tokenizer),
+        "random init": first_answer_accuracy(random_scan.next_token, prompts, tokenizer),
+        "chance (a random list item)": scan.items_per_prompt[0] / sum(scan.items_per_prompt),
+    }
+    return FilterHeadsResult(
+        model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping, params.scan_by, accuracy
+    )
 
 
 @dataclass
@@ -279,8 +308,9 @@ class Keys13Result:
     random_projection: Projection
 
 
-def analyse_13(model, tokenizer, params: FilterHeadsParams, head: tuple[int, int] | None = None,
-               model_label: str = "") -> Keys13Result:
+def analyse_13(
+    model, tokenizer, params: FilterHeadsParams, head: tuple[int, int] | None = None, model_label: str = ""
+) -> Keys13Result:
     """Prompts list `listed_13` of the 13 categories (5 items each) and ask one of them."""
     g = torch.Generator().manual_seed(params.seed + 13)
     cats = tuple(params.categories_13)
@@ -297,10 +327,18 @@ def analyse_13(model, tokenizer, params: FilterHeadsParams, head: tuple[int, int
     rand_vecs = collect_vectors(rand, tokenizer, prompts, cats, [head], params.batch_size, params.answer_prefix)
     rand_analysis = analyse_head(rand_vecs, head, params.weighting, params.energy)
     rand_fresh = collect_vectors(rand, tokenizer, fresh, cats, [head], params.batch_size, params.answer_prefix)
-    return Keys13Result(model_label, cats, scan, head, analysis, project_categories(fresh_vecs, head, analysis), null,
-                        project_categories(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null),
-                        rand_analysis, project_categories(rand_fresh, head, rand_analysis))
-
+    return Keys13Result(
+        model_label,
+        cats,
+        scan,
+        head,
+        analysis,
+        project_categories(fresh_vecs, head, analysis),
+        null,
+        project_categories(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null),
+        rand_analysis,
+        project_categories(rand_fresh, head, rand_analysis),
+    )
 
 
 def run_keys_13(params: FilterHeadsParams, model, tokenizer, model_label: str) -> Keys13Result | None:

@@ -85,11 +85,17 @@ def subspace_table(result: FilterHeadsResult):
             a, p = result.analyses[c][h], result.projections[c][h]
             same_model = c != "random init"  # angles between two models' subspaces mean nothing
             rows[(head_name(h), c)] = {
-                "query dims (QR)": a.query_basis.shape[1], "key dims (QR)": a.key_basis.shape[1],
-                "query rank": a.query_rank, "key rank": a.key_rank, "closure": a.closure,
-                "key η²": p.key_eta2, "query η²": p.query_eta2,
-                "angles to model's keys (°)": (principal_angles(a.key_span, model_keys).round().int().tolist()
-                                                if same_model else "n/a")}
+                "query dims (QR)": a.query_basis.shape[1],
+                "key dims (QR)": a.key_basis.shape[1],
+                "query rank": a.query_rank,
+                "key rank": a.key_rank,
+                "closure": a.closure,
+                "key η²": p.key_eta2,
+                "query η²": p.query_eta2,
+                "angles to model's keys (°)": (
+                    principal_angles(a.key_span, model_keys).round().int().tolist() if same_model else "n/a"
+                ),
+            }
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index = pd.MultiIndex.from_tuples(table.index, names=["head", "condition"])
     return table
@@ -121,7 +127,10 @@ def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | 
     out["13 categories: key rank (dims)"] = (k13.analysis.key_rank, k13.analysis.key_basis.shape[1])
     out["13 categories: key rank, random init"] = k13.random_analysis.key_rank
     out["13 categories: key η² (model, null grouping, random init)"] = (
-        r3(k13.projection.key_eta2), r3(k13.null_projection.key_eta2), r3(k13.random_projection.key_eta2))
+        r3(k13.projection.key_eta2),
+        r3(k13.null_projection.key_eta2),
+        r3(k13.random_projection.key_eta2),
+    )
     return out
 
 
@@ -151,10 +160,13 @@ def swap_verdict(swaps: pd.DataFrame, head_label: str) -> tuple[str, str]:
         verdict = SHOWN_BY_CONTROL
     else:
         verdict = REPRODUCED
-    sentence = (f"At {head_label}, swapping inside the category subspace moves the head's top attention to the "
-                f"target in {cell('category subspace')} of prompts (95% bootstrap interval), against "
-                f"{cell('random subspace, same rank')} for random subspaces of the same rank; "
-                + "; ".join(f"the {c} {cell(c)}" for c in controls) + ".")
+    sentence = (
+        f"At {head_label}, swapping inside the category subspace moves the head's top attention to the "
+        f"target in {cell('category subspace')} of prompts (95% bootstrap interval), against "
+        f"{cell('random subspace, same rank')} for random subspaces of the same rank; "
+        + "; ".join(f"the {c} {cell(c)}" for c in controls)
+        + "."
+    )
     return verdict, sentence
 
 
@@ -167,8 +179,9 @@ def verdicts(result: FilterHeadsResult, swaps: pd.DataFrame) -> dict[str, str]:
     out = {}
     model_rank1 = all(bool((a["model"][h].ranks == 1).all()) for h in result.heads)
     control_rank1 = any(bool((a[c][h].ranks == 1).all()) for c in CONDITIONS[1:] for h in result.heads)
-    out["verdict: rank 1 per category"] = (SHOWN_BY_CONTROL if model_rank1 and control_rank1 else
-                                           REPRODUCED if model_rank1 else NOT_REPRODUCED)
+    out["verdict: rank 1 per category"] = (
+        SHOWN_BY_CONTROL if model_rank1 and control_rank1 else REPRODUCED if model_rank1 else NOT_REPRODUCED
+    )
     eta = {c: [result.projections[c][h].key_eta2 for h in result.heads] for c in CONDITIONS}
     clusters = any(m > max(s, r) + 0.1 for m, s, r in zip(eta["model"], eta["shuffled labels"], eta["random init"]))
     out["verdict: keys cluster by category (Figure 6)"] = REPRODUCED if clusters else NOT_REPRODUCED
@@ -186,25 +199,39 @@ def findings(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result |
     a = result.analyses
     out = {"model": f"**{result.model_label}**"}
     if acc:
-        out["accuracy"] = (f"its first answer token is an item of the asked category in {acc['model']:.2f} of the "
-                           f"ΔC prompts (random-init copy {acc['random init']:.2f}; a random list item "
-                           f"{acc['chance (a random list item)']:.2f})")
+        out["accuracy"] = (
+            f"its first answer token is an item of the asked category in {acc['model']:.2f} of the "
+            f"ΔC prompts (random-init copy {acc['random init']:.2f}; a random list item "
+            f"{acc['chance (a random list item)']:.2f})"
+        )
     rank_one = all(bool((a[c][h].ranks == 1).all()) for c in CONDITIONS for h in result.heads)
     conc = min(float(a["model"][h].query_concentration.min()) for h in result.heads)
     out["ranks"] = (
-        ("Every category's ΔC is rank 1 at the studied heads, **and so is every control's** (shuffled labels, "
-         f"random init): the last token's query hardly varies (|q̄|²/E|q|² ≥ {conc:.2f}), so rank 1 follows from "
-         "the construction and says nothing yet about the head.") if rank_one else
-        ("The per-category ranks at the studied heads are "
-         + "; ".join(f"{head_name(h)}: {a['model'][h].ranks.tolist()}" for h in result.heads)
-         + " (controls in the tables above)."))
+        (
+            "Every category's ΔC is rank 1 at the studied heads, **and so is every control's** (shuffled labels, "
+            f"random init): the last token's query hardly varies (|q̄|²/E|q|² ≥ {conc:.2f}), so rank 1 follows from "
+            "the construction and says nothing yet about the head."
+        )
+        if rank_one
+        else (
+            "The per-category ranks at the studied heads are "
+            + "; ".join(f"{head_name(h)}: {a['model'][h].ranks.tolist()}" for h in result.heads)
+            + " (controls in the tables above)."
+        )
+    )
     eta = {c: [result.projections[c][h].key_eta2 for h in result.heads] for c in CONDITIONS}
-    out["geometry"] = ("Keys of fresh prompts sort by category inside the category subspace: key η² "
-                       + ", ".join(f"{x:.2f}" for x in eta["model"]) + " at " + head_names(result.heads)
-                       + " (shuffled labels " + ", ".join(f"{x:.2f}" for x in eta["shuffled labels"])
-                       + "; random init " + ", ".join(f"{x:.2f}" for x in eta["random init"]) + ").")
-    verdicts = {head_name(h): swap_verdict(swaps, head_name(h)) for h in result.heads
-                if "flip_lo" in swaps.columns}
+    out["geometry"] = (
+        "Keys of fresh prompts sort by category inside the category subspace: key η² "
+        + ", ".join(f"{x:.2f}" for x in eta["model"])
+        + " at "
+        + head_names(result.heads)
+        + " (shuffled labels "
+        + ", ".join(f"{x:.2f}" for x in eta["shuffled labels"])
+        + "; random init "
+        + ", ".join(f"{x:.2f}" for x in eta["random init"])
+        + ")."
+    )
+    verdicts = {head_name(h): swap_verdict(swaps, head_name(h)) for h in result.heads if "flip_lo" in swaps.columns}
     best = max(verdicts, key=lambda h: swaps.loc[(h, "category subspace"), "flip_rate"]) if verdicts else None
     out["swap"] = " ".join(s for _, s in verdicts.values())
     if best is not None:
@@ -215,5 +242,6 @@ def findings(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result |
             f"**{verdicts[best][0]}**: {verdicts[best][1]} What would settle it: a control that reaches the category "
             "subspace's flip rate (as a label-free top-variance subspace can) means the head reads its keys' dominant "
             "directions and that these carry the category; only a gap over every control credits ΔC with finding "
-            "something a label-free method could not.")
+            "something a label-free method could not."
+        )
     return out

@@ -38,9 +38,17 @@ def swap_targets(prompts: Sequence[FilterPrompt], generator: torch.Generator) ->
 
 
 @torch.no_grad()
-def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Sequence[tuple[int, int]],
-                   bases: dict[str, Sequence[torch.Tensor | int]], generator: torch.Generator, batch_size: int = 50,
-                   models: dict[str, torch.nn.Module] | None = None, answer_prefix: str = "") -> pd.DataFrame:
+def swap_attention(
+    model,
+    tokenizer,
+    prompts: Sequence[FilterPrompt],
+    heads: Sequence[tuple[int, int]],
+    bases: dict[str, Sequence[torch.Tensor | int]],
+    generator: torch.Generator,
+    batch_size: int = 50,
+    models: dict[str, torch.nn.Module] | None = None,
+    answer_prefix: str = "",
+) -> pd.DataFrame:
     """One row per condition; the swap is applied at every head of `heads` at once (one head: the paper's setting).
 
     bases: name → one entry per head, each a (d, r) orthonormal basis or an int r (a fresh random orthonormal
@@ -72,8 +80,17 @@ def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Seq
                     run_model(net, batch)
                 unedited[(id(net), start)] = {h: ed.attention(*h)[rr, last] for h in heads}  # (b, seq) per head
             before = unedited[(id(net), start)]
-            swaps = [KeySwap(h[0], h[1], (random_orthonormal(d, b, generator) if isinstance(b, int) else b).float(),
-                             orig=o, target=t, query=last) for h, b in zip(heads, per_head)]
+            swaps = [
+                KeySwap(
+                    h[0],
+                    h[1],
+                    (random_orthonormal(d, b, generator) if isinstance(b, int) else b).float(),
+                    orig=o,
+                    target=t,
+                    query=last,
+                )
+                for h, b in zip(heads, per_head)
+            ]
             with edit_attention(net, swaps) as ed:
                 out = run_model(net, batch)
             flip = torch.zeros(len(chunk), dtype=torch.float64)
@@ -90,16 +107,29 @@ def swap_attention(model, tokenizer, prompts: Sequence[FilterPrompt], heads: Seq
                 sums[key] = sums.get(key, 0.0) + _first_token_rate(tokenizer, next_token, words) * len(chunk)
         first = per_head[0]
         lo, hi = bootstrap_interval(torch.cat(flips), torch.Generator().manual_seed(BOOTSTRAP_SEED))
-        rows[name] = {"rank": first if isinstance(first, int) else first.shape[1],
-                      **{k: v / len(prompts) for k, v in sums.items()}, "flip_lo": lo, "flip_hi": hi}
+        rows[name] = {
+            "rank": first if isinstance(first, int) else first.shape[1],
+            **{k: v / len(prompts) for k, v in sums.items()},
+            "flip_lo": lo,
+            "flip_hi": hi,
+        }
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 @torch.no_grad()
-def recomputed_swaps(model, tokenizer, prompts: Sequence[FilterPrompt], head: tuple[int, int],
-                     bases: dict[str, torch.Tensor | int], generator: torch.Generator, batch_size: int = 50,
-                     models: dict[str, torch.nn.Module] | None = None, answer_prefix: str = "",
-                     n_random: int = 10, n_boot: int = 1000) -> pd.DataFrame:
+def recomputed_swaps(
+    model,
+    tokenizer,
+    prompts: Sequence[FilterPrompt],
+    head: tuple[int, int],
+    bases: dict[str, torch.Tensor | int],
+    generator: torch.Generator,
+    batch_size: int = 50,
+    models: dict[str, torch.nn.Module] | None = None,
+    answer_prefix: str = "",
+    n_random: int = 10,
+    n_boot: int = 1000,
+) -> pd.DataFrame:
     """The swap at one head without a forward pass per condition: one pass per model gathers the head's query, its
     keys and its unedited attention row, then every condition is rebuilt by `swapped_attention`. Same columns as
     `swap_attention` except the model's answer (not read: no edited forward pass), plus the flip rate's 95% bootstrap
@@ -110,8 +140,10 @@ def recomputed_swaps(model, tokenizer, prompts: Sequence[FilterPrompt], head: tu
     nets = {name: (models or {}).get(name, model) for name in bases}
     for net in {id(n): n for n in nets.values()}.values():
         if getattr(net.config, "attn_logit_softcapping", None):
-            raise NotImplementedError("recomputed swaps assume a plain softmax over q·k; this model soft-caps its "
-                                      "logits: use swap_method='forward'")
+            raise NotImplementedError(
+                "recomputed swaps assume a plain softmax over q·k; this model soft-caps its "
+                "logits: use swap_method='forward'"
+            )
     gathered = {}
     for net_id, net in {id(n): n for n in nets.values()}.items():
         rows = []
@@ -128,8 +160,9 @@ def recomputed_swaps(model, tokenizer, prompts: Sequence[FilterPrompt], head: tu
     d = attention_layout(model).head_dim
     table = {}
     for name, basis in bases.items():
-        draws = [random_orthonormal(d, basis, generator) for _ in range(n_random)] if isinstance(basis, int) \
-            else [basis]
+        draws = (
+            [random_orthonormal(d, basis, generator) for _ in range(n_random)] if isinstance(basis, int) else [basis]
+        )
         per_prompt, sums = [], {}
         for b in draws:
             flips = []
@@ -139,8 +172,9 @@ def recomputed_swaps(model, tokenizer, prompts: Sequence[FilterPrompt], head: tu
                     sums[key] = sums.get(key, 0.0) + value * len(o) / len(prompts) / len(draws)
                 flips.append((after.argmax(-1) == t).double())
             per_prompt.append(torch.cat(flips))
-        lo, hi = bootstrap_interval(torch.stack(per_prompt).mean(0), torch.Generator().manual_seed(BOOTSTRAP_SEED),
-                                    n_boot)
+        lo, hi = bootstrap_interval(
+            torch.stack(per_prompt).mean(0), torch.Generator().manual_seed(BOOTSTRAP_SEED), n_boot
+        )
         rank = basis if isinstance(basis, int) else basis.shape[1]
         table[name] = {"rank": rank, **sums, "flip_lo": lo, "flip_hi": hi}
     return pd.DataFrame.from_dict(table, orient="index")
@@ -151,8 +185,10 @@ def _first_token_rate(tokenizer, predicted: torch.Tensor, words: list[str]) -> f
     with one: word-level, Llama-3 and SentencePiece tokenizers differ)."""
     hits = 0
     for p, w in zip(predicted.tolist(), words):
-        firsts = {tokenizer(w, add_special_tokens=False)["input_ids"][0],
-                  tokenizer(" " + w, add_special_tokens=False)["input_ids"][0]}
+        firsts = {
+            tokenizer(w, add_special_tokens=False)["input_ids"][0],
+            tokenizer(" " + w, add_special_tokens=False)["input_ids"][0],
+        }
         hits += p in firsts
     return hits / len(words)
 
@@ -167,7 +203,8 @@ def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
     if not isinstance(result, FilterHeadsResult) or not isinstance(params, FilterHeadsParams):
         raise TypeError("swap_experiment needs a FilterHeadsResult and its FilterHeadsParams")
     prompts = FilterTask(FilterTaskConfig(categories=params.categories)).sample_single_positive(
-        params.n_swap_prompts, torch.Generator().manual_seed(params.seed + 7))
+        params.n_swap_prompts, torch.Generator().manual_seed(params.seed + 7)
+    )
     if params.swap_method == "recompute":
         return _recomputed_experiment(model, tokenizer, result, params, prompts)
     groups = [[h] for h in result.heads] + ([list(result.heads)] if len(result.heads) > 1 else [])
@@ -177,14 +214,23 @@ def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
         bases = {
             "category subspace": [a["model"][h].key_basis for h in heads],
             "random subspace, same rank": [a["model"][h].key_basis.shape[1] for h in heads],
-            "top key-variance subspace, same rank": [a["model"][h].key_pcs[:, : a["model"][h].key_basis.shape[1]]
-                                                     for h in heads],
+            "top key-variance subspace, same rank": [
+                a["model"][h].key_pcs[:, : a["model"][h].key_basis.shape[1]] for h in heads
+            ],
             "shuffled-label subspace": [a["shuffled labels"][h].key_basis for h in heads],
             "random-init model": [a["random init"][h].key_basis for h in heads],
         }
-        table = swap_attention(model, tokenizer, prompts, heads, bases, torch.Generator().manual_seed(params.seed + 8),
-                               params.batch_size, models={"random-init model": result.random_model},
-                               answer_prefix=params.answer_prefix)
+        table = swap_attention(
+            model,
+            tokenizer,
+            prompts,
+            heads,
+            bases,
+            torch.Generator().manual_seed(params.seed + 8),
+            params.batch_size,
+            models={"random-init model": result.random_model},
+            answer_prefix=params.answer_prefix,
+        )
         name = head_name(heads[0]) if len(heads) == 1 else "all studied heads"
         table.index = pd.MultiIndex.from_product([[name], table.index], names=["heads", "condition"])
         frames.append(table)
@@ -198,14 +244,25 @@ def _recomputed_experiment(model, tokenizer, result, params, prompts) -> pd.Data
     for h in result.heads:
         a = result.analyses
         rank = a["model"][h].key_basis.shape[1]
-        bases = {"category subspace": a["model"][h].key_basis, "random subspace, same rank": rank,
-                 "top key-variance subspace, same rank": a["model"][h].key_pcs[:, :rank],
-                 "shuffled-label subspace": a["shuffled labels"][h].key_basis,
-                 "random-init model": a["random init"][h].key_basis,
-                 "whole key space": torch.eye(a["model"][h].key_pcs.shape[0], dtype=torch.float64)}
-        table = recomputed_swaps(model, tokenizer, prompts, h, bases, torch.Generator().manual_seed(params.seed + 8),
-                                 params.batch_size, models={"random-init model": result.random_model},
-                                 answer_prefix=params.answer_prefix)
+        bases = {
+            "category subspace": a["model"][h].key_basis,
+            "random subspace, same rank": rank,
+            "top key-variance subspace, same rank": a["model"][h].key_pcs[:, :rank],
+            "shuffled-label subspace": a["shuffled labels"][h].key_basis,
+            "random-init model": a["random init"][h].key_basis,
+            "whole key space": torch.eye(a["model"][h].key_pcs.shape[0], dtype=torch.float64),
+        }
+        table = recomputed_swaps(
+            model,
+            tokenizer,
+            prompts,
+            h,
+            bases,
+            torch.Generator().manual_seed(params.seed + 8),
+            params.batch_size,
+            models={"random-init model": result.random_model},
+            answer_prefix=params.answer_prefix,
+        )
         table.index = pd.MultiIndex.from_product([[head_name(h)], table.index], names=["heads", "condition"])
         frames.append(table)
     return pd.concat(frames)

@@ -28,18 +28,25 @@ from qkcore.lm.positions import char_span_to_tokens
 from qkcore.organisms.filter_task import PLURALS, FilterPrompt
 
 
-def encode_filter_prompts(tokenizer, prompts: Sequence[FilterPrompt],
-                          answer_prefix: str = "") -> tuple[EncodedBatch, list[list[int]]]:
+def encode_filter_prompts(
+    tokenizer, prompts: Sequence[FilterPrompt], answer_prefix: str = ""
+) -> tuple[EncodedBatch, list[list[int]]]:
     """Left-padded batch of the prompts and, per prompt, the prompt position of each item's last token.
     answer_prefix (chat models): the assistant's answer begun after the generation prompt, "{plural}" standing for the
     asked category (e.g. "The {plural} in the list are:"); the query is then its last token."""
     chat = uses_chat_template(tokenizer)
-    texts, shifts = zip(*(model_text(tokenizer, p.text, chat, answer_prefix.format(plural=PLURALS[p.asked]))
-                          for p in prompts))
+    texts, shifts = zip(
+        *(model_text(tokenizer, p.text, chat, answer_prefix.format(plural=PLURALS[p.asked])) for p in prompts)
+    )
     # a chat template writes its own BOS; plain prompts get the tokenizer's
     batch = encode_batch(tokenizer, list(texts), padding_side="left", add_special_tokens=not chat)
-    items = [[char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r]).last
-              for s, e in p.item_spans] for r, p in enumerate(prompts)]
+    items = [
+        [
+            char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r]).last
+            for s, e in p.item_spans
+        ]
+        for r, p in enumerate(prompts)
+    ]
     return batch, items
 
 
@@ -109,8 +116,15 @@ def _split_pairs(q: torch.Tensor, k: torch.Tensor, positive: torch.Tensor, acc: 
         acc.add(q[:, rows], k[:, rows, items], positive=sign, prompts=b)
 
 
-def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Sequence[str],
-              weighting: str = "pair_mean", batch_size: int = 50, answer_prefix: str = "") -> HeadScan:
+def head_scan(
+    model,
+    tokenizer,
+    prompts: Sequence[FilterPrompt],
+    categories: Sequence[str],
+    weighting: str = "pair_mean",
+    batch_size: int = 50,
+    answer_prefix: str = "",
+) -> HeadScan:
     """One ΔC per category at every head (prompts grouped by asked category, one ContrastiveCovariance per category
     over all heads), and each head's attention from the last token on positive vs negative items, from the same
     forward pass (qkcore.lm.gather_qk)."""
@@ -141,9 +155,17 @@ def head_scan(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Seq
     deltas = torch.stack([acc.delta() for acc in accs]).reshape(*grid, layout.head_dim, layout.head_dim)
     n = len(prompts)
     n_pos = int((item_cat[0] == asked[0]).sum())
-    return HeadScan(categories, weighting, deltas, torch.diagonal(deltas, dim1=-2, dim2=-1).sum(-1),
-                    deltas.flatten(-2).norm(dim=-1), attn_pos.reshape(grid[1:]) / n, attn_neg.reshape(grid[1:]) / n,
-                    next_token, (n_pos, item_cat.shape[1] - n_pos))
+    return HeadScan(
+        categories,
+        weighting,
+        deltas,
+        torch.diagonal(deltas, dim1=-2, dim2=-1).sum(-1),
+        deltas.flatten(-2).norm(dim=-1),
+        attn_pos.reshape(grid[1:]) / n,
+        attn_neg.reshape(grid[1:]) / n,
+        next_token,
+        (n_pos, item_cat.shape[1] - n_pos),
+    )
 
 
 @dataclass
@@ -165,8 +187,15 @@ class Vectors:
         return self.q[i], self.k[i]
 
 
-def collect_vectors(model, tokenizer, prompts: Sequence[FilterPrompt], categories: Sequence[str],
-                    heads: Sequence[tuple[int, int]], batch_size: int = 50, answer_prefix: str = "") -> Vectors:
+def collect_vectors(
+    model,
+    tokenizer,
+    prompts: Sequence[FilterPrompt],
+    categories: Sequence[str],
+    heads: Sequence[tuple[int, int]],
+    batch_size: int = 50,
+    answer_prefix: str = "",
+) -> Vectors:
     """Post-rotary q (last token) and k (items) of the chosen heads, float32 on the CPU."""
     categories = tuple(categories)
     asked, item_cat = _labels(prompts, categories)
