@@ -7,6 +7,8 @@ between runs, which nbval would report as a change).
 
 from __future__ import annotations
 
+import textwrap
+
 
 def num(x: float, digits: int = 3) -> str:
     """A number for printing: rounded to `digits`, never "−0.000"."""
@@ -27,7 +29,15 @@ def r3(x) -> float:
     return round(float(x), 3) + 0.0
 
 
+WIDTH = 86  # characters: what a chapter's output column shows without scrolling
+
+
+def print_wrapped(text: str, width: int = WIDTH) -> None:
+    """Print text wrapped to the page's column (continuation lines indented)."""
+    print(textwrap.fill(str(text), width=width, subsequent_indent="    "))
+
+
 def print_summary(numbers: dict) -> None:
-    """One line per closing number of a chapter's summary()."""
+    """One line per closing number of a chapter's summary(), wrapped to the page's column."""
     for key, value in numbers.items():
-        print(f"{key}: {value}")
+        print_wrapped(f"{key}: {value}")

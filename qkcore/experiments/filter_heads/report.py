@@ -197,7 +197,11 @@ def findings(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result |
     accuracy), `ranks`, `geometry`, `swap`, and `verdict` (the chapter's closing paragraph)."""
     acc = result.accuracy or {}
     a = result.analyses
-    out = {"model": f"**{result.model_label}**"}
+    out = {
+        "model": f"**{result.model_label}**",
+        "accuracy": "the answer accuracy was not measured",
+        "verdict": "The swap was not run with bootstrap intervals, so no verdict is drawn here.",
+    }
     if acc:
         out["accuracy"] = (
             f"its first answer token is an item of the asked category in {acc['model']:.2f} of the "
@@ -231,17 +235,24 @@ def findings(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result |
         + ", ".join(f"{x:.2f}" for x in eta["random init"])
         + ")."
     )
-    verdicts = {head_name(h): swap_verdict(swaps, head_name(h)) for h in result.heads if "flip_lo" in swaps.columns}
-    best = max(verdicts, key=lambda h: swaps.loc[(h, "category subspace"), "flip_rate"]) if verdicts else None
-    out["swap"] = " ".join(s for _, s in verdicts.values())
+    per_head = {head_name(h): swap_verdict(swaps, head_name(h)) for h in result.heads if "flip_lo" in swaps.columns}
+    best = max(per_head, key=lambda h: swaps.loc[(h, "category subspace"), "flip_rate"]) if per_head else None
+    out["swap"] = " ".join(s for _, s in per_head.values())
+    rules = verdicts(result, swaps)
+    clusters = rules["verdict: keys cluster by category (Figure 6)"] == REPRODUCED
+    rank_shown = rules["verdict: rank 1 per category"] == SHOWN_BY_CONTROL
+    first = (
+        f"On {result.model_label}, keys {'do' if clusters else 'do not'} sort by category inside the category "
+        "subspace (η² above the controls'), "
+        + ("but the rank-1 finding is shared by the controls." if rank_shown else "and the ranks are as listed.")
+    )
     if best is not None:
-        out["swap_verdict"] = verdicts[best][0]
+        out["swap_verdict"] = per_head[best][0]
         out["verdict"] = (
-            f"On {result.model_label}, the category subspace is real in the sense that keys sort by category inside "
-            f"it, but the rank-1 finding is shared by both controls. The swap at the clearest head ({best}) is "
-            f"**{verdicts[best][0]}**: {verdicts[best][1]} What would settle it: a control that reaches the category "
-            "subspace's flip rate (as a label-free top-variance subspace can) means the head reads its keys' dominant "
-            "directions and that these carry the category; only a gap over every control credits ΔC with finding "
-            "something a label-free method could not."
+            f"{first} The swap at the clearest head ({best}) is **{per_head[best][0]}**: {per_head[best][1]} "
+            "What would settle it: a control that reaches the category subspace's flip rate (as a label-free "
+            "top-variance subspace can) means the head reads its keys' dominant directions and that these carry "
+            "the category; only a gap over every control credits ΔC with finding something a label-free method "
+            "could not."
         )
     return out
