@@ -129,12 +129,14 @@ def recomputed_swaps(
     answer_prefix: str = "",
     n_random: int = 10,
     n_boot: int = 1000,
+    gathered: dict | None = None,
 ) -> pd.DataFrame:
     """The swap at one head without a forward pass per condition: one pass per model gathers the head's query, its
     keys and its unedited attention row, then every condition is rebuilt by `swapped_attention`. Same columns as
     `swap_attention` except the model's answer (not read: no edited forward pass), plus the flip rate's 95% bootstrap
     interval over prompts (flip_lo, flip_hi). An int basis draws `n_random` random subspaces of that rank; their
-    metrics are averaged (the interval is that of the per-prompt mean over draws)."""
+    metrics are averaged (the interval is that of the per-prompt mean over draws). `gathered`: {id(model): rows}
+    from `gather_swap_rows` for this head, when the caller gathered several heads in one pass."""
     head = tuple(head)
     orig, target = swap_targets(prompts, generator)
     nets = {name: (models or {}).get(name, model) for name in bases}
@@ -144,19 +146,13 @@ def recomputed_swaps(
                 "recomputed swaps assume a plain softmax over q·k; this model soft-caps its "
                 "logits: use swap_method='forward'"
             )
-    gathered = {}
-    for net_id, net in {id(n): n for n in nets.values()}.items():
-        rows = []
-        for chunk in iter_batches(len(prompts), batch_size):
-            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
-            cols = torch.arange(batch.input_ids.shape[1]).expand(len(chunk), -1)  # every column (b, S)
-            last = torch.tensor([batch.padded(r, -1) for r in range(len(chunk))])
-            o = torch.tensor([batch.padded(r, items[r][orig[i]]) for r, i in enumerate(chunk)])
-            t = torch.tensor([batch.padded(r, items[r][target[i]]) for r, i in enumerate(chunk)])
-            got = gather_qk(net, batch, [head], last, key_cols=None, attn_cols=cols, logits_to_keep=1)
-            rr = torch.arange(len(chunk))
-            rows.append((got.attn[0], got.q[0], got.k[0][rr, o], got.k[0][rr, t], o, t, got.scaling[0]))
-        gathered[net_id] = rows
+    if gathered is None:
+        gathered = {
+            net_id: rows[head]
+            for net_id, rows in gather_swap_rows(
+                nets.values(), tokenizer, prompts, [head], orig, target, batch_size, answer_prefix
+            ).items()
+        }
     d = attention_layout(model).head_dim
     table = {}
     for name, basis in bases.items():
@@ -178,6 +174,30 @@ def recomputed_swaps(
         rank = basis if isinstance(basis, int) else basis.shape[1]
         table[name] = {"rank": rank, **sums, "flip_lo": lo, "flip_hi": hi}
     return pd.DataFrame.from_dict(table, orient="index")
+
+
+@torch.no_grad()
+def gather_swap_rows(
+    nets, tokenizer, prompts, heads, orig, target, batch_size: int = 50, answer_prefix: str = ""
+) -> dict[int, dict[tuple[int, int], list]]:
+    """One pass per distinct model over the swap prompts: for each head, per batch, the unedited attention row of
+    the last token, its query, the orig and target keys, their columns and the head's logit scale."""
+    heads = [tuple(h) for h in heads]
+    out = {}
+    for net in {id(n): n for n in nets}.values():
+        rows = {h: [] for h in heads}
+        for chunk in iter_batches(len(prompts), batch_size):
+            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
+            cols = torch.arange(batch.input_ids.shape[1]).expand(len(chunk), -1)  # every column (b, S)
+            last = torch.tensor([batch.padded(r, -1) for r in range(len(chunk))])
+            o = torch.tensor([batch.padded(r, items[r][orig[i]]) for r, i in enumerate(chunk)])
+            t = torch.tensor([batch.padded(r, items[r][target[i]]) for r, i in enumerate(chunk)])
+            got = gather_qk(net, batch, heads, last, key_cols=None, attn_cols=cols, logits_to_keep=1)
+            rr = torch.arange(len(chunk))
+            for i, h in enumerate(heads):
+                rows[h].append((got.attn[i], got.q[i], got.k[i][rr, o], got.k[i][rr, t], o, t, got.scaling[i]))
+        out[id(net)] = rows
+    return out
 
 
 def _first_token_rate(tokenizer, predicted: torch.Tensor, words: list[str]) -> float:
@@ -240,6 +260,17 @@ def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
 def _recomputed_experiment(model, tokenizer, result, params, prompts) -> pd.DataFrame:
     """swap_method="recompute": the same conditions at each studied head (no all-heads row: heads in different layers
     change each other's inputs, which only a forward pass shows), with bootstrap intervals."""
+    orig, target = swap_targets(prompts, torch.Generator().manual_seed(params.seed + 8))
+    rows = gather_swap_rows(
+        [model, result.random_model],
+        tokenizer,
+        prompts,
+        result.heads,
+        orig,
+        target,
+        params.batch_size,
+        params.answer_prefix,
+    )
     frames = []
     for h in result.heads:
         a = result.analyses
@@ -262,6 +293,7 @@ def _recomputed_experiment(model, tokenizer, result, params, prompts) -> pd.Data
             params.batch_size,
             models={"random-init model": result.random_model},
             answer_prefix=params.answer_prefix,
+            gathered={net_id: per_head[tuple(h)] for net_id, per_head in rows.items()},
         )
         table.index = pd.MultiIndex.from_product([[head_name(h)], table.index], names=["heads", "condition"])
         frames.append(table)
