@@ -213,6 +213,21 @@ def _first_token_rate(tokenizer, predicted: torch.Tensor, words: list[str]) -> f
     return hits / len(words)
 
 
+def condition_bases(result, head) -> dict[str, torch.Tensor | int]:
+    """The key bases compared at one head: the category subspace, a random subspace of the same rank (an int: drawn
+    fresh), the keys' top principal directions (same rank), the shuffled-label subspace, and the random-init copy's
+    own category subspace (run on that copy)."""
+    a = result.analyses
+    rank = a["model"][head].key_basis.shape[1]
+    return {
+        "category subspace": a["model"][head].key_basis,
+        "random subspace, same rank": rank,
+        "top key-variance subspace, same rank": a["model"][head].key_pcs[:, :rank],
+        "shuffled-label subspace": a["shuffled labels"][head].key_basis,
+        "random-init model": a["random init"][head].key_basis,
+    }
+
+
 def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
     """Figure 7 at each studied head of a FilterHeadsResult, and at all of them at once: the category key subspace,
     a random subspace of equal rank, the span of the keys' top principal directions (equal rank), the subspace found
@@ -230,16 +245,8 @@ def swap_experiment(model, tokenizer, result, params) -> pd.DataFrame:
     groups = [[h] for h in result.heads] + ([list(result.heads)] if len(result.heads) > 1 else [])
     frames = []
     for heads in groups:
-        a = result.analyses
-        bases = {
-            "category subspace": [a["model"][h].key_basis for h in heads],
-            "random subspace, same rank": [a["model"][h].key_basis.shape[1] for h in heads],
-            "top key-variance subspace, same rank": [
-                a["model"][h].key_pcs[:, : a["model"][h].key_basis.shape[1]] for h in heads
-            ],
-            "shuffled-label subspace": [a["shuffled labels"][h].key_basis for h in heads],
-            "random-init model": [a["random init"][h].key_basis for h in heads],
-        }
+        per_head = [condition_bases(result, h) for h in heads]
+        bases = {name: [b[name] for b in per_head] for name in per_head[0]}
         table = swap_attention(
             model,
             tokenizer,
@@ -273,16 +280,8 @@ def _recomputed_experiment(model, tokenizer, result, params, prompts) -> pd.Data
     )
     frames = []
     for h in result.heads:
-        a = result.analyses
-        rank = a["model"][h].key_basis.shape[1]
-        bases = {
-            "category subspace": a["model"][h].key_basis,
-            "random subspace, same rank": rank,
-            "top key-variance subspace, same rank": a["model"][h].key_pcs[:, :rank],
-            "shuffled-label subspace": a["shuffled labels"][h].key_basis,
-            "random-init model": a["random init"][h].key_basis,
-            "whole key space": torch.eye(a["model"][h].key_pcs.shape[0], dtype=torch.float64),
-        }
+        d = result.analyses["model"][h].key_pcs.shape[0]
+        bases = {**condition_bases(result, h), "whole key space": torch.eye(d, dtype=torch.float64)}
         table = recomputed_swaps(
             model,
             tokenizer,
