@@ -1,8 +1,9 @@
 """qkcore.lm: the post-rotary queries and keys of Hugging Face causal LMs — capture, streaming ΔC for every head,
 logit edits and key swaps, token positions from text (paper §3 "The method"; Figures 6–10).
 
-Verified (tests/test_lm_*.py) on tiny random Llama, Mistral, Qwen2, Qwen3, Gemma, Gemma2, Gemma3: attention rebuilt
-from captured q, k equals the model's own eager attention; outputs with capture on == off; batched == one by one.
+Verified (tests/lm/) on tiny random models of 39 decoder families (the README's "Supported architectures" table) and on
+SmolLM2-135M-Instruct's real weights: attention rebuilt from captured q, k equals the model's own eager attention;
+outputs with capture on == off; batched == one by one. Families that cannot be captured exactly are refused up front.
 Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key head h // group_size.
 
 Loading (loading.py)
