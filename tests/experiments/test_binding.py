@@ -275,6 +275,9 @@ def test_verdict_rules():
     assert r.compare((0.1, 0.07, 0.15), {"random": rnd, "shuffled": (0.0, 0.0, 0.0)}, "random") == r.NOT_REPRODUCED
     nan = float("nan")
     assert r.compare((nan, nan, nan), {"random": rnd}, "random") == r.NOT_REPRODUCED
+    near = {"random": rnd, "shuffled": (0.99, 0.985, 0.99)}  # above by less than the margin: not a difference
+    assert r.compare((0.996, 0.995, 0.996), near, "random") == r.SHARED
+    assert r.compare((0.1, 0.1, 0.12), {"random": rnd}, "random") == r.NOT_REPRODUCED  # 0.02 above: within it
 
     def rows(both, shuffled):
         return {

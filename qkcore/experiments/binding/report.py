@@ -10,8 +10,9 @@ Rules (each function's docstring repeats its own):
 * **At chance.** A model's letter accuracy is *at chance* when it is within two binomial standard errors of
   1/n_pairs: then whatever its heads do is tied to no answer it gets right, and every verdict says so.
 * **Verdict words** (the results-at-a-glance page uses the same): *reproduced* when the finding's 95% interval
-  lies above every control's; *reproduced, but a control shows it too* when it lies above the random-subspace
-  control's but not above a label-free or shuffled-label control's; *not reproduced* otherwise.
+  lies above every control's by more than MARGIN (0.05); *reproduced, but a control shows it too* when it lies so
+  above the random-subspace control's but not above a label-free, shuffled-label or random-init control's; *not
+  reproduced* otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ SHARED = "reproduced, but a control shows it too"
 NOT_REPRODUCED = "not reproduced"
 
 Interval = tuple[float, float, float]  # (value, low, high)
+MARGIN = 0.05  # how far (in rate or fraction) a finding's interval must clear a control's to count
 
 
 def at_chance(accuracy: float, n_pairs: int, n: int) -> bool:
@@ -34,7 +36,7 @@ def at_chance(accuracy: float, n_pairs: int, n: int) -> bool:
 def accuracy_sentence(accuracy: float, n_pairs: int, n: int, organism: bool) -> str:
     """One sentence on whether the model does the task: the organism's training caveat, or chance-level binding."""
     chance = 1 / n_pairs
-    head = f"it picks the right box in {accuracy:.2f} of {n} prompts, where chance is {chance:.2f} ({n_pairs} pairs)"
+    head = f"it picks the right box in {accuracy:.2f} of {n} prompts with {n_pairs} pairs, where chance is {chance:.2f}"
     if at_chance(accuracy, n_pairs, n):
         return (
             f"The model cannot do this task: {head}, within two standard errors of chance. Whatever its heads "
@@ -55,22 +57,23 @@ def model_note(description: str, accuracy: float, n_pairs: int, n: int, organism
     return f"These figures come from **{description}**. " + accuracy_sentence(accuracy, n_pairs, n, organism)
 
 
-def compare(finding: Interval, controls: dict[str, Interval], random_name: str) -> str:
-    """The verdict word of one finding against its controls, by intervals (value, low, high):
-    REPRODUCED when the finding's low end exceeds every control's high end; SHARED when it exceeds the
-    random-subspace control's (`random_name`) but not another's; NOT_REPRODUCED otherwise (its interval reaches the
-    random control's, or there is no finding)."""
+def compare(finding: Interval, controls: dict[str, Interval], random_name: str, margin: float = MARGIN) -> str:
+    """The verdict word of one finding against its controls, by intervals (value, low, high) of rates or fractions
+    in [0, 1]: REPRODUCED when the finding's low end exceeds every control's high end by more than `margin`;
+    SHARED when it exceeds the random-subspace control's (`random_name`) so but not another's; NOT_REPRODUCED
+    otherwise (its interval comes within `margin` of the random control's, or there is no finding). The margin keeps
+    a difference of a few thousandths between near-equal numbers from counting as a result."""
     if any(math.isnan(x) for x in finding):
         return NOT_REPRODUCED
     lo = finding[1]
-    if lo <= controls[random_name][2]:
+    if lo <= controls[random_name][2] + margin:
         return NOT_REPRODUCED
     others = [c for name, c in controls.items() if name != random_name and not math.isnan(c[2])]
-    return REPRODUCED if all(lo > c[2] for c in others) else SHARED
+    return REPRODUCED if all(lo > c[2] + margin for c in others) else SHARED
 
 
 def _fmt(x: Interval) -> str:
-    return f"{x[0]:.2f} [{x[1]:.2f}, {x[2]:.2f}]"
+    return f"{x[0]:.3f} [{x[1]:.3f}, {x[2]:.3f}]"
 
 
 def swap_verdict(rows: dict[str, dict[str, Interval]], accuracy: float, n_pairs: int, n: int, organism: bool) -> str:
@@ -172,8 +175,8 @@ def _overall(words: list[str]) -> str:
 def _control_clause(word: str) -> str:
     return {
         REPRODUCED: "No control reaches it, so the effect belongs to the directions ΔC found.",
-        SHARED: "A control without the contrast's labels reaches it too, so the effect belongs to the keys' "
-        "dominant directions more than to the contrast.",
+        SHARED: "A control that lacks the contrast's labels or the model's training reaches it too, so this "
+        "number does not single out the directions ΔC found.",
         NOT_REPRODUCED: "It does not stand above random subspaces of the same rank.",
     }[word]
 
@@ -230,7 +233,7 @@ def fraction_intervals(result, seed: int = 0) -> dict[str, Interval]:
 
     out = {}
     for cond in result.fractions.columns:
-        values = torch.as_tensor(result.fractions[cond].to_numpy())
+        values = torch.tensor(result.fractions[cond].to_numpy().copy())
         out[cond] = (float(values.mean()), *bootstrap_interval(values, torch.Generator().manual_seed(seed)))
     return out
 

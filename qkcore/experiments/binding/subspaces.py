@@ -134,15 +134,19 @@ def summary(result: SubspaceResult) -> dict[str, object]:
     for head in a.heads:
         name = head_name(head)
         for which in ("order", "lexical"):
-            out[f"{name} {which} rank (3 conditions)"] = tuple(
+            out[f"{name} {which} rank (trained, shuffled, random init)"] = tuple(
                 int(table.loc[(name, c), f"{which} rank"]) for c in conds
             )
-        out[f"{name} order logit gap (3 conditions)"] = tuple(r3(table.loc[(name, c), "order gap"]) for c in conds)
+        out[f"{name} order logit gap (trained, shuffled, random init)"] = tuple(
+            r3(table.loc[(name, c), "order gap"]) for c in conds
+        )
     views = result.view_table()
     view = head_name(result.view_head)
     for col, label in (
         ("order: clause from keys", "clause from order keys"),
         ("lexical: object from keys", "object from lexical keys"),
     ):
-        out[f"{view} kNN {label} (3 conditions)"] = tuple(round(float(views.loc[c, col]), 2) + 0.0 for c in conds)
+        out[f"{view} kNN {label} (trained, shuffled, random init)"] = tuple(
+            round(float(views.loc[c, col]), 2) + 0.0 for c in conds
+        )
     return out
