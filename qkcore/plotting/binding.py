@@ -25,11 +25,14 @@ def plot_scan(analysis: BindingAnalysis):
     key, and the lexical logit gap. Boxes: the studied heads."""
     fig, axes = plt.subplots(2, 4, figsize=(17, 7), gridspec_kw={"hspace": 0.45, "wspace": 0.35})
     for row, (src, label) in enumerate(((analysis.trained, "trained"), (analysis.random, "random init"))):
-        for col, (values, title, cmap) in enumerate((
+        for col, (values, title, cmap) in enumerate(
+            (
                 (src.order.logit_gap(), "order logit gap", "RdBu_r"),
                 (src.scan.attn_answer, "attention on answer key", "viridis"),
                 (src.scan.attn_other, "attention on another key", "viridis"),
-                (src.lexical.logit_gap(), "lexical logit gap", "RdBu_r"))):
+                (src.lexical.logit_gap(), "lexical logit gap", "RdBu_r"),
+            )
+        ):
             v = analysis.grid(values.float()).numpy()
             lim = max(float(np.abs(v).max()), 1e-9)
             lo, hi = (-lim, lim) if cmap == "RdBu_r" else (0, max(lim, 1e-3))
@@ -48,8 +51,9 @@ def plot_contrast_spectra(analysis: BindingAnalysis, head, n_values: int = 12):
             frac = dec.energy_fractions[:k].clamp_min(1e-12).numpy()
             ax.plot(np.arange(1, k + 1), frac, style, ms=4, label=f"{cond} (rank {dec.rank})")
         ax.axhline(1 - analysis.params.energy, color="k", ls="--", lw=0.8)
-        ax.set(yscale="log", xlabel="singular value index i", ylabel="σᵢ² / Σσ²",
-               title=f"{head_name(head)}: {which} ΔC")
+        ax.set(
+            yscale="log", xlabel="singular value index i", ylabel="σᵢ² / Σσ²", title=f"{head_name(head)}: {which} ΔC"
+        )
         ax.legend(fontsize=8)
     return fig
 
@@ -66,8 +70,12 @@ def plot_views(views: dict, label_name: str, title: str, label_names=None):
         cmap, vals = _colours(labels)
         ax.scatter(*v.pca[:n_k].T, c=cmap(vals[:n_k]), s=6, alpha=0.6, depthshade=False)
         ax.scatter(*v.pca[n_k:].T, c=cmap(vals[n_k:]), s=30, marker="x", depthshade=False)
-        ax.set(title=f"{title}, {cond} (rank {v.rank})\nkNN {label_name}: keys {v.key_knn:.2f}, queries "
-                     f"{v.query_knn:.2f}", xticklabels=[], yticklabels=[], zticklabels=[])
+        ax.set(
+            title=f"{title}, {cond} (rank {v.rank})\nkNN {label_name}: keys {v.key_knn:.2f}, queries {v.query_knn:.2f}",
+            xticklabels=[],
+            yticklabels=[],
+            zticklabels=[],
+        )
         ax.title.set_fontsize(9)
     _legend(fig, labels, label_names, label_name)
     return fig
@@ -83,12 +91,23 @@ def _colours(labels: np.ndarray):
 def _legend(fig, labels, names, label_name):
     uniq = np.unique(labels)
     cmap, _ = _colours(labels)
-    handles = [plt.Line2D([], [], ls="", marker="o", color=cmap(i),
-                          label=str(names[u]) if names is not None else str(u)) for i, u in enumerate(uniq)]
-    handles += [plt.Line2D([], [], ls="", marker="o", color="grey", label="key"),
-                plt.Line2D([], [], ls="", marker="x", color="grey", label="query")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 12), fontsize=8, title=label_name,
-               title_fontsize=8, bbox_to_anchor=(0.5, -0.08))
+    handles = [
+        plt.Line2D([], [], ls="", marker="o", color=cmap(i), label=str(names[u]) if names is not None else str(u))
+        for i, u in enumerate(uniq)
+    ]
+    handles += [
+        plt.Line2D([], [], ls="", marker="o", color="grey", label="key"),
+        plt.Line2D([], [], ls="", marker="x", color="grey", label="query"),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 12),
+        fontsize=8,
+        title=label_name,
+        title_fontsize=8,
+        bbox_to_anchor=(0.5, -0.08),
+    )
 
 
 def plot_umap(view, label_names=None, title: str = "lexical subspace, UMAP"):
@@ -106,7 +125,8 @@ def plot_umap(view, label_names=None, title: str = "lexical subspace, UMAP"):
 
 def plot_binding_swaps(table: pd.DataFrame, head: str):
     """One head: attention on orig (answer letter) and target after each swap, the unedited values as lines; right:
-    flip rate (argmax moves to the target) and how often the model's answer becomes the target's letter."""
+    flip rate (argmax moves to the target) with its 95% bootstrap interval, and how often the model's answer
+    becomes the target's letter (absent when the swaps were recomputed without a forward pass)."""
     t = table.loc[head]
     fig, axes = plt.subplots(1, 2, figsize=(16, 4.2), gridspec_kw={"width_ratios": [2, 1.2]})
     x = np.arange(len(t))
@@ -119,8 +139,12 @@ def plot_binding_swaps(table: pd.DataFrame, head: str):
     ax.set_xticks(x, [f"{c}\n(r={r})" for c, r in zip(t.index, t["rank"])], rotation=60, ha="right", fontsize=8)
     ax.legend(fontsize=8)
     ax = axes[1]
-    ax.bar(x - 0.2, t["flip_rate"], 0.4, label="attention flip rate", color="#9467bd")
-    ax.bar(x + 0.2, t["answer_to_target"], 0.4, label="model answers target's letter", color="#8c564b")
+    err = np.stack([t["flip_rate"] - t["flip_lo"], t["flip_hi"] - t["flip_rate"]]).clip(min=0)
+    ax.bar(
+        x - 0.2, t["flip_rate"], 0.4, yerr=err, capsize=2, label="attention flip rate (95% interval)", color="#9467bd"
+    )
+    if t["answer_to_target"].notna().any():
+        ax.bar(x + 0.2, t["answer_to_target"], 0.4, label="model answers target's letter", color="#8c564b")
     ax.set(ylim=(0, 1), title="flip rates")
     ax.set_xticks(x, list(t.index), rotation=60, ha="right", fontsize=8)
     ax.legend(fontsize=8)
@@ -144,9 +168,12 @@ def plot_attribution(result):
     ax.plot(x, ex.total.numpy(), "o-", color="k", ms=3, lw=0.8, label="raw logit q·k")
     ax.axhline(0, color="k", lw=0.6)
     ax.set_xticks(x, result.example_tokens, rotation=60, ha="right")
-    ax.set(xlim=(-0.5, n - 0.5), ylabel="logit contribution",
-           title=f"{head_name(result.head)}: where the attention logits come from "
-                 f"(order rank {result.ranks[0]}, lexical rank {result.ranks[1]})")
+    ax.set(
+        xlim=(-0.5, n - 0.5),
+        ylabel="logit contribution",
+        title=f"{head_name(result.head)}: where the attention logits come from "
+        f"(order rank {result.ranks[0]}, lexical rank {result.ranks[1]})",
+    )
     ax.legend(ncol=4, fontsize=8, frameon=False)
     return fig
 
@@ -155,8 +182,9 @@ def plot_explained(result):
     """Distribution over prompts of the explained fraction 1 − ‖res‖²/‖total‖², per condition; left: over all key
     positions, right: over the boxes' keys only."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 3.6), sharey=True)
-    for ax, (frame, where) in zip(axes, ((result.fractions, "all key positions"),
-                                         (result.fractions_keys, "boxes' keys only"))):
+    for ax, (frame, where) in zip(
+        axes, ((result.fractions, "all key positions"), (result.fractions_keys, "boxes' keys only"))
+    ):
         data = [frame[c].to_numpy() for c in frame.columns]
         ax.boxplot(data, vert=False, showfliers=False)
         ax.set_yticks(np.arange(1, len(data) + 1), list(frame.columns))

@@ -2,7 +2,6 @@
 computation, the swap plumbing, params validation, and all three experiments end to end on tiny random Llamas saved
 to disk (the real-model path: load by folder, with and without a chat template)."""
 
-
 import pytest
 import torch
 
@@ -39,6 +38,7 @@ def tiny(request, tmp_path_factory, save_tiny_llama):
 
 # -- attribution: the parts add up to the raw logit ---------------------------------------------------------------
 
+
 def test_attribution_parts_sum_exactly_to_the_logit():
     g = torch.Generator().manual_seed(0)
     q, K = torch.randn(5, 16, generator=g), torch.randn(5, 30, 16, generator=g)
@@ -74,6 +74,7 @@ def test_attribution_total_is_the_models_own_logit(tiny):
 
 # -- the contrasts equal a direct computation from stored vectors -------------------------------------------------
 
+
 def test_order_and_lexical_delta_match_stored_pairs(tiny):
     _, lm = tiny
     head = (1, 0)
@@ -99,6 +100,7 @@ def test_order_and_lexical_delta_match_stored_pairs(tiny):
 
 # -- swaps: the full-space swap exchanges the two logits exactly ---------------------------------------------------
 
+
 def test_full_space_swap_exchanges_orig_and_target(tiny):
     _, lm = tiny
     prompts = [sample_prompt(5, torch.Generator().manual_seed(s)) for s in range(6)]
@@ -108,8 +110,11 @@ def test_full_space_swap_exchanges_orig_and_target(tiny):
     for enc, orig, target, _, clause in batches.items:  # the swapped columns hold the answer's and target's letters
         for r, p in enumerate(enc.prompts):
             ids = enc.batch.input_ids[r]
-            assert lm.tokenizer.convert_ids_to_tokens([int(ids[orig[r]]), int(ids[target[r]])]) == [
-                p.answer, p.letters[clause[r]]] and clause[r] != p.query
+            assert (
+                lm.tokenizer.convert_ids_to_tokens([int(ids[orig[r]]), int(ids[target[r]])])
+                == [p.answer, p.letters[clause[r]]]
+                and clause[r] != p.query
+            )
     m = _swap(lm.model, batches, [(head, torch.eye(16))])
     assert abs(m["attn_orig_after"] - m["attn_target_before"]) < 1e-5
     assert abs(m["attn_target_after"] - m["attn_orig_before"]) < 1e-5
@@ -118,6 +123,7 @@ def test_full_space_swap_exchanges_orig_and_target(tiny):
 
 
 # -- the three experiments end to end on a saved tiny model ---------------------------------------------------------
+
 
 def test_subspaces_end_to_end(tiny):
     path, lm = tiny
@@ -137,14 +143,21 @@ def test_subspaces_end_to_end(tiny):
 
 def test_interventions_and_attribution_end_to_end(tiny):
     path, lm = tiny
-    ri = run_interventions(InterventionParams(model=str(path), heads=[[1, 0], [1, 1]], n_swap_prompts=10,
-                                              n_random=2, **SMALL), lm)
+    ri = run_interventions(
+        InterventionParams(model=str(path), heads=[[1, 0], [1, 1]], n_swap_prompts=10, n_random=2, **SMALL), lm
+    )
     t = ri.table
     assert t.index.get_level_values(0).unique().tolist() == ["L1H0", "L1H1", "all studied"]
     ranks = t.loc[("all studied", "order+lexical"), "rank"]
     assert ranks == t.loc[("L1H0", "order+lexical"), "rank"] + t.loc[("L1H1", "order+lexical"), "rank"]
-    assert {"order", "lexical", "order+lexical", "random (order rank)", "shuffled labels: order",
-            "random init: order"} <= set(t.index.get_level_values(1))
+    assert {
+        "order",
+        "lexical",
+        "order+lexical",
+        "random (order rank)",
+        "shuffled labels: order",
+        "random init: order",
+    } <= set(t.index.get_level_values(1))
     assert ((t["flip_rate"].dropna() >= 0) & (t["flip_rate"].dropna() <= 1)).all()
     ra = run_attribution(AttributionParams(model=str(path), n_attr_prompts=6, n_random=2, **SMALL), lm)
     ex = ra.example
@@ -154,6 +167,7 @@ def test_interventions_and_attribution_end_to_end(tiny):
 
 
 # -- params ----------------------------------------------------------------------------------------------------------
+
 
 def test_params_validation(monkeypatch, tmp_path):
     assert SubspaceParams(heads=[[1, 2]]).heads == ((1, 2),)
@@ -199,3 +213,99 @@ def test_heads_out_of_range_stop_before_any_forward_pass(tiny, monkeypatch):
     with pytest.raises(ValueError, match=r"view_head\[0\] = \(0, 7\): head 7 is out of range"):
         run_subspaces(SubspaceParams(model=str(path), view_head=(0, 7), **SMALL), lm)
     assert not calls
+
+
+# -- the recomputed swap path (swap_method="recompute") ---------------------------------------------------------------
+
+
+def test_recomputed_swap_equals_the_edited_forward_pass(tiny):
+    """Rows rebuilt from one gathered pass give the forward path's metrics and per-prompt flips, for a half-space
+    basis (the softmax's normaliser moves) and the whole key space (the two logits are exchanged)."""
+    _, lm = tiny
+    prompts = [sample_prompt(5, torch.Generator().manual_seed(s)) for s in range(10)]
+    targets = torch.tensor([(p.query + 2) % 5 for p in prompts])
+    head = (1, 1)
+    slow = _Batches(lm.model, lm.tokenizer, lm.chat, prompts, targets, [head], batch_size=4)
+    fast = _Batches(lm.model, lm.tokenizer, lm.chat, prompts, targets, [head], batch_size=4, recompute=True)
+    assert fast.correct == slow.correct and not slow.qk and len(fast.qk) == 3
+    torch.testing.assert_close(fast.letter_keys[head], slow.letter_keys[head], rtol=0, atol=1e-5)
+    for basis in (random_orthonormal(16, 8, torch.Generator().manual_seed(1)).float(), torch.eye(16)):
+        a, b = _swap(lm.model, slow, [(head, basis)]), _swap(lm.model, fast, [(head, basis)])
+        for key in ("attn_orig_after", "attn_target_after", "target_shift", "share_shift", "flip_rate"):
+            assert abs(a[key] - b[key]) < 1e-5, key
+        assert torch.equal(a["flips"], b["flips"])
+        assert b["answer_to_target"] != b["answer_to_target"]  # NaN: no edited forward pass, no answer
+    moved = _swap(lm.model, fast, [(head, random_orthonormal(16, 8, torch.Generator().manual_seed(1)).float())])
+    unmoved = _swap(lm.model, fast, [(head, torch.zeros(16, 0))])
+    assert abs(moved["target_shift"]) > 1e-4 and abs(unmoved["target_shift"]) < 1e-7  # the check can fail
+    with pytest.raises(ValueError, match="one head"):
+        _swap(lm.model, fast, [(head, torch.eye(16)), ((1, 0), torch.eye(16))])
+    top = fast.top_variance(head, 3)
+    torch.testing.assert_close(top.T @ top, torch.eye(3, dtype=top.dtype), rtol=0, atol=1e-10)
+
+
+def test_interventions_recompute_path_end_to_end(tiny):
+    path, lm = tiny
+    kw = dict(model=str(path), heads=[[1, 0], [1, 1]], n_swap_prompts=10, n_random=2, **SMALL)
+    fwd = run_interventions(InterventionParams(**kw), lm).table
+    rec = run_interventions(InterventionParams(swap_method="recompute", **kw), lm).table
+    assert "all studied" not in rec.index.get_level_values(0)
+    for row in (
+        "order",
+        "lexical",
+        "order+lexical",
+        "top key variance (order+lexical rank)",
+        "shuffled labels: order+lexical",
+    ):
+        for h in ("L1H0", "L1H1"):
+            assert abs(fwd.loc[(h, row), "flip_rate"] - rec.loc[(h, row), "flip_rate"]) < 1e-6, (h, row)
+            assert rec.loc[(h, row), "flip_lo"] <= rec.loc[(h, row), "flip_rate"] <= rec.loc[(h, row), "flip_hi"]
+
+
+# -- the verdicts' rules, on made-up numbers ------------------------------------------------------------------------
+
+
+def test_verdict_rules():
+    from qkcore.experiments.binding import report as r
+
+    assert r.at_chance(0.27, 4, 150) and not r.at_chance(0.45, 4, 150)
+    rnd = (0.05, 0.02, 0.08)
+    assert r.compare((0.9, 0.85, 0.95), {"random": rnd, "shuffled": (0.5, 0.4, 0.6)}, "random") == r.REPRODUCED
+    assert r.compare((0.9, 0.85, 0.95), {"random": rnd, "shuffled": (0.8, 0.7, 0.9)}, "random") == r.SHARED
+    assert r.compare((0.1, 0.07, 0.15), {"random": rnd, "shuffled": (0.0, 0.0, 0.0)}, "random") == r.NOT_REPRODUCED
+    nan = float("nan")
+    assert r.compare((nan, nan, nan), {"random": rnd}, "random") == r.NOT_REPRODUCED
+    near = {"random": rnd, "shuffled": (0.99, 0.985, 0.99)}  # above by less than the margin: not a difference
+    assert r.compare((0.996, 0.995, 0.996), near, "random") == r.SHARED
+    assert r.compare((0.1, 0.1, 0.12), {"random": rnd}, "random") == r.NOT_REPRODUCED  # 0.02 above: within it
+
+    def rows(both, shuffled):
+        return {
+            "random (order+lexical rank)": rnd,
+            "order+lexical": both,
+            "shuffled labels: order+lexical": shuffled,
+            "top key variance (order+lexical rank)": (0, 0, 0),
+        }
+
+    text = r.swap_verdict(
+        {"L1H1": rows((1, 0.99, 1), (0.6, 0.5, 0.7)), "L1H2": rows((1, 0.99, 1), (0.99, 0.98, 1))},
+        1.0,
+        9,
+        300,
+        organism=True,
+    )
+    assert text.startswith(f"**Verdict: {r.SHARED}.**") and "attention hints" not in text and "nudged" in text
+    chance = r.swap_verdict({"L20H6": rows((0.3, 0.25, 0.35), (0.3, 0.25, 0.35))}, 0.26, 4, 100, organism=False)
+    assert "negative control" in chance and r.SHARED in chance
+    fr = {
+        "trained": (0.8, 0.75, 0.85),
+        "random subspaces": (0.2, 0.18, 0.22),
+        "shuffled labels": (0.5, 0.45, 0.55),
+        "random init": (0.98, 0.97, 0.99),
+    }
+    assert f"Verdict: {r.SHARED}" in r.attribution_verdict(fr, 0.9, 4, 100, organism=False)
+    ranks = {"trained": (1, 3), "shuffled labels": (20, 30), "random init": (0, 30)}
+    knn = {"trained": 0.9, "shuffled labels": 0.3, "random init": 0.2}
+    assert f"order ID {r.REPRODUCED}" in r.subspace_verdict(ranks, knn, knn, 64, 0.9, 4, 100, False)
+    flat = {"trained": 0.42, "shuffled labels": 0.29, "random init": 0.35}
+    assert f"order ID {r.NOT_REPRODUCED}" in r.subspace_verdict(ranks, flat, knn, 64, 0.9, 4, 100, False)

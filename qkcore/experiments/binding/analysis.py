@@ -39,7 +39,8 @@ class BindingParams(LMChapterParams):
     scan_by: "attention" (last-token attention on the answer box's key minus that on another box's key) or
     "logit_gap" (trace of the order-ID ΔC). key_offset: keys are read this many tokens after each box letter (0 = the
     letter, as in the paper; −4…+1 reach the clause's object … the "," after the letter). Prompt counts: the paper
-    uses 3,000 per contrast."""
+    uses 3,000 per contrast. preset="quick": each chapter's QUICK values replace the fields left at their defaults
+    (qkcore.params.with_preset), so that a class runs the chapter in under a minute."""
 
     n_heads: int = 3
     scan_by: Literal["attention", "logit_gap"] = "attention"
@@ -48,17 +49,25 @@ class BindingParams(LMChapterParams):
     query_object: str = "tea"
     n_order_prompts: int = 1000
     n_lexical_prompts: int = 1000
+    preset: Literal["full", "quick"] = "full"
 
     def __post_init__(self):
         super().__post_init__()
-        require(2 <= self.n_pairs <= len(PAPER_OBJECTS),
-                f"n_pairs must be in [2, {len(PAPER_OBJECTS)}] (the paper's objects), got {self.n_pairs}")
-        require(self.query_object in PAPER_OBJECTS,
-                f"query_object must be one of the paper's objects {PAPER_OBJECTS}, got {self.query_object!r}")
+        require(
+            2 <= self.n_pairs <= len(PAPER_OBJECTS),
+            f"n_pairs must be in [2, {len(PAPER_OBJECTS)}] (the paper's objects), got {self.n_pairs}",
+        )
+        require(
+            self.query_object in PAPER_OBJECTS,
+            f"query_object must be one of the paper's objects {PAPER_OBJECTS}, got {self.query_object!r}",
+        )
         for name in ("n_order_prompts", "n_lexical_prompts"):
             require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
-        require(-4 <= self.key_offset <= 1, "key_offset must be in [-4, 1] (from the clause's object to the token "
-                                            f"after the box letter), got {self.key_offset}")
+        require(
+            -4 <= self.key_offset <= 1,
+            "key_offset must be in [-4, 1] (from the clause's object to the token "
+            f"after the box letter), got {self.key_offset}",
+        )
 
 
 def load_binding_lm(params: BindingParams) -> LoadedLM:
@@ -89,8 +98,14 @@ class ModelContrasts:
 
 def stream_contrasts(model, tokenizer, chat: bool, params: BindingParams, order, lexical) -> ModelContrasts:
     g = torch.Generator().manual_seed(params.seed + 1)  # the null groupings' coin flips
-    kw = dict(chat=chat, heads="all", batch_size=params.batch_size, weighting=params.weighting, generator=g,
-              key_offset=params.key_offset)
+    kw = dict(
+        chat=chat,
+        heads="all",
+        batch_size=params.batch_size,
+        weighting=params.weighting,
+        generator=g,
+        key_offset=params.key_offset,
+    )
     o, scan = order_contrast(model, tokenizer, order, **kw)
     return ModelContrasts(o, lexical_contrast(model, tokenizer, lexical, **kw), scan)
 
@@ -154,8 +169,11 @@ class BindingAnalysis:
                     if not null:
                         row[f"{which} |q̄|²/E|q|²"] = float(c.query_concentration[i])
                         row[f"{which} mean share"] = float(c.mean_share[i])
-                angles = (principal_angles(bases["order"], bases["lexical"])
-                          if min(b.shape[1] for b in bases.values()) > 0 else torch.tensor([float("nan")]))
+                angles = (
+                    principal_angles(bases["order"], bases["lexical"])
+                    if min(b.shape[1] for b in bases.values()) > 0
+                    else torch.tensor([float("nan")])
+                )
                 row["min angle order/lexical keys (°)"] = float(angles.min())
                 rows.append(row)
         return pd.DataFrame(rows).set_index(["head", "condition"])
@@ -171,17 +189,23 @@ class BindingAnalysis:
         names = {-4: "object", -3: "is", -2: "in", -1: "Box", 0: "letter", 1: "after letter"}  # one token each
         rows = []
         for i in torch.argsort(score, descending=True, stable=True)[:n].tolist():
-            row = {"head": head_name(src.order.heads[i]), "score": float(score[i]),
-                   "order gap": float(src.order.logit_gap()[i]), "attn answer key": float(src.scan.attn_answer[i]),
-                   "attn other key": float(src.scan.attn_other[i])}
+            row = {
+                "head": head_name(src.order.heads[i]),
+                "score": float(score[i]),
+                "order gap": float(src.order.logit_gap()[i]),
+                "attn answer key": float(src.scan.attn_answer[i]),
+                "attn other key": float(src.scan.attn_other[i]),
+            }
             row.update({f"attn {names[o]}": float(src.scan.clause_attn[i, j]) for j, o in enumerate(CLAUSE_OFFSETS)})
             rows.append(row)
         return pd.DataFrame(rows).set_index("head")
 
     def accuracy_table(self) -> pd.DataFrame:
         """How often each model's top letter (among the prompt's letters) is the answer."""
-        rows = {name: {**src.order.accuracy, **{f"lexical {k}": v for k, v in src.lexical.accuracy.items()}}
-                for name, src in (("trained", self.trained), ("random init", self.random))}
+        rows = {
+            name: {**src.order.accuracy, **{f"lexical {k}": v for k, v in src.lexical.accuracy.items()}}
+            for name, src in (("trained", self.trained), ("random init", self.random))
+        }
         return pd.DataFrame(rows).T
 
 
@@ -209,6 +233,8 @@ def same_rank(dec: Decomposition, rank: int) -> Decomposition:
 def control_decompositions(analysis: BindingAnalysis, head, which: str) -> dict[str, Decomposition]:
     """The trained decomposition and, at the trained rank, the shuffled-label and random-init ones."""
     real = analysis.decomposition(head, which)
-    return {"trained": real,
-            "shuffled labels": same_rank(analysis.decomposition(head, which, "shuffled labels"), real.rank),
-            "random init": same_rank(analysis.decomposition(head, which, "random init"), real.rank)}
+    return {
+        "trained": real,
+        "shuffled labels": same_rank(analysis.decomposition(head, which, "shuffled labels"), real.rank),
+        "random init": same_rank(analysis.decomposition(head, which, "random init"), real.rank),
+    }

@@ -13,6 +13,7 @@ Summary per prompt: the explained fraction 1 − ‖res‖²/‖total‖² over 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -86,13 +87,16 @@ class AttributionParams(BindingParams):
     n_attr_prompts: int = 500
     n_random: int = 5
     example: int = 0
+    QUICK: ClassVar[dict] = {"n_order_prompts": 200, "n_lexical_prompts": 200, "n_attr_prompts": 200}
 
     def __post_init__(self):
         super().__post_init__()
         require(self.n_attr_prompts >= 2, f"n_attr_prompts must be ≥ 2, got {self.n_attr_prompts}")
         require(self.n_random >= 1, f"n_random must be ≥ 1, got {self.n_random}")
-        require(0 <= self.example < self.n_attr_prompts,
-                f"example must index one of the n_attr_prompts={self.n_attr_prompts} prompts, got {self.example}")
+        require(
+            0 <= self.example < self.n_attr_prompts,
+            f"example must index one of the n_attr_prompts={self.n_attr_prompts} prompts, got {self.example}",
+        )
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,9 @@ class Captured:
 
 
 @torch.no_grad()
-def capture_head(model, tokenizer, chat: bool, prompts: list[BindingPrompt], head, batch_size: int,
-                 key_offset: int = 0) -> Captured:
+def capture_head(
+    model, tokenizer, chat: bool, prompts: list[BindingPrompt], head, batch_size: int, key_offset: int = 0
+) -> Captured:
     """The query and all keys of one head, prompts padded to a common length (left padding)."""
     enc = encode_binding_prompts(tokenizer, prompts, chat, key_offset)  # one batch layout for all prompts
     qs, ks = [], []
@@ -166,8 +171,9 @@ class AttributionResult:
         return self.fractions.describe(percentiles=[0.25, 0.5, 0.75]).T[["mean", "std", "25%", "50%", "75%"]]
 
 
-def run_attribution(params: AttributionParams, lm: LoadedLM | None = None,
-                    analysis: BindingAnalysis | None = None) -> AttributionResult:
+def run_attribution(
+    params: AttributionParams, lm: LoadedLM | None = None, analysis: BindingAnalysis | None = None
+) -> AttributionResult:
     """The Figure 10 chapter at the first studied head, with controls: random query subspaces of the same ranks,
     shuffled-label subspaces and the random-init model (both at the trained ranks)."""
     analysis = analysis if analysis is not None else analyse_binding(params, lm)
@@ -179,8 +185,10 @@ def run_attribution(params: AttributionParams, lm: LoadedLM | None = None,
     caps = {"trained": capture_head(analysis.lm.model, tok, chat, prompts, head, bs, ko)}
     caps["random init"] = capture_head(analysis.random_model, tok, chat, prompts, head, bs, ko)
     decs = {w: control_decompositions(analysis, head, w) for w in ("order", "lexical")}
-    bases = {cond: (decs["order"][cond].query_basis, decs["lexical"][cond].query_basis)
-             for cond in ("trained", "shuffled labels", "random init")}
+    bases = {
+        cond: (decs["order"][cond].query_basis, decs["lexical"][cond].query_basis)
+        for cond in ("trained", "shuffled labels", "random init")
+    }
     r_o, r_l = bases["trained"][0].shape[1], bases["trained"][1].shape[1]
     d = caps["trained"].q.shape[-1]
     fr, fr_keys, sel = {}, {}, {}
@@ -197,35 +205,56 @@ def run_attribution(params: AttributionParams, lm: LoadedLM | None = None,
     parts = record("trained", caps["trained"], *bases["trained"])
     record("shuffled labels", caps["trained"], *bases["shuffled labels"])
     record("random init", caps["random init"], *bases["random init"])
-    draws = [(random_orthonormal(d, r_o, g) if r_o else torch.zeros(d, 0, dtype=torch.float64),
-              random_orthonormal(d, r_l, g) if r_l else torch.zeros(d, 0, dtype=torch.float64))
-             for _ in range(params.n_random)]
+    draws = [
+        (
+            random_orthonormal(d, r_o, g) if r_o else torch.zeros(d, 0, dtype=torch.float64),
+            random_orthonormal(d, r_l, g) if r_l else torch.zeros(d, 0, dtype=torch.float64),
+        )
+        for _ in range(params.n_random)
+    ]
     draw_parts = [split_logits(caps["trained"].q, caps["trained"].K, *b) for b in draws]
     fr["random subspaces"] = torch.stack([explained_fraction(p, caps["trained"].valid) for p in draw_parts]).mean(0)
     fr_keys["random subspaces"] = torch.stack([explained_fraction(p, key_mask) for p in draw_parts]).mean(0)
-    fr["random subspaces"], fr_keys["random subspaces"] = (fr["random subspaces"].numpy(),
-                                                           fr_keys["random subspaces"].numpy())
+    fr["random subspaces"], fr_keys["random subspaces"] = (
+        fr["random subspaces"].numpy(),
+        fr_keys["random subspaces"].numpy(),
+    )
     draw_sel = [selectivity(p, caps["trained"]) for p in draw_parts]
     sel["random subspaces"] = {k: sum(s[k] for s in draw_sel) / len(draw_sel) for k in draw_sel[0]}
     ex = params.example
     pos, tokens = shown_positions(tok, prompts[ex], chat)
     cols = [int(caps["trained"].valid.shape[1] - caps["trained"].valid[ex].sum()) + p for p in pos]  # left padding
     example = LogitParts(*(getattr(parts, f)[ex, cols] for f in ("total", *PARTS)))
-    return AttributionResult(analysis, head, (r_o, r_l), prompts[ex], tokens, example, pd.DataFrame(fr),
-                             pd.DataFrame(fr_keys), pd.DataFrame(sel).T)
-
+    return AttributionResult(
+        analysis,
+        head,
+        (r_o, r_l),
+        prompts[ex],
+        tokens,
+        example,
+        pd.DataFrame(fr),
+        pd.DataFrame(fr_keys),
+        pd.DataFrame(sel).T,
+    )
 
 
 def summary(result: AttributionResult) -> dict[str, object]:
     """The chapter's closing numbers: the ranks, the explained fraction per condition (mean ± sd, median), and the
     answer-vs-other-letter logit difference split into its order, lexical and residual parts."""
     s = result.explained_table()
-    out: dict[str, object] = {"head": head_name(result.head),
-                              "query ranks (order, lexical)": tuple(int(r) for r in result.ranks)}
+    a = result.analysis
+    out: dict[str, object] = {
+        "model": a.lm.description.split(" (")[0],
+        "letter accuracy": r3(a.trained.order.accuracy["order prompts"]),
+        "chance": r3(1 / a.params.n_pairs),
+        "head": head_name(result.head),
+        "query ranks (order, lexical)": tuple(int(r) for r in result.ranks),
+    }
     for cond in s.index:
-        out[f"explained fraction, {cond}"] = (f"{r3(s.loc[cond, 'mean']):.3f} ± {r3(s.loc[cond, 'std']):.3f} "
-                                              f"(median {r3(s.loc[cond, '50%']):.3f})")
+        out[f"explained fraction, {cond}"] = (
+            f"{r3(s.loc[cond, 'mean']):.3f} ± {r3(s.loc[cond, 'std']):.3f} (median {r3(s.loc[cond, '50%']):.3f})"
+        )
     sel = result.selectivity.loc["trained"]
-    out["answer-vs-other-letter logit difference"] = (
-        f"total {r3(sel['total']):.3f} = " + " + ".join(f"{p} {r3(sel[p]):.3f}" for p in ("order", "lexical", "residual")))
+    for part in ("total", "order", "lexical", "residual"):
+        out[f"answer-vs-other-letter logit difference, {part}"] = r3(sel[part])
     return out

@@ -35,7 +35,8 @@ class Contrast:
     """ΔC of one contrast at heads[i]: delta[i] (d, d) float64, null_delta[i] the same with shuffled labels.
     query_concentration[i] = |E q|² / E|q|² over the positive queries (near 1: the query barely varies, so ΔC is
     close to rank 1 whatever the keys hold); mean_share[i] = how much of ΔC the outer products of the class means
-    alone give (both from qkcore.covariance.ContrastiveCovariance). accuracy: how often the model's top letter was the answer, per set."""
+    alone give (both from qkcore.covariance.ContrastiveCovariance). accuracy: how often the model's top letter
+    was the answer, per set."""
 
     name: str
     heads: tuple[tuple[int, int], ...]
@@ -84,8 +85,16 @@ class _Pair:
         self.null = ContrastiveCovariance(d, head_shape=(n_heads,), weighting=weighting)
 
     def contrast(self, name, heads, accuracy, n) -> Contrast:
-        return Contrast(name, heads, self.real.delta(), self.null.delta(), self.real.query_concentration(),
-                        self.real.mean_share(), accuracy, n)
+        return Contrast(
+            name,
+            heads,
+            self.real.delta(),
+            self.null.delta(),
+            self.real.query_concentration(),
+            self.real.mean_share(),
+            accuracy,
+            n,
+        )
 
 
 def _heads(model: nn.Module, heads) -> tuple[tuple[int, int], ...]:
@@ -111,9 +120,17 @@ def _add_split(acc, q: torch.Tensor, k: torch.Tensor, positive: torch.Tensor) ->
 
 
 @torch.no_grad()
-def order_contrast(model: nn.Module, tokenizer, prompts: Sequence[BindingPrompt], chat: bool, heads="all",
-                   batch_size: int = 50, weighting: Weighting = "pair_mean",
-                   generator: torch.Generator | None = None, key_offset: int = 0) -> tuple[Contrast, ScanStats]:
+def order_contrast(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[BindingPrompt],
+    chat: bool,
+    heads="all",
+    batch_size: int = 50,
+    weighting: Weighting = "pair_mean",
+    generator: torch.Generator | None = None,
+    key_offset: int = 0,
+) -> tuple[Contrast, ScanStats]:
     """Order-ID ΔC (and its null) at `heads` over order-ID prompts, plus the attention scan statistics."""
     heads = _heads(model, heads)
     n_pairs = prompts[0].n_pairs
@@ -146,9 +163,17 @@ def order_contrast(model: nn.Module, tokenizer, prompts: Sequence[BindingPrompt]
 
 
 @torch.no_grad()
-def lexical_contrast(model: nn.Module, tokenizer, pairs: Sequence[tuple[BindingPrompt, BindingPrompt]], chat: bool,
-                     heads="all", batch_size: int = 50, weighting: Weighting = "pair_mean",
-                     generator: torch.Generator | None = None, key_offset: int = 0) -> Contrast:
+def lexical_contrast(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence[tuple[BindingPrompt, BindingPrompt]],
+    chat: bool,
+    heads="all",
+    batch_size: int = 50,
+    weighting: Weighting = "pair_mean",
+    generator: torch.Generator | None = None,
+    key_offset: int = 0,
+) -> Contrast:
     """Lexical-ID ΔC (and its null) at `heads` over (prompt, counterfactual) pairs."""
     heads = _heads(model, heads)
     g = generator if generator is not None else torch.Generator().manual_seed(0)

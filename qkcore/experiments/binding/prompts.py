@@ -57,7 +57,9 @@ def answer_token_id(tokenizer, letter: str, chat: bool) -> int:
     return int(ids[0])
 
 
-def encode_binding_prompts(tokenizer, prompts: Sequence[BindingPrompt], chat: bool, key_offset: int = 0) -> EncodedPrompts:
+def encode_binding_prompts(
+    tokenizer, prompts: Sequence[BindingPrompt], chat: bool, key_offset: int = 0
+) -> EncodedPrompts:
     """Tokenize prompts (inside the chat template when chat) and locate their box letters' tokens and keys."""
     if not prompts:
         raise ValueError("no prompts to encode")
@@ -68,8 +70,10 @@ def encode_binding_prompts(tokenizer, prompts: Sequence[BindingPrompt], chat: bo
     letters, ids = [], []
     answer_ids = {x: answer_token_id(tokenizer, x, chat) for x in sorted({x for p in prompts for x in p.letters})}
     for r, p in enumerate(prompts):
-        spans = [char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r])
-                 for s, e in p.letter_spans]
+        spans = [
+            char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r])
+            for s, e in p.letter_spans
+        ]
         letters.append([batch.padded(r, sp.last) for sp in spans])
         ids.append([answer_ids[x] for x in p.letters])
     last = torch.tensor([batch.padded(r, -1) for r in range(len(prompts))])  # (b,)
@@ -100,8 +104,9 @@ class BindingVectors:
 CLAUSE_OFFSETS = (-4, -3, -2, -1, 0, 1)  # tokens of "egg is in Box A ," around the letter (the organism's words)
 
 
-def capture_binding(model: nn.Module, enc: EncodedPrompts, heads: Sequence[tuple[int, int]],
-                    attention: bool = False) -> BindingVectors:
+def capture_binding(
+    model: nn.Module, enc: EncodedPrompts, heads: Sequence[tuple[int, int]], attention: bool = False
+) -> BindingVectors:
     """One forward pass of `enc.batch` (qkcore.lm.gather_qk), capturing post-rotary q and k of `heads` (in order)."""
     heads = tuple(tuple(h) for h in heads)
     rows = torch.arange(enc.size)
@@ -110,9 +115,15 @@ def capture_binding(model: nn.Module, enc: EncodedPrompts, heads: Sequence[tuple
         answer_letter = enc.letters[rows, enc.answer]  # (b,)
         near = answer_letter[:, None] + torch.tensor(CLAUSE_OFFSETS)  # (b, 6)
         attn_cols = torch.cat([enc.keys, near.clamp(0, enc.batch.input_ids.shape[1] - 1)], 1)  # (b, n_pairs + 6)
-    got = gather_qk(model, enc.batch, heads, enc.last, enc.keys, attn_cols=attn_cols)
-    logits = got.output.logits[rows, enc.last].float().cpu()  # (b, vocab)
+    got = gather_qk(model, enc.batch, heads, enc.last, enc.keys, attn_cols=attn_cols, logits_to_keep=1)
+    logits = got.output.logits[:, -1].float().cpu()  # (b, vocab): left padding, the last column is the query
     choice = logits.gather(1, enc.letter_ids).argmax(-1)  # (b,)
     n_keys = enc.keys.shape[1]
-    return BindingVectors(heads, got.q, got.k, got.attn[..., :n_keys] if attention else None,
-                          got.attn[..., n_keys:] if attention else None, choice)
+    return BindingVectors(
+        heads,
+        got.q,
+        got.k,
+        got.attn[..., :n_keys] if attention else None,
+        got.attn[..., n_keys:] if attention else None,
+        choice,
+    )

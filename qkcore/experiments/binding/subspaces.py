@@ -9,6 +9,7 @@ and lexical views (PCA, kNN, UMAP) at one head.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pandas as pd
 import torch
@@ -21,7 +22,7 @@ from qkcore.experiments.binding.analysis import (
     control_decompositions,
     load_binding_lm,
 )
-from qkcore.experiments.binding.views import lexical_view, order_view
+from qkcore.experiments.binding.views import collect, lexical_view, order_view
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.tables import r3
 from qkcore.lm import attention_layout
@@ -40,6 +41,7 @@ class SubspaceParams(BindingParams):
     n_view_prompts: int = 200
     umap: bool = True
     umap_neighbours: int = 15
+    QUICK: ClassVar[dict] = {"n_order_prompts": 200, "n_lexical_prompts": 200, "n_view_prompts": 100, "umap": False}
 
     def __post_init__(self):
         super().__post_init__()
@@ -59,13 +61,17 @@ class SubspaceResult:
 
     def view_table(self) -> pd.DataFrame:
         """kNN accuracy of the clause index (order keys and queries) and of the queried object (lexical)."""
-        rows = {cond: {"order rank": self.order_views[cond].rank,
-                       "order: clause from keys": self.order_views[cond].key_knn,
-                       "order: clause from queries": self.order_views[cond].query_knn,
-                       "lexical rank": self.lexical_views[cond].rank,
-                       "lexical: object from keys": self.lexical_views[cond].key_knn,
-                       "lexical: object from queries": self.lexical_views[cond].query_knn}
-                for cond in CONDITIONS}
+        rows = {
+            cond: {
+                "order rank": self.order_views[cond].rank,
+                "order: clause from keys": self.order_views[cond].key_knn,
+                "order: clause from queries": self.order_views[cond].query_knn,
+                "lexical rank": self.lexical_views[cond].rank,
+                "lexical: object from keys": self.lexical_views[cond].key_knn,
+                "lexical: object from queries": self.lexical_views[cond].query_knn,
+            }
+            for cond in CONDITIONS
+        }
         return pd.DataFrame(rows).T
 
 
@@ -80,35 +86,67 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
     order = order_id_prompts(params.n_view_prompts, params.n_pairs, g, query_object=params.query_object)
     plain = [sample_prompt(params.n_pairs, g) for _ in range(params.n_view_prompts)]
     tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
-    models = {"trained": analysis.lm.model, "shuffled labels": analysis.lm.model,
-              "random init": analysis.random_model}
+    models = {"trained": analysis.lm.model, "shuffled labels": analysis.lm.model, "random init": analysis.random_model}
     order_views, lexical_views = {}, {}
+    vectors = {}  # (model, which prompts) → collected q, k: the trained model serves two conditions
+
+    def got(model, which):
+        key = (id(model), which)
+        if key not in vectors:
+            vectors[key] = collect(model, tok, chat, order if which == "order" else plain, head, bs, params.key_offset)
+        return vectors[key]
+
     for which, views in (("order", order_views), ("lexical", lexical_views)):
         for cond, dec in control_decompositions(analysis, head, which).items():
+            net = models[cond]
             if which == "order":
-                views[cond] = order_view(models[cond], tok, chat, order, head, dec, bs, params.key_offset)
+                views[cond] = order_view(
+                    net, tok, chat, order, head, dec, bs, params.key_offset, collected=got(net, which)
+                )
             else:
-                views[cond] = lexical_view(models[cond], tok, chat, plain, head, dec, bs,
-                                           umap_seed=params.seed if cond == "trained" and params.umap else None,
-                                           umap_neighbours=params.umap_neighbours, key_offset=params.key_offset)
+                views[cond] = lexical_view(
+                    net,
+                    tok,
+                    chat,
+                    plain,
+                    head,
+                    dec,
+                    bs,
+                    umap_seed=params.seed if cond == "trained" and params.umap else None,
+                    umap_neighbours=params.umap_neighbours,
+                    key_offset=params.key_offset,
+                    collected=got(net, which),
+                )
     return SubspaceResult(analysis, head, order_views, lexical_views)
 
 
 def summary(result: SubspaceResult) -> dict[str, object]:
-    """The chapter's closing numbers: per studied head the order and lexical ranks and the order logit gap beside
-    their controls; at the view head the kNN accuracies of the views beside their controls."""
+    """The chapter's closing numbers: the model's letter accuracy; per studied head the order and lexical ranks and
+    the order logit gap beside their controls (trained, shuffled labels, random init); at the view head the kNN
+    accuracies of the views beside their controls."""
     a, conds = result.analysis, ("trained", "shuffled labels", "random init")
     table = a.head_table()
-    out: dict[str, object] = {}
+    out: dict[str, object] = {
+        "model": a.lm.description.split(" (")[0],
+        "letter accuracy": r3(a.trained.order.accuracy["order prompts"]),
+        "chance": r3(1 / a.params.n_pairs),
+    }
     for head in a.heads:
         name = head_name(head)
         for which in ("order", "lexical"):
-            out[f"{name} {which} rank (trained, shuffled labels, random init)"] = tuple(
-                int(table.loc[(name, c), f"{which} rank"]) for c in conds)
-        out[f"{name} order logit gap (trained, shuffled labels, random init)"] = tuple(
-            r3(table.loc[(name, c), "order gap"]) for c in conds)
+            out[f"{name} {which} rank (trained, shuffled, random init)"] = tuple(
+                int(table.loc[(name, c), f"{which} rank"]) for c in conds
+            )
+        out[f"{name} order logit gap (trained, shuffled, random init)"] = tuple(
+            r3(table.loc[(name, c), "order gap"]) for c in conds
+        )
     views = result.view_table()
-    for col in ("order: clause from keys", "lexical: object from keys"):
-        out[f"view head {head_name(result.view_head)}, kNN {col} (trained, shuffled labels, random init)"] = tuple(
-            round(float(views.loc[c, col]), 2) + 0.0 for c in conds)
+    view = head_name(result.view_head)
+    for col, label in (
+        ("order: clause from keys", "clause from order keys"),
+        ("lexical: object from keys", "object from lexical keys"),
+    ):
+        out[f"{view} kNN {label} (trained, shuffled, random init)"] = tuple(
+            round(float(views.loc[c, col]), 2) + 0.0 for c in conds
+        )
     return out

@@ -73,7 +73,8 @@ class View:
     umap: np.ndarray | None = None
 
 
-def _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset):
+def collect(model, tokenizer, chat, prompts, head, batch_size, key_offset=0):
+    """q (n, d), k (n, P, d) and the answer clause (n,) of one head over prompts: what both views project."""
     qs, ks, answers = [], [], []
     for idx in iter_batches(len(prompts), batch_size):
         enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
@@ -82,8 +83,9 @@ def _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset):
     return torch.cat(qs), torch.cat(ks), torch.cat(answers)  # (n, d), (n, P, d), (n,)
 
 
-def _view(dec: Decomposition, q: torch.Tensor, k: torch.Tensor, q_labels, k_labels, umap_seed=None,
-          umap_neighbours: int = 15) -> View:
+def _view(
+    dec: Decomposition, q: torch.Tensor, k: torch.Tensor, q_labels, k_labels, umap_seed=None, umap_neighbours: int = 15
+) -> View:
     U, V = view_bases(dec)
     kc, qc = (k @ V).numpy(), (q @ U).numpy()  # (n_k, r), (n_q, r)
     both = np.concatenate([kc, qc])
@@ -91,25 +93,54 @@ def _view(dec: Decomposition, q: torch.Tensor, k: torch.Tensor, q_labels, k_labe
     if umap_seed is not None:
         emb = umap_2d(both[:, : max(dec.rank, 1)], umap_neighbours, umap_seed)
     r = dec.rank
-    return View(r, kc, qc, np.asarray(k_labels), np.asarray(q_labels), pca(both, 3, pad=True)[0].numpy(),
-                knn_accuracy(kc[:, :r], np.asarray(k_labels)), knn_accuracy(qc[:, :r], np.asarray(q_labels)), emb)
+    return View(
+        r,
+        kc,
+        qc,
+        np.asarray(k_labels),
+        np.asarray(q_labels),
+        pca(both, 3, pad=True)[0].numpy(),
+        knn_accuracy(kc[:, :r], np.asarray(k_labels)),
+        knn_accuracy(qc[:, :r], np.asarray(q_labels)),
+        emb,
+    )
 
 
 @torch.no_grad()
-def order_view(model, tokenizer, chat: bool, prompts: Sequence[BindingPrompt], head: tuple[int, int],
-               decomposition: Decomposition, batch_size: int = 50, key_offset: int = 0) -> View:
-    """Every box's key (labelled by its clause index) and each query (labelled by the queried clause)."""
-    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+def order_view(
+    model,
+    tokenizer,
+    chat: bool,
+    prompts: Sequence[BindingPrompt],
+    head: tuple[int, int],
+    decomposition: Decomposition,
+    batch_size: int = 50,
+    key_offset: int = 0,
+    collected=None,
+) -> View:
+    """Every box's key (labelled by its clause index) and each query (labelled by the queried clause).
+    collected: `collect(...)`'s output for these prompts, model and head, when already computed."""
+    q, k, answer = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
     n, P, d = k.shape
     return _view(decomposition, q, k.reshape(n * P, d), answer.numpy(), np.tile(np.arange(P), n))
 
 
 @torch.no_grad()
-def lexical_view(model, tokenizer, chat: bool, prompts: Sequence[BindingPrompt], head: tuple[int, int],
-                 decomposition: Decomposition, batch_size: int = 50, umap_seed: int | None = 0,
-                 umap_neighbours: int = 15, key_offset: int = 0) -> View:
+def lexical_view(
+    model,
+    tokenizer,
+    chat: bool,
+    prompts: Sequence[BindingPrompt],
+    head: tuple[int, int],
+    decomposition: Decomposition,
+    batch_size: int = 50,
+    umap_seed: int | None = 0,
+    umap_neighbours: int = 15,
+    key_offset: int = 0,
+    collected=None,
+) -> View:
     """The answer box's key and the query, both labelled by the queried object (index into OBJECTS)."""
-    q, k, answer = _collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+    q, k, answer = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
     labels = np.array([OBJECTS.index(p.query_object) for p in prompts])
     k_answer = k[torch.arange(len(prompts)), answer]  # (n, d)
     return _view(decomposition, q, k_answer, labels, labels, umap_seed, umap_neighbours)
