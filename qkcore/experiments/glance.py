@@ -11,7 +11,9 @@ has not recorded its numbers gives "not run".
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import pandas as pd
@@ -57,17 +59,32 @@ def _show(value) -> str:
 
 
 def _lm_verdict(results: dict, chapters: list[str], prefix: str) -> str:
-    found = [f"{name}: {v}" for name in chapters for v in _verdicts(results, name, prefix)]
-    return "; ".join(found) if found else NOT_RUN
+    """ "organism: …, SmolLM2: …" from the chapters' recorded `verdict: <prefix>…` keys."""
+    found = [
+        f"{'SmolLM2' if name.endswith('_smollm2') else 'organism'}: {v}"
+        for name in chapters
+        for v in _verdicts(results, name, prefix)
+    ]
+    return ", ".join(found) if found else NOT_RUN
 
 
 def _heads_keys(results: dict, chapter: str, pattern: str) -> list[str]:
     return [k for k in results.get(chapter, {}) if pattern in k]
 
 
-def claims_table(results: dict) -> pd.DataFrame:
+def page_verdicts(notebook: str | Path) -> list[str]:
+    """The verdicts an executed page states in bold ("**Verdict: …**", glued from its own numbers by the binding
+    chapters' rules): read from the notebook's outputs, so the glance page repeats them and never retypes them."""
+    path = Path(notebook)
+    if not path.is_file():
+        return []
+    return sorted(set(re.findall(r"\*\*Verdict: (.*?)\.\*\*", path.read_text())))
+
+
+def claims_table(results: dict, pages: str | Path | None = None) -> pd.DataFrame:
     """One row per claim: paper (the paper's setting), book (where the book runs it), figure (the book's numbers),
-    controls, verdict, section (a link). Numbers come from `results` ({chapter: numbers}); nothing is retyped."""
+    controls, verdict, section (a link). Numbers come from `results` ({chapter: numbers}); nothing is retyped. The
+    binding chapters' verdicts are read from their executed pages in `pages` (book/) when given."""
     rows = []
 
     # 1. rank recovery: reproduced when every d_head 16 model recovers (r1, r2) exactly
@@ -176,10 +193,10 @@ def claims_table(results: dict) -> pd.DataFrame:
             "controls": "; ".join(
                 f"{n}: " + _lm_cell(results, n, _heads_keys(results, n, "key η² (shuffled labels)")) for n in lm_filter
             ),
-            "verdict": _lm_verdict(results, lm_filter, "rank 1")
-            + " (rank 1); "
-            + _lm_verdict(results, lm_filter, "keys cluster")
-            + " (clusters)",
+            "verdict": "rank 1 per category: "
+            + _lm_verdict(results, lm_filter, "rank 1")
+            + ". Keys cluster by category: "
+            + _lm_verdict(results, lm_filter, "keys cluster"),
             "section": "[Filter heads](filter_heads.ipynb), [SmolLM2](filter_heads_smollm2.ipynb)",
         }
     )
@@ -252,7 +269,12 @@ def claims_table(results: dict) -> pd.DataFrame:
                 "negative control)",
                 "figure": "; ".join(pick(n, shown) for n in names),
                 "controls": "; ".join(pick(n, controls) for n in names),
-                "verdict": _lm_verdict(results, names, ""),
+                "verdict": "; ".join(
+                    f"{'organism' if n == chapter else 'SmolLM2 (binds at chance)'}: {v}"
+                    for n in names
+                    for v in (page_verdicts(Path(pages) / f"{n}.ipynb") if pages is not None else [])
+                )
+                or _lm_verdict(results, names, ""),
                 "section": f"[{claim}]({chapter}.ipynb), [SmolLM2]({chapter}_smollm2.ipynb)",
             }
         )

@@ -36,7 +36,7 @@ def test_eleven_claims_and_the_toy_rules():
 def test_missing_chapters_are_not_run_and_lm_verdicts_are_read_not_made():
     table = claims_table({"filter_heads": {"verdict: swap moves attention (Figure 7)": "not reproduced (at L2H0)"}})
     assert table.verdict.iloc[0] == NOT_RUN
-    assert table.loc["7. Filter intervention", "verdict"] == "filter_heads: not reproduced (at L2H0)"
+    assert table.loc["7. Filter intervention", "verdict"] == "organism: not reproduced (at L2H0)"
 
 
 def test_links_point_at_built_pages():
@@ -47,3 +47,10 @@ def test_links_point_at_built_pages():
 def test_the_committed_results_give_every_toy_claim_a_verdict():
     results = {p.stem: json.loads(p.read_text()) for p in BOOK_RESULTS.glob("*.json")}
     assert NOT_RUN not in set(claims_table(results).verdict[:5])
+
+
+def test_binding_verdicts_are_read_from_the_executed_pages(tmp_path):
+    page = {"cells": [{"outputs": [{"data": {"text/markdown": "**Verdict: not reproduced.** The swap ..."}}]}]}
+    (tmp_path / "attribution_smollm2.ipynb").write_text(json.dumps(page))
+    table = claims_table({}, pages=tmp_path)
+    assert table.loc["10. Attribution", "verdict"] == "SmolLM2 (binds at chance): not reproduced"
