@@ -310,8 +310,17 @@ def as_html(table: pd.DataFrame) -> str:
     """The table as HTML with the section column's markdown links turned into links to the built pages."""
     out = table.copy()
     if "section" not in out.columns:
-        return out.to_html(escape=False, classes="glance")
+        return _fit(out.to_html(escape=False, classes="glance"))
     out["section"] = out["section"].str.replace(
         r"\[([^\]]+)\]\(([\w_]+)\.ipynb\)", r'<a href="\2.html">\1</a>', regex=True
     )
-    return out.to_html(escape=False, classes="glance")
+    return _fit(out.to_html(escape=False, classes="glance"))
+
+
+def _fit(html: str) -> str:
+    """A table as wide as the page's column, its long cells wrapped instead of pushing it sideways."""
+    return html.replace(
+        '<table border="1" class="dataframe glance">',
+        '<table border="1" class="dataframe glance" style="table-layout: fixed; width: 100%; '
+        'overflow-wrap: anywhere; font-size: 0.85em">',
+    )
