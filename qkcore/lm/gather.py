@@ -4,7 +4,8 @@ the binding contrasts, their views and the attribution.
 
     got = gather_qk(model, batch, heads=[(2, 1)], query_cols=last, key_cols=items, attn_cols=items)
     got.q (H, b, d) at last;  got.k (H, b, n, d) at items;  got.attn (H, b, n) last's attention on items
-    got.output.logits      (the model's own output of the same pass)
+    got.output.logits      (the model's own output of the same pass; logits=False: None, and the pass stops after
+                            the deepest head's layer: qkcore.lm.early_exit)
 
 Columns index the padded batch (`EncodedBatch.padded`). Without `attn_cols` only the asked positions are kept; with
 them every position is captured so that the softmax can be rebuilt, which costs memory, not another pass.
@@ -21,6 +22,7 @@ from torch import nn
 
 from qkcore.lm.batching import EncodedBatch, run_model
 from qkcore.lm.capture import capture_qk
+from qkcore.lm.early_exit import run_until
 from qkcore.lm.layout import HeadSpec, attention_layout
 
 
@@ -59,11 +61,13 @@ def gather_qk(
     key_cols=None,
     attn_cols=None,
     dtype: torch.dtype = torch.float32,
+    logits: bool = True,
     **forward_kwargs,
 ) -> GatheredQK:
     """Post-rotary q of `heads` at query_cols (b,) and k at key_cols (b, n) (None: every column), on the CPU in
     `dtype`; with attn_cols (b, m), also the query's attention on those columns. `heads` keeps its order ("all":
-    layer-major)."""
+    layer-major). logits=False: the model's output is not wanted (got.output is None), so the pass stops after the
+    deepest head's attention layer (qkcore.lm.early_exit.run_until; the same vectors, bit for bit)."""
     layout = attention_layout(model)
     layout.select(heads)  # validates: known layers and heads, no repeats
     heads = layout.all_heads() if isinstance(heads, str) else tuple(tuple(h) for h in heads)
@@ -79,7 +83,11 @@ def gather_qk(
         key_positions=None if full else kcol,
         keep_masks=full,
     ) as cap:
-        out = run_model(model, batch, **forward_kwargs)
+        if logits:
+            out = run_model(model, batch, **forward_kwargs)
+        else:
+            forward_kwargs.pop("logits_to_keep", None)  # no LM head runs
+            out = run_until(model, batch, max(layer for layer, _ in heads), **forward_kwargs)
     qs, ks, attns = [], [], []
     for h in heads:
         if full:
