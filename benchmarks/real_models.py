@@ -115,7 +115,8 @@ def threads(model, tok, texts, pairs, batches, layout, layers, batch_size) -> No
     q_says = "bit-identical" if q_diff == 0 else f"differ by ≤ {q_diff:.2e}"
     d_says = "bit-identical" if d_diff == 0 else f"differ by ≤ {d_diff:.2e} (max |ΔC| {d1.abs().max().item():.3g})"
     print(
-        f"threads 1 vs 2: q, k of {len(heads)} heads {q_says}; ΔC of all {layout.n_layers * layout.n_heads} heads {d_says}; "
+        f"threads 1 vs 2: q, k of {len(heads)} heads {q_says}; "
+        f"ΔC of all {layout.n_layers * layout.n_heads} heads {d_says}; "
         f"capture {w1:.1f} s vs {w2:.1f} s ({w1 / w2:.2f}×), ΔC streaming {dc1:.1f} s vs {dc2:.1f} s "
         f"({dc1 / dc2:.2f}×)",
         flush=True,
