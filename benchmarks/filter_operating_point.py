@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 
 import torch
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
             f"({len(not_first)} prompts); e.g. {words}; {time.perf_counter() - start:.0f} s",
             flush=True,
         )
-    print(f"load average {os.getloadavg()[0]:.1f}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB → GB
+    print(f"peak resident memory {peak:.2f} GB; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -45,9 +45,10 @@ def load_times(name: str, cold: bool) -> str:
             try:
                 _, seconds = timed(lambda: load_model(name, progress=False))
             finally:
-                os.environ.pop(gguf_module.CACHE_ENV) if before is None else os.environ.update(
-                    {gguf_module.CACHE_ENV: before}
-                )
+                if before is None:
+                    del os.environ[gguf_module.CACHE_ENV]
+                else:
+                    os.environ[gguf_module.CACHE_ENV] = before
             parts.append(f"cold {seconds:.1f} s")
     warm = [timed(lambda: load_model(name, progress=False))[1] for _ in range(2)]
     parts.append(f"cached {statistics.median(warm):.2f} s ({', '.join(f'{s:.2f}' for s in warm)})")
