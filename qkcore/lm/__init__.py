@@ -2,9 +2,10 @@
 logit edits and key swaps, token positions from text (paper §3 "The method"; Figures 6–10).
 
 Verified (tests/lm/) on tiny random models of 39 decoder families (the README's "Supported architectures" table) and on
-SmolLM2-135M-Instruct's real weights: attention rebuilt from captured q, k equals the model's own eager attention;
-outputs with capture on == off; batched == one by one. Families that cannot be captured exactly are refused up front.
-Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key head h // group_size.
+the real weights of SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct: attention rebuilt from captured q, k equals
+the model's own eager attention; outputs with capture on == off; batched == one by one. Families that cannot be
+captured exactly are refused up front. Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key
+head h // group_size.
 
 Loading (loading.py)
     model, tok = load_model(name_or_path, dtype="float32", device=None, device_map=None, attn_implementation=None,

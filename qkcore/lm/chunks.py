@@ -8,7 +8,10 @@ more than 16 MB in memory), checks every chunk's size and sha256, the whole file
 
     $QKCORE_CACHE/assembled/<sha256>/<name>.gguf      (qkcore.lm.gguf.cache_root)
 
-    path = assemble(MODELS["qwen2.5-coder-0.5b-instruct"])   # the verified .gguf file (first call ~5 s, then ~2 s)
+    path = assemble(MODELS["qwen2.5-coder-0.5b-instruct"])   # the verified .gguf file (first call ~3 s, then ~1 s)
+
+The assembled file is kept (491 MB) even when loading with cache=False: the pieces must be joined somewhere, and
+transformers reads a GGUF from a path. Delete the folder to free the space.
 """
 
 from __future__ import annotations
