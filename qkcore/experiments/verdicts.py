@@ -37,6 +37,31 @@ UNDEFINED = "undefined (floor)"
 IMPLIED = "implied by query concentration"
 VOCABULARY = (REPRODUCED, MATCHED, CONTROL_BETTER, NOT_REPRODUCED, NOT_TESTABLE, UNDEFINED, IMPLIED)
 
+# Every claim a chapter may judge, with the paper's claim it belongs to (PAPER.md, "Claims a reproduction checks"):
+# the results-at-a-glance page groups verdicts by that number. A Verdict naming another claim is refused.
+CLAIMS: dict[str, int] = {
+    "toy: rank recovery": 1,
+    "toy: analytic form": 2,
+    "toy: cube": 3,
+    "toy: interaction matrix": 4,
+    "toy: causal swap": 5,
+    "filter: low rank": 6,
+    "filter: keys cluster by category": 6,
+    "filter: category matching": 6,
+    "filter: category decoding": 6,
+    "filter: swap": 7,
+    "binding: order-ID low rank": 8,
+    "binding: lexical-ID low rank": 8,
+    "binding: order-ID view": 8,
+    "binding: lexical-ID view": 8,
+    "binding: swap, order": 9,
+    "binding: swap, lexical": 9,
+    "binding: swap, both": 9,
+    "attribution: explained fraction": 10,
+    "attribution: key-side split": 10,
+    "generalisation": 11,
+}
+
 ALPHA = 0.05  # every test's level; intervals are the matching 95% percentile bootstrap intervals
 BOOTSTRAP_SEED = 0  # the bootstrap's own generator: an interval never shifts a chapter's random draws
 N_BOOT = 2000
@@ -126,6 +151,10 @@ class Verdict:
     numbers: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self):
+        if self.claim not in CLAIMS:
+            raise ValueError(
+                f"claim must be one of qkcore.experiments.verdicts.CLAIMS, got {self.claim!r}: {list(CLAIMS)}"
+            )
         if self.verdict not in VOCABULARY:
             raise ValueError(f"verdict must be one of {VOCABULARY}, got {self.verdict!r}")
 

@@ -25,13 +25,20 @@ def test_effect_vs_controls_words():
     low = (base < 0.1).double()  # same prompts, paired: the control flips a subset of the effect's prompts
     same = (base < 0.6).double()
     high = (base < 0.9).double()
-    assert V.effect_vs_controls("c", "m", "L0H0", effect, {"random": low}).verdict == V.REPRODUCED
-    assert V.effect_vs_controls("c", "m", "L0H0", effect, {"random": low, "labels": same}).verdict == V.MATCHED
-    assert V.effect_vs_controls("c", "m", "L0H0", effect, {"random": low, "top": high}).verdict == V.CONTROL_BETTER
-    assert V.effect_vs_controls("c", "m", None, torch.zeros(400), {"random": low}).verdict == V.NOT_REPRODUCED
+    assert V.effect_vs_controls("filter: swap", "m", "L0H0", effect, {"random": low}).verdict == V.REPRODUCED
+    assert (
+        V.effect_vs_controls("filter: swap", "m", "L0H0", effect, {"random": low, "labels": same}).verdict == V.MATCHED
+    )
+    assert (
+        V.effect_vs_controls("filter: swap", "m", "L0H0", effect, {"random": low, "top": high}).verdict
+        == V.CONTROL_BETTER
+    )
+    assert (
+        V.effect_vs_controls("filter: swap", "m", None, torch.zeros(400), {"random": low}).verdict == V.NOT_REPRODUCED
+    )
     floor = torch.full((400,), float("nan"), dtype=torch.float64)
     floor[:5] = 1.0
-    v = V.effect_vs_controls("c", "m", None, floor, {"random": low}, floor_reason="orig is never on top")
+    v = V.effect_vs_controls("filter: swap", "m", None, floor, {"random": low}, floor_reason="orig is never on top")
     assert v.verdict == V.UNDEFINED and "never on top" in v.rule and v.numbers["defined on"] == 5
 
 
@@ -49,8 +56,8 @@ def test_permutation_p_and_against_null():
     with pytest.raises(ValueError, match="null draw"):
         V.permutation_p(1.0, [])
     draws = {"random groupings": [0.1] * 50, "balanced groupings": [0.2] * 50}
-    assert V.against_null("c", "m", None, 0.8, draws, statistic="η²").verdict == V.REPRODUCED
-    v = V.against_null("c", "m", None, 0.15, draws, statistic="η²")
+    assert V.against_null("filter: swap", "m", None, 0.8, draws, statistic="η²").verdict == V.REPRODUCED
+    v = V.against_null("filter: swap", "m", None, 0.15, draws, statistic="η²")
     assert v.verdict == V.MATCHED and v.numbers["balanced groupings: p"] == 1.0
 
 
@@ -63,18 +70,20 @@ def test_binomial_above_chance():
 
 
 def test_rank_verdict_and_gate():
-    assert V.rank_verdict("r", "m", None, 1, 1, implied_by_bound=True).verdict == V.IMPLIED
-    assert V.rank_verdict("r", "m", None, 1, 1, implied_by_bound=False).verdict == V.REPRODUCED
-    assert V.rank_verdict("r", "m", None, 3, 1, implied_by_bound=False).verdict == V.NOT_REPRODUCED
-    assert V.gate("c", "m", None, True, "ok") is None
-    g = V.gate("c", "m", None, False, "letter accuracy at chance", {"accuracy": 0.26})
+    assert V.rank_verdict("filter: low rank", "m", None, 1, 1, implied_by_bound=True).verdict == V.IMPLIED
+    assert V.rank_verdict("filter: low rank", "m", None, 1, 1, implied_by_bound=False).verdict == V.REPRODUCED
+    assert V.rank_verdict("filter: low rank", "m", None, 3, 1, implied_by_bound=False).verdict == V.NOT_REPRODUCED
+    assert V.gate("filter: swap", "m", None, True, "ok") is None
+    g = V.gate("filter: swap", "m", None, False, "letter accuracy at chance", {"accuracy": 0.26})
     assert g.verdict == V.NOT_TESTABLE and g.to_dict()["numbers"]["accuracy"] == 0.26
 
 
 def test_verdict_refuses_words_outside_the_vocabulary():
     with pytest.raises(ValueError, match="verdict must be one of"):
-        V.Verdict("c", "m", None, "reproduced, but a control shows it too", "rule")
+        V.Verdict("filter: swap", "m", None, "reproduced, but a control shows it too", "rule")
     assert not any(w.startswith("reproduced") for w in V.VOCABULARY if w != V.REPRODUCED)
+    with pytest.raises(ValueError, match="claim must be one of"):
+        V.Verdict("filter swaps", "m", None, V.REPRODUCED, "rule")
 
 
 def test_record_verdicts_adds_to_the_runs_numbers(tmp_path):
@@ -86,7 +95,7 @@ def test_record_verdicts_adds_to_the_runs_numbers(tmp_path):
 
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "ch.json").write_text('{"a": 1}')
-    v = V.Verdict("c", "m", "L0H0", V.MATCHED, "rule", {"effect": V.Estimate(0.5, 0.4, 0.6, 100)})
+    v = V.Verdict("filter: swap", "m", "L0H0", V.MATCHED, "rule", {"effect": V.Estimate(0.5, 0.4, 0.6, 100)})
     V.record_verdicts("ch", [v], P(), tmp_path / "results")
     import json
 
