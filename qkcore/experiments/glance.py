@@ -151,3 +151,35 @@ class GlanceParams:
                 f"results_dir {self.results_dir!r} holds no recorded results (resolved to {path.resolve()}): give the "
                 "folder the chapters wrote with `record(...)` (book/results, relative to book/), or run the chapters"
             )
+
+
+PARTS = {"filter": ("filter:",), "binding": ("binding:", "attribution:")}
+
+
+def comparison_html(rows: list[dict], part: str) -> str:
+    """One part of the book (filter or binding) with its models side by side: a row per claim, a column per model,
+    each cell the verdict of every head that model's pages studied with its first deciding numbers. Models in the
+    order their pages were recorded (organism, then the real models)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {list(PARTS)}, got {part!r}")
+    mine = [r for r in rows if r["claim"].startswith(PARTS[part])]
+    models = list(dict.fromkeys(r["model"] for r in mine))
+    width = 76 // max(1, len(models))
+    out = [
+        '<table class="glance" style="table-layout: fixed; width: 100%; overflow-wrap: anywhere; font-size: 0.85em">',
+        '<colgroup><col style="width: 24%">' + f'<col style="width: {width}%">' * len(models) + "</colgroup>",
+        "<thead><tr><th>claim</th>" + "".join(f"<th>{_html.escape(m)}</th>" for m in models) + "</tr></thead><tbody>",
+    ]
+    for claim in dict.fromkeys(r["claim"] for r in mine):
+        cells = []
+        for m in models:
+            parts = []
+            for r in (r for r in mine if r["claim"] == claim and r["model"] == m):
+                head = f"{_html.escape(r['head'])}: " if r["head"] else ""
+                link = f'<a href="{r["page"]}.html">{head or "page"}</a> ' if r["page"] else head
+                parts.append(f"{link}{badge(r['verdict'])}<br><small>{_numbers(r['numbers'], 2)}</small>")
+            cells.append("<br>".join(parts) or "—")
+        number = CLAIMS[claim]
+        out.append(f"<tr><td>{number}. {_html.escape(claim)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)

@@ -66,3 +66,25 @@ def test_the_committed_results_carry_only_known_claims_and_words():
     results = {p.stem: json.loads(p.read_text()) for p in BOOK_RESULTS.glob("*.json")}
     for r in glance_rows(results):
         assert r["verdict"] in V.VOCABULARY and r["claim"] in V.CLAIMS
+
+
+def test_comparison_sets_models_side_by_side():
+    from qkcore.experiments.glance import comparison_html
+
+    rows = glance_rows(
+        {
+            "binding_interventions": {"verdicts": [_v("binding: swap, order", V.MATCHED, "organism", "L1H0")]},
+            "binding_interventions_qwen": {
+                "verdicts": [
+                    _v("binding: swap, order", V.REPRODUCED, "Qwen2.5-Coder-0.5B", "L15H3"),
+                    _v("binding: swap, order", V.MATCHED, "Qwen2.5-Coder-0.5B", "L16H1"),
+                ]
+            },
+            "filter_heads": {"verdicts": [_v("filter: swap", V.MATCHED)]},
+        }
+    )
+    html = comparison_html(rows, "binding")
+    assert "<th>organism</th><th>Qwen2.5-Coder-0.5B</th>" in html and "filter: swap" not in html
+    assert html.count('class="verdict-badge"') == 3 and '<a href="binding_interventions_qwen.html">L16H1: </a>' in html
+    with pytest.raises(ValueError, match="part must be one of"):
+        comparison_html(rows, "toy")
