@@ -17,7 +17,8 @@ The wrapper is installed on the `AttentionInterface` class while at least one se
 open, removed in `finally`, and it does nothing for modules no open session asked about. A forward hook on each
 watched module checks that the module really went through the wrapper, so an attention class that bypasses the
 interface fails loudly instead of yielding nothing. The patch is process-wide while a session is open (a model run
-meanwhile in another thread passes through untouched); torch.compile'd models are not supported.
+meanwhile in another thread passes through untouched); torch.compile'd models are refused (they do not call the
+wrapped function), and so are models in train() mode with dropout active (their q, k change from call to call).
 
     with attention_session(model, modules, on_call) as session:   # on_call(call) -> replacement output or None
         model(**inputs)
@@ -138,6 +139,18 @@ def check_model(model: nn.Module, what: str) -> None:
         raise TypeError(
             f"{what}: model must be a torch.nn.Module (a Hugging Face causal LM), got {type(model).__name__}"
         )
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        raise TypeError(
+            f"{what}: model is a torch.compile'd module; qkcore.lm wraps the attention function at run time, which "
+            "compiled graphs do not call. Pass the uncompiled model (model._orig_mod, or the model before "
+            "torch.compile)"
+        )
+    dropout = active_dropout(model)
+    if dropout is not None:
+        raise RuntimeError(
+            f"{what}: {architecture_name(model)} is in train() mode with dropout active ({dropout}), so q, k and "
+            "attention change from call to call; call model.eval() first"
+        )
     meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
     if meta is not None:
         raise ValueError(
@@ -145,6 +158,22 @@ def check_model(model: nn.Module, what: str) -> None:
             "hold no values, so it cannot run. Load the weights first (from_pretrained without "
             "device_map offloading to 'meta', or model.to_empty(...) then load a state dict)"
         )
+
+
+def active_dropout(model: nn.Module) -> str | None:
+    """What would make a forward pass random: attention dropout (config.attention_dropout > 0) or a
+    torch.nn.Dropout with p > 0 in a module that is in training mode; None in eval() mode or with no dropout."""
+    if not model.training and not any(m.training for m in model.modules()):
+        return None
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    rate = getattr(cfg, "attention_dropout", 0.0)
+    if isinstance(rate, (int, float)) and rate > 0:
+        return f"attention_dropout={rate}"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Dropout) and m.training and m.p > 0:
+            return f"{name or type(m).__name__} p={m.p}"
+    return None
 
 
 def column_dependence(model: nn.Module, seq_len: int) -> str | None:

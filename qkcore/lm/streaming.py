@@ -9,6 +9,11 @@ not grow with the number of prompts (only with pairs per batch × heads × d_hea
     pairs = [PromptPairs(positive=[(-1, [5, 9])], negative=[(-1, [7, 11, 13])]) for _ in texts]
     stream = stream_delta(model, tokenizer, texts, pairs, heads="all", batch_size=16)
     stream.delta(20, 26)          # (d_head, d_head) ΔC of L20H26;  stream.grid(): (n_layers, n_heads, d, d)
+
+Long runs: `stream_delta(..., checkpoint="run.pt", checkpoint_every=50)` saves the sums every 50 batches (and at the
+end) with the model's identity and the contrast's definition; run the same call again after a crash and it resumes
+after the last saved batch (qkcore.lm.resume). `merge`, `state_dict` / `load_state_dict` and `save` / `load` let
+shards computed apart be added (qkcore.lm.distributed does it over torch.distributed).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qkcore import accumulator_file
 from qkcore.covariance import ContrastiveCovariance, Weighting
 from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_batch, run_model
+from qkcore.lm.identity import contrast_definition, model_identity
 from qkcore.lm.intercept import AttentionCall, attention_session, check_model
 from qkcore.lm.layout import HeadSpec, attention_layout, attention_modules
 
@@ -146,6 +153,50 @@ class DeltaStreamer:
             self.acc.add(q, k, positive=s, prompts=n_prompts)
         self.prompts_seen += batch.size
 
+    # -- merging and saving ----------------------------------------------------------------------------------
+    def merge(self, other: DeltaStreamer) -> DeltaStreamer:
+        """Add `other`'s sums (same heads and model geometry; another shard of prompts) into this one; returns
+        self. The result is the ΔC of both shards' prompts."""
+        if not isinstance(other, DeltaStreamer):
+            raise TypeError(f"other must be a DeltaStreamer, got {type(other).__name__}")
+        if other.heads != self.heads or other.layout != self.layout:
+            raise ValueError(
+                f"cannot merge streamers of different heads or models: {len(self.heads)} heads of "
+                f"{self.layout.architecture} vs {len(other.heads)} heads of {other.layout.architecture}"
+            )
+        self.acc.merge(other.acc)
+        self.prompts_seen += other.prompts_seen
+        return self
+
+    def state_dict(self) -> dict:
+        """The streamed heads, the prompt count and the accumulator's state (float64 sums and pair counts)."""
+        return {"heads": [list(h) for h in self.heads], "prompts_seen": self.prompts_seen, "acc": self.acc.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace the sums and counts by `state` (from `state_dict` of a streamer of the same heads)."""
+        if not isinstance(state, dict) or not {"heads", "prompts_seen", "acc"} <= set(state):
+            raise ValueError("state must be a dict from DeltaStreamer.state_dict() (heads, prompts_seen, acc)")
+        heads = tuple(tuple(h) for h in state["heads"])
+        if heads != self.heads:
+            raise ValueError(f"state streams {len(heads)} heads {list(heads)[:4]}…, this streamer {len(self.heads)}")
+        self.acc.load_state_dict(state["acc"])
+        self.prompts_seen = int(state["prompts_seen"])
+
+    def save(self, path, contrast: dict | None = None, extra: dict | None = None):
+        """Write the sums to one file with `model_identity(model)` and `contrast` (the contrast's definition)."""
+        state = self.state_dict()
+        return accumulator_file.write(path, "DeltaStreamer", state, model_identity(self.model), contrast, extra)
+
+    @classmethod
+    def load(cls, path, model: nn.Module, contrast: dict | None = None) -> DeltaStreamer:
+        """A streamer over `model` holding the sums saved at `path`; refuses a file made with another model (its
+        identity) or, when `contrast` is given, for another contrast."""
+        found = accumulator_file.read(path, "DeltaStreamer", model=model_identity(model), contrast=contrast)
+        state = found["state"]
+        streamer = cls(model, [tuple(h) for h in state["heads"]], state["acc"]["definition"]["weighting"])
+        streamer.load_state_dict(state)
+        return streamer
+
     # -- results ---------------------------------------------------------------------------------------------
     def index(self, layer: int, head: int) -> int:
         """Position of (layer, head) along the accumulator's head axis."""
@@ -184,8 +235,17 @@ def stream_delta(
     weighting: Weighting = "pair_mean",
     add_special_tokens: bool = True,
     progress: bool | str = False,
+    checkpoint=None,
+    checkpoint_every: int = 10,
+    contrast: dict | None = None,
 ) -> DeltaStreamer:
-    """ΔC for the chosen heads over all prompts (texts, or lists of token ids), `batch_size` prompts per pass."""
+    """ΔC for the chosen heads over all prompts (texts, or lists of token ids), `batch_size` prompts per pass.
+
+    checkpoint: a file path; the sums are saved there every `checkpoint_every` batches and at the end, and a call
+    that finds the file resumes after its last saved batch (refusing a file of another model or contrast).
+    contrast: an optional label (plain dict) saved with the checkpoint beside the prompts' fingerprint."""
+    from qkcore.lm.resume import stream_batches  # the loop, with checkpoints
+
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise TypeError(f"prompts must be a list of strings or of token-id lists, got {type(prompts).__name__}")
     if isinstance(pairs, PromptPairs) or not isinstance(pairs, Sequence):
@@ -195,13 +255,40 @@ def stream_delta(
     if len(prompts) != len(pairs):
         raise ValueError(f"{len(prompts)} prompts but {len(pairs)} PromptPairs: give one per prompt")
     streamer = DeltaStreamer(model, heads, weighting)
-    for idx in iter_batches(len(prompts), batch_size, progress):
-        chunk = [prompts[i] for i in idx]
-        if all(isinstance(p, str) for p in chunk):
-            batch = encode_batch(tokenizer, chunk, padding_side, add_special_tokens)
-        elif any(isinstance(p, str) for p in chunk):
-            raise TypeError("prompts mixes strings and token-id lists: give one kind")
-        else:
-            batch = pad_batch(chunk, padding_side)
-        streamer.add(batch, [pairs[i] for i in idx])
-    return streamer
+    ranges = list(iter_batches(len(prompts), batch_size))
+    definition = (
+        contrast_definition(
+            prompts,
+            pairs,
+            label=contrast,
+            heads=[list(h) for h in streamer.heads],
+            batch_size=batch_size,
+            padding_side=padding_side,
+            weighting=weighting,
+            add_special_tokens=add_special_tokens,
+        )
+        if checkpoint is not None
+        else None
+    )
+    return stream_batches(
+        streamer,
+        tokenizer,
+        prompts,
+        pairs,
+        ranges,
+        padding_side,
+        add_special_tokens,
+        progress,
+        checkpoint,
+        checkpoint_every,
+        definition,
+    )
+
+
+def make_batch(tokenizer, chunk, padding_side: str, add_special_tokens: bool) -> EncodedBatch:
+    """One batch of texts (tokenized) or of token-id lists (padded)."""
+    if all(isinstance(p, str) for p in chunk):
+        return encode_batch(tokenizer, chunk, padding_side, add_special_tokens)
+    if any(isinstance(p, str) for p in chunk):
+        raise TypeError("prompts mixes strings and token-id lists: give one kind")
+    return pad_batch(chunk, padding_side)
