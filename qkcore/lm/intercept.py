@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import AttentionInterface
 
-from qkcore.lm.layout import architecture_name
+from qkcore.lm.layout import architecture_name, attention_layout
 
 _LOCK = threading.RLock()
 _SESSIONS: list[_Session] = []
@@ -134,7 +134,8 @@ def head_logits_to_attention(
 
 
 def check_model(model: nn.Module, what: str) -> None:
-    """Refuse up front what cannot run: a non-module, or weights on the meta device (no values to compute with)."""
+    """Refuse up front what cannot run or cannot be captured: a non-module, a torch.compile'd module, weights or
+    buffers on the meta device, an unsupported architecture, a model in train() mode with dropout active."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"{what}: model must be a torch.nn.Module (a Hugging Face causal LM), got {type(model).__name__}"
@@ -145,18 +146,26 @@ def check_model(model: nn.Module, what: str) -> None:
             "compiled graphs do not call. Pass the uncompiled model (model._orig_mod, or the model before "
             "torch.compile)"
         )
-    dropout = active_dropout(model)
-    if dropout is not None:
-        raise RuntimeError(
-            f"{what}: {architecture_name(model)} is in train() mode with dropout active ({dropout}), so q, k and "
-            "attention change from call to call; call model.eval() first"
-        )
     meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+    meta_buffer = next((n for n, b in model.named_buffers() if b.is_meta), None)
+    if meta is None and meta_buffer is not None:
+        raise ValueError(
+            f"{what}: {architecture_name(model)} has its weights but the buffer {meta_buffer} is on the meta device "
+            "(e.g. rotary inv_freq left behind by an empty-weights load): it holds no values. Rebuild the model "
+            "with its buffers (from_pretrained without init_empty_weights/device_map='meta')"
+        )
     if meta is not None:
         raise ValueError(
             f"{what}: {architecture_name(model)} has parameters on the meta device (e.g. {meta}): they "
             "hold no values, so it cannot run. Load the weights first (from_pretrained without "
             "device_map offloading to 'meta', or model.to_empty(...) then load a state dict)"
+        )
+    attention_layout(model)  # an unsupported architecture is named before anything else about it
+    dropout = active_dropout(model)
+    if dropout is not None:
+        raise RuntimeError(
+            f"{what}: {architecture_name(model)} is in train() mode with dropout active ({dropout}), so q, k and "
+            "attention change from call to call; call model.eval() first"
         )
 
 
@@ -251,6 +260,12 @@ def attention_session(
         embeds = kwargs.get("inputs_embeds")
         mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
         session.padding_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if session.padding_mask is not None and (session.padding_mask.sum(-1) == 0).any():
+            row = int((session.padding_mask.sum(-1) == 0).nonzero()[0])
+            raise ValueError(
+                f"attention_mask row {row} is all zeros: that prompt has no real token, so nothing it gives can be "
+                "captured; every row needs at least one token (mask 1)"
+            )
         x = ids if isinstance(ids, torch.Tensor) else embeds
         if isinstance(x, torch.Tensor) and x.dim() >= 2 and isinstance(pos, torch.Tensor):
             seq = x.shape[1]
