@@ -36,19 +36,19 @@ def all_reduce_streamer(streamer: DeltaStreamer, group=None) -> DeltaStreamer:
             "torch.distributed is not initialised: launch with torchrun and call "
             "torch.distributed.init_process_group('gloo') (CPU) or ('nccl') (GPUs) first"
         )
-    acc = streamer.acc
-    for t in acc._tensors().values():  # float64, on the accumulator's device
-        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
-    device = acc.sums[True].device
-    counts = torch.tensor(
-        [acc.pairs[True], acc.pairs[False], acc.prompts[True], acc.prompts[False], streamer.prompts_seen],
-        dtype=torch.int64,
-        device=device,
-    )
-    dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
-    acc.pairs[True], acc.pairs[False], acc.prompts[True], acc.prompts[False], streamer.prompts_seen = (
-        int(c) for c in counts.tolist()
-    )
+    for acc in streamer.accumulators():  # one, or one per layer (each on its layer's device)
+        for t in acc._tensors().values():  # float64, on the accumulator's device
+            dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        counts = torch.tensor(
+            [acc.pairs[True], acc.pairs[False], acc.prompts[True], acc.prompts[False], streamer.prompts_seen],
+            dtype=torch.int64,
+            device=acc.sums[True].device,
+        )
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+        acc.pairs[True], acc.pairs[False], acc.prompts[True], acc.prompts[False], seen = (
+            int(c) for c in counts.tolist()
+        )
+    streamer.prompts_seen = seen
     return streamer
 
 

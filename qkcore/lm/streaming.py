@@ -31,6 +31,7 @@ from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_bat
 from qkcore.lm.identity import contrast_definition, model_identity
 from qkcore.lm.intercept import AttentionCall, attention_session, check_model
 from qkcore.lm.layout import HeadSpec, attention_layout, attention_modules
+from qkcore.lm.placement import join, layer_devices, split_state
 
 PairList = tuple[tuple[int, tuple[int, ...]], ...]
 
@@ -70,7 +71,9 @@ class PromptPairs:
 class DeltaStreamer:
     """ΔC accumulators for the chosen heads of `model`; `add(batch, pairs)` runs one forward pass and absorbs it.
 
-    `acc` is a ContrastiveCovariance with head_shape (len(heads),), head i = heads[i] (sorted (layer, head))."""
+    `acc` is a ContrastiveCovariance with head_shape (len(heads),), head i = heads[i] (sorted (layer, head)).
+    per_layer: keep one accumulator per layer on that layer's device (qkcore.lm.placement); None (default) does so
+    exactly when the streamed layers sit on more than one device (device_map) and no `device` is given."""
 
     def __init__(
         self,
@@ -78,6 +81,7 @@ class DeltaStreamer:
         heads: HeadSpec = "all",
         weighting: Weighting = "pair_mean",
         device: torch.device | str | None = None,
+        per_layer: bool | None = None,
     ):
         check_model(model, "DeltaStreamer")
         self.model = model
@@ -89,11 +93,25 @@ class DeltaStreamer:
         }
         mods = attention_modules(model)
         self._modules = {layer: mods[layer][1] for layer in self.q_heads}
-        if device is None:
-            device = next(model.parameters()).device
-        self.acc = ContrastiveCovariance(
-            self.layout.head_dim, head_shape=(len(self.heads),), weighting=weighting, device=device
-        )
+        devices = layer_devices(self._modules)
+        if per_layer is None:
+            per_layer = device is None and len(set(devices.values())) > 1
+        if not isinstance(per_layer, bool):
+            raise TypeError(f"per_layer must be True, False or None (automatic), got {per_layer!r}")
+        self.layer_accs: dict[int, ContrastiveCovariance] | None = None
+        if per_layer:
+            self.layer_accs = {
+                layer: ContrastiveCovariance(
+                    self.layout.head_dim, head_shape=(len(hs),), weighting=weighting, device=device or devices[layer]
+                )
+                for layer, hs in self.q_heads.items()
+            }
+        else:
+            if device is None:
+                device = next(model.parameters()).device
+            self._acc = ContrastiveCovariance(
+                self.layout.head_dim, head_shape=(len(self.heads),), weighting=weighting, device=device
+            )
         self.prompts_seen = 0
         # ΔC needs no logits: ask for the last position's only (saves the vocabulary projection of every token)
         takes = "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -148,10 +166,33 @@ class DeltaStreamer:
             rows, _, _, n_prompts = index[s]
             if rows.numel() == 0:
                 continue
+            if self.layer_accs is not None:  # each layer's pairs summed on its own device
+                for layer, acc in self.layer_accs.items():
+                    q, k = (x.transpose(0, 1) for x in got[s][layer])  # (heads_in_layer, n, d)
+                    acc.add(q, k, positive=s, prompts=n_prompts)
+                continue
             q = torch.cat([got[s][layer][0] for layer in self.q_heads], dim=1).transpose(0, 1)  # (heads, n, d)
             k = torch.cat([got[s][layer][1] for layer in self.q_heads], dim=1).transpose(0, 1)  # (heads, n, d)
-            self.acc.add(q, k, positive=s, prompts=n_prompts)
+            self._acc.add(q, k, positive=s, prompts=n_prompts)
         self.prompts_seen += batch.size
+
+    @property
+    def acc(self) -> ContrastiveCovariance:
+        """The sums of every streamed head: head_shape (len(heads),). Per-layer accumulators are joined into a new
+        one (a snapshot) on the first streamed layer's device."""
+        return self._acc if self.layer_accs is None else join(list(self.layer_accs.values()))
+
+    def accumulators(self) -> list[ContrastiveCovariance]:
+        """The accumulators the streamer adds to (one, or one per layer in layer order): what an all-reduce sums."""
+        return [self._acc] if self.layer_accs is None else list(self.layer_accs.values())
+
+    def _load_acc_state(self, state: dict) -> None:
+        if self.layer_accs is None:
+            self._acc.load_state_dict(state)
+            return
+        parts = split_state(state, [a.head_shape[0] for a in self.layer_accs.values()])
+        for acc, part in zip(self.layer_accs.values(), parts):
+            acc.load_state_dict(part)
 
     # -- merging and saving ----------------------------------------------------------------------------------
     def merge(self, other: DeltaStreamer) -> DeltaStreamer:
@@ -164,7 +205,12 @@ class DeltaStreamer:
                 f"cannot merge streamers of different heads or models: {len(self.heads)} heads of "
                 f"{self.layout.architecture} vs {len(other.heads)} heads of {other.layout.architecture}"
             )
-        self.acc.merge(other.acc)
+        if self.layer_accs is None:
+            self._acc.merge(other.acc)
+        else:
+            parts = split_state(other.acc.state_dict(), [a.head_shape[0] for a in self.layer_accs.values()])
+            for acc, part in zip(self.layer_accs.values(), parts):
+                acc.merge(ContrastiveCovariance.from_state_dict(part, acc.sums[True].device))
         self.prompts_seen += other.prompts_seen
         return self
 
@@ -179,7 +225,7 @@ class DeltaStreamer:
         heads = tuple(tuple(h) for h in state["heads"])
         if heads != self.heads:
             raise ValueError(f"state streams {len(heads)} heads {list(heads)[:4]}…, this streamer {len(self.heads)}")
-        self.acc.load_state_dict(state["acc"])
+        self._load_acc_state(state["acc"])
         self.prompts_seen = int(state["prompts_seen"])
 
     def save(self, path, contrast: dict | None = None, extra: dict | None = None):

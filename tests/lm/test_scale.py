@@ -161,3 +161,35 @@ def test_distributed_without_init_is_a_clear_error(single_pass):
     model, prompts, pairs, _ = single_pass
     with pytest.raises(RuntimeError, match="torch.distributed is not initialised; launch with torchrun"):
         stream_delta_distributed(model, None, prompts, pairs)
+
+
+def test_per_layer_accumulators_equal_one_accumulator(single_pass, tmp_path):
+    """The device_map layout (one accumulator per layer, on that layer's device), run here with every layer on the
+    CPU: the same sums, merge, state and files as one accumulator. A model over two real devices was not available."""
+    model, prompts, pairs, whole = single_pass
+    assert whole.layer_accs is None  # one device: one accumulator, as before
+    split = DeltaStreamer(model, per_layer=True)
+    assert [a.sums[True].device for a in split.layer_accs.values()] == [
+        layer.self_attn.q_proj.weight.device for layer in model.model.layers
+    ]
+    stream_delta_into(split, prompts[:6], pairs[:6])
+    rest = DeltaStreamer(model, per_layer=True)
+    stream_delta_into(rest, prompts[6:], pairs[6:])
+    split.merge(rest)
+    torch.testing.assert_close(split.delta(), whole.delta(), rtol=1e-13, atol=1e-15)
+    assert split.acc.pairs == whole.acc.pairs and split.prompts_seen == 13
+    split.save(tmp_path / "split.pt")
+    back = DeltaStreamer.load(tmp_path / "split.pt", model)  # read into one accumulator
+    assert torch.equal(back.delta(), split.delta())
+    again = DeltaStreamer(model, per_layer=True)
+    again.load_state_dict(back.state_dict())  # and back into per-layer ones
+    assert torch.equal(again.delta(), split.delta())
+    with pytest.raises(TypeError, match="per_layer must be True, False or None"):
+        DeltaStreamer(model, per_layer="yes")
+
+
+def stream_delta_into(streamer, prompts, pairs):
+    from qkcore.lm import pad_batch
+
+    for start in range(0, len(prompts), 2):
+        streamer.add(pad_batch(prompts[start : start + 2], "left"), pairs[start : start + 2])
