@@ -31,10 +31,10 @@ BASE = dict(
 )
 
 
-def new_family(config_cls: str, model_cls: str, **extra):
+def new_family(config_cls: str, model_cls: str, attn: str = "eager", **extra):
     torch.manual_seed(0)
     config = getattr(transformers, config_cls)(**{**BASE, **extra})
-    model = getattr(transformers, model_cls)._from_config(config, attn_implementation="eager", dtype=torch.float32)
+    model = getattr(transformers, model_cls)._from_config(config, attn_implementation=attn, dtype=torch.float32)
     with torch.no_grad():  # random q/k norm weights, so that a missed norm would show
         for name, p in model.named_parameters():
             if name.endswith(("q_norm.weight", "k_norm.weight")):
@@ -85,3 +85,19 @@ def test_the_nope_layer_is_really_without_rotary():
     model = MODELS["smollm3 NoPE layer"]()
     assert [layer.self_attn.use_rope for layer in model.model.layers] == [1, 0]
     assert tiny_config("smollm3").no_rope_layers == [1, 1]  # the first matrix never had a NoPE layer
+
+
+@pytest.mark.parametrize("family", [("ApertusConfig", "ApertusForCausalLM"), ("NanoChatConfig", "NanoChatForCausalLM")])
+def test_sdpa_rebuilt_attention_matches_eager(family):
+    sdpa, eager = new_family(*family, attn="sdpa"), new_family(*family)
+    batch = pad_batch(PROMPTS, "left")
+    ref = run_model(eager, batch, output_attentions=True)
+    with capture_qk(sdpa, keep_masks=True) as cap:
+        run_model(sdpa, batch)
+    rows = batch.attention_mask.bool()[:, :, None]
+    worst = max(
+        ((cap.attention(layer, h) - ref.attentions[layer][:, h]).abs() * rows).max().item()
+        for layer in range(2)
+        for h in range(4)
+    )
+    assert worst < 1e-5, f"{family[0]} sdpa: rebuilt attention differs from eager by {worst}"
