@@ -63,7 +63,8 @@ def stream_batches(
     if progress:
         from tqdm.auto import tqdm
 
-        todo = tqdm(todo, desc=progress if isinstance(progress, str) else "batches", unit="batch", initial=start)
+        label = progress if isinstance(progress, str) else "batches"
+        todo = tqdm(todo, desc=label, unit="batch", initial=start, total=len(ranges))
     for i in todo:
         idx = ranges[i]
         batch = make_batch(tokenizer, [prompts[j] for j in idx], padding_side, add_special_tokens)
