@@ -22,7 +22,7 @@ from torch import nn
 
 from qkcore.lm import gather_cache
 from qkcore.lm.batching import EncodedBatch, run_model
-from qkcore.lm.capture import capture_qk
+from qkcore.lm.capture import capture_qk, check_not_padding
 from qkcore.lm.layout import HeadSpec, attention_layout
 
 
@@ -66,6 +66,12 @@ def gather_qk(
     """Post-rotary q of `heads` at query_cols (b,) and k at key_cols (b, n) (None: every column), on the CPU in
     `dtype`; with attn_cols (b, m), also the query's attention on those columns. `heads` keeps its order ("all":
     layer-major)."""
+    if not isinstance(batch, EncodedBatch):
+        raise TypeError(f"batch must be an EncodedBatch (from encode_batch or pad_batch), got {type(batch).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64), got {dtype!r}")
+    if isinstance(heads, torch.Tensor):
+        raise TypeError('heads must be "all" or a list of (layer, head) pairs, not a tensor: pass heads.tolist()')
     layout = attention_layout(model)
     layout.select(heads)  # validates: known layers and heads, no repeats
     heads = layout.all_heads() if isinstance(heads, str) else tuple(tuple(h) for h in heads)
@@ -73,6 +79,10 @@ def gather_qk(
     kcol = None if key_cols is None else _columns(key_cols, batch, "key_cols", 2)
     acol = None if attn_cols is None else _columns(attn_cols, batch, "attn_cols", 2)
     full = acol is not None
+    if full:  # with attn_cols every column is captured, so check here what capture_qk checks for positions
+        check_not_padding(qcol[:, None], batch.attention_mask, "query_cols")
+        if kcol is not None:
+            check_not_padding(kcol, batch.attention_mask, "key_cols")
     key = None
     if gather_cache.active_directory() is not None:  # inside `with gather_cache():` — read it, or write it below
         key = gather_cache.cache_key(model, batch, heads, qcol, kcol, acol, dtype, forward_kwargs)
