@@ -2,7 +2,8 @@
 models: meta-llama/Llama-3.1-8B-Instruct, Qwen/Qwen3-4B-Instruct-2507; any AttentionInterface decoder works).
 
 Where `name_or_path` is looked for, in order: a name in qkcore.lm.registry.MODELS (the organisms "filter-5x5",
-"filter-13", "binding" and "smollm2-135m-instruct", a real model shipped as GGUF in a PyPI package); a .gguf file or a
+"filter-13", "binding"; the real models "smollm2-135m-instruct", a GGUF in a PyPI package, and
+"qwen2.5-coder-0.5b-instruct", a GGUF split over six packages, assembled once: qkcore.lm.chunks); a .gguf file or a
 folder holding one (dequantised to float32 by transformers, cached: qkcore.lm.gguf); a local model folder; a hub id.
 dtype and device are the caller's; `device_map="auto"` is passed to transformers/accelerate for models larger than
 one GPU; remote code runs only with trust_remote_code=True. When the hub is offline (HF_HUB_OFFLINE=1, as the
@@ -26,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qkcore.lm.gguf import find_gguf, load_gguf
+from qkcore.lm.chunks import assembled_path
+from qkcore.lm.gguf import cached_folder, find_gguf, load_gguf
 from qkcore.lm.registry import MODELS, close_names, registered
 
 _TRUE = ("1", "true", "yes", "on")
@@ -227,7 +229,10 @@ def load_model(
             )
             tok = AutoTokenizer.from_pretrained(folder) if tokenizer else None
         elif reg is not None:
-            model, tok = load_gguf(reg.locate(), dtype, attn, device_map, tokenizer, cache, reg.sha256, progress)
+            # a chunked model's float32 cache, once made from the verified file, is loaded without re-hashing 491 MB
+            warm = reg.kind == "gguf-chunks" and cache and cached_folder(reg.sha256) is not None
+            path = assembled_path(reg) if warm else reg.locate()
+            model, tok = load_gguf(path, dtype, attn, device_map, tokenizer, cache, reg.sha256, progress)
         elif _is_gguf(name_or_path):
             model, tok = load_gguf(find_gguf(name_or_path), dtype, attn, device_map, tokenizer, cache, None, progress)
         else:
