@@ -167,7 +167,6 @@ def check_architecture(path: str | os.PathLike) -> str:
     return arch
 
 
-@contextlib.contextmanager
 def check_complete(path: Path) -> None:
     """Refuse a truncated GGUF file by name (gguf's own reader says only "cannot reshape array ...")."""
     from gguf import GGUFReader
@@ -181,6 +180,7 @@ def check_complete(path: Path) -> None:
         ) from None
 
 
+@contextlib.contextmanager
 def _dequantise_bar(show: bool):
     """transformers draws its "de-quantizing GGUF tensors" bar with a bare tqdm that ignores its own progress-bar
     switch; swap in a disabled one inside the block when `show` is False."""
