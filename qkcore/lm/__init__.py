@@ -44,6 +44,14 @@ Streaming ΔC (streaming.py)
     st.acc (ContrastiveCovariance, head_shape=(len(st.heads),)), st.heads, st.delta(layer, head) -> (d, d),
     st.delta() -> (n_heads_chosen, d, d), st.grid() -> (n_layers, n_heads, d, d), st.logit_gap()
 
+Long runs (streaming.py, resume.py, distributed.py, identity.py, placement.py)
+    st.merge(other_st); st.state_dict(); st.load_state_dict(state); st.save(path, contrast=None)
+    DeltaStreamer.load(path, model, contrast=None)       # refuses another model (model_identity) or contrast
+    stream_delta(..., checkpoint="run.pt", checkpoint_every=10)   # saves every N batches, resumes after a crash
+    stream_delta_distributed(model, tok, prompts, pairs, ..., out="dc.pt")   # under torchrun, gloo or nccl
+    model_identity(model), contrast_definition(prompts, pairs, **settings)     # what a saved ΔC belongs to
+    DeltaStreamer(model, per_layer=None)   # device_map over several devices: one accumulator per layer, on its device
+
 Token positions from text (positions.py) — whole words, never inside special tokens; missing/ambiguous → error
     span = token_span(tok, text, "scooter", occurrence=None, whole_word=True, add_special_tokens=True,
                       allow_partial=False)       # TokenSpan(start, stop, char_start, char_end); .last, .positions
@@ -78,9 +86,11 @@ from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_bat
 from qkcore.lm.capture import QKCapture, capture_qk
 from qkcore.lm.chat import model_text, uses_chat_template
 from qkcore.lm.controls import random_init_copy
+from qkcore.lm.distributed import all_reduce_streamer, stream_delta_distributed
 from qkcore.lm.early_exit import last_logits, run_until
 from qkcore.lm.editing import AttentionEdits, KeySwap, LogitEdit, edit_attention
 from qkcore.lm.gather import GatheredQK, gather_qk
+from qkcore.lm.identity import contrast_definition, model_identity
 from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, head_name, head_names, resolve_point
 from qkcore.lm.loading import LoadedLM, load_lm, load_model
 from qkcore.lm.positions import TokenSpan, find_substring, token_span
@@ -112,6 +122,10 @@ __all__ = [
     "PromptPairs",
     "DeltaStreamer",
     "stream_delta",
+    "stream_delta_distributed",
+    "all_reduce_streamer",
+    "model_identity",
+    "contrast_definition",
     "LogitEdit",
     "KeySwap",
     "AttentionEdits",

@@ -167,6 +167,19 @@ def check_architecture(path: str | os.PathLike) -> str:
     return arch
 
 
+def check_complete(path: Path) -> None:
+    """Refuse a truncated GGUF file by name (gguf's own reader says only "cannot reshape array ...")."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError) as err:
+        raise ValueError(
+            f"{path} ({path.stat().st_size:,} bytes) is truncated or damaged: its header describes more tensor data "
+            f"than the file holds ({err}). Download or install it again"
+        ) from None
+
+
 @contextlib.contextmanager
 def _dequantise_bar(show: bool):
     """transformers draws its "de-quantizing GGUF tensors" bar with a bare tqdm that ignores its own progress-bar
@@ -188,15 +201,30 @@ def dequantise(path: Path, attn_implementation: str = "sdpa", progress: bool = T
 
     require_gguf_package()
     check_architecture(path)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    with _dequantise_bar(progress):
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent,
-            gguf_file=path.name,
-            dtype=torch.float32,
-            attn_implementation=attn_implementation,
-            local_files_only=True,
-        )
+    check_complete(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    except Exception as err:  # transformers raises KeyError, ValueError, ... for a GGUF without a usable tokenizer
+        raise ValueError(
+            f"{path}: the GGUF file holds no tokenizer transformers can read ({type(err).__name__}: "
+            f"{str(err)[:160]}); qkcore loads a GGUF model together with its tokenizer, so use a GGUF file that "
+            "embeds one (tokenizer.ggml.* metadata)"
+        ) from err
+    try:
+        with _dequantise_bar(progress):
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent,
+                gguf_file=path.name,
+                dtype=torch.float32,
+                attn_implementation=attn_implementation,
+                local_files_only=True,
+            )
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        raise ValueError(
+            f"{path} ({path.stat().st_size:,} bytes) could not be dequantised: the file looks truncated or damaged "
+            f"(a tensor's data is shorter than its header says?) — {type(err).__name__}: {str(err)[:160]}. "
+            "Download or install it again"
+        ) from err
     return model.eval(), tok
 
 

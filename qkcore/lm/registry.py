@@ -169,3 +169,11 @@ MODELS: dict[str, RegisteredModel] = {
 def registered(name) -> RegisteredModel | None:
     """The registered model called `name` (case-sensitive), or None."""
     return MODELS.get(name) if isinstance(name, str) else None
+
+
+def close_names(name: str) -> list[str]:
+    """Registered names that `name` looks like a misspelling of (case or a few characters off), best first."""
+    import difflib
+
+    folded = {m.lower(): m for m in MODELS}
+    return [folded[m] for m in difflib.get_close_matches(str(name).lower(), folded, n=3, cutoff=0.75)]

@@ -81,9 +81,9 @@ def test_rebuilt_attention_equals_eager_on_all_336_heads_and_capture_changes_no_
     assert tok.decode(ref.logits[2, -1].argmax()) == " Paris"
     cols = torch.arange(batch.input_ids.shape[1]).expand(batch.size, -1)  # (b, S)
     heads, last, rows = [(15, 3), (9, 0), (15, 13)], last_columns(batch), torch.arange(batch.size)
-    early = gather_qk(model, batch, heads, last, cols[:, -6:], attn_cols=cols, logits=False)  # stops after L15
+    early = gather_qk(model, batch, heads, last, cols[:, -5:], attn_cols=cols, logits=False)  # stops after L15
     for i, h in enumerate(heads):  # the same vectors as the full pass's capture, bit for bit
-        assert torch.equal(early.q[i], cap.q(*h)[rows, last]) and torch.equal(early.k[i], cap.k(*h)[:, -6:])
+        assert torch.equal(early.q[i], cap.q(*h)[rows, last]) and torch.equal(early.k[i], cap.k(*h)[:, -5:])
         assert torch.equal(early.attn[i], cap.attention(*h)[rows, last])
     model.set_attn_implementation("sdpa")  # the registry's default: capture leaves its logits alone too
     try:
