@@ -20,9 +20,9 @@ the PNG at (shown width / PNG width) of its size, so the reader sees it at
 and the check fails below MIN_FONT_PX = 9 px (the book style's 9-pt ticks on an 8-in figure show at ~11.5 px in
 the 768-px column). It also fails on a figure drawn wider than the column at its dpi (PNG width > MAX_WIDTH_IN = 8.5
 in: the style's WIDTH = 8 in plus what a tight bounding box adds) and shown shrunk. A figure PNG with no font
-metadata (drawn before the style recorded it, or not through the style) is a warning, or a failure with
-strict_fonts=True / QKCORE_STRICT_FIGURE_FONTS=1. Every figure must also carry the `qk-zoomable` class that
-_static/figure-zoom.js sets (click to enlarge).
+metadata (drawn before the style recorded it, or not through the style) is a warning, and so is its width, or both
+are failures with strict_fonts=True / QKCORE_STRICT_FIGURE_FONTS=1. Every figure must also carry the `qk-zoomable`
+class that _static/figure-zoom.js sets (click to enlarge).
 
 Debian's `chromium` is driven by Playwright (`executable_path`), so Playwright needs no browser download. Used by
 tests/book/test_rendered_pages.py (the rendered book) and tests/book/test_planted_defects.py (a small book with each
@@ -243,11 +243,15 @@ def _check_figure(report: PageReport, img: dict, file: Path, strict_fonts: bool)
     natural, shown = img["naturalWidth"], img["shownWidth"]
     width = f"{natural} px drawn, shown at {shown:.0f} px"
     if dpi is not None:
-        width = f"{natural / dpi:.2f} in at {dpi:g} dpi = " + width
+        width = f"{natural / dpi:.2f} in at {dpi:.0f} dpi = " + width
     if raw is None:
-        line = f"{name}: no font metadata ({width})"
-        (report.add if strict_fonts else report.warn)("figure without font metadata", line)
+        guess = f"; 9-pt text would show at {shown_font_px(9, dpi, natural, shown):.1f} px" if dpi else ""
+        line = f"{name}: no font metadata ({width}{guess})"
+        flag = report.add if strict_fonts else report.warn
+        flag("figure without font metadata", line)
         report.figures.append(line)
+        if dpi is not None and natural / dpi > MAX_WIDTH_IN and shown < natural - SLACK_PX:
+            flag("figure wider than the column", f"{name}: {width}; draw it at most {MAX_WIDTH_IN:g} in wide")
         return
     if font is None or dpi is None:
         report.figures.append(f"{name}: no text ({width})")
@@ -347,6 +351,6 @@ def check_site(
 
 def format_report(reports: dict[str, PageReport]) -> str:
     bad = [r for r in reports.values() if not r.ok]
-    lines = [r.details() if not r.ok else r.summary() for r in reports.values()]
+    lines = [r.details() for r in reports.values()]  # details: problems, warnings and each figure measured
     lines.append(f"{len(reports)} pages checked, {len(bad)} with problems")
     return "\n".join(lines)

@@ -72,7 +72,7 @@ def _figures() -> dict[str, str]:
         plt.close(fig)
     stripped = io.BytesIO()
     with Image.open(io.BytesIO(pngs["readable"])) as image:
-        image.save(stripped, "PNG")  # PIL writes no text chunk it is not given: the font metadata is gone
+        image.save(stripped, "PNG", dpi=image.info["dpi"])  # PIL writes no text chunk unasked: no font metadata
     pngs["unmeasured"] = stripped.getvalue()
     return {name: base64.b64encode(data).decode() for name, data in pngs.items()}
 
@@ -169,6 +169,7 @@ def test_every_check_catches_its_planted_defect(chromium, tmp_path):
     # Strict (once every chapter is re-executed): the figure without metadata fails.
     strict = check_site(html, pages=["planted.html"], executable=chromium, strict_fonts=True)["planted.html"]
     assert "figure without font metadata" in strict.problems and not strict.warnings
+    assert "9-pt text would show at" in strict.problems["figure without font metadata"][0]
 
 
 def test_a_figure_opens_at_full_size_on_click(chromium, tmp_path):
