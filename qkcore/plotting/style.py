@@ -12,10 +12,16 @@ at most WIDTH wide: put fewer panels in a row rather than shrinking them.
 Colours: seaborn's "colorblind" palette for categories (`category_styles` adds markers, so more than its ten
 colours stay distinguishable); viridis for magnitudes; RdBu_r centred on 0 for signed values, with one colour scale
 shared by panels that are compared (`symmetric_limit`).
+
+Every PNG saved once `use_book_style` has run (the notebooks' inline figures included) carries two text chunks, so the
+book's browser check (tests/book/rendered.py) can measure the size a reader sees: `qkcore:min-font-pt`, the smallest
+font of any visible text in the figure, in points, and `qkcore:dpi`, the dpi it was saved at. An s-point font saved
+at d dpi is s·d/72 px tall in the PNG and shows at s·d/72 × (shown width / PNG width) px on the page.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import matplotlib as mpl
@@ -60,6 +66,50 @@ def use_book_style() -> None:
             "lines.markersize": 5.0,
         }
     )
+    _record_fonts_in_pngs()
+
+
+FONT_KEY = "qkcore:min-font-pt"  # PNG text chunk: the smallest font of the figure's visible text, in points
+DPI_KEY = "qkcore:dpi"  # PNG text chunk: the dpi the figure was saved at
+
+
+def smallest_font_pt(fig) -> float | None:
+    """The smallest font size (pt) of any visible, non-empty text of `fig`: titles, labels, tick labels, legends,
+    annotations, colour-bar labels. None for a figure with no text."""
+    from matplotlib.text import Text
+
+    sizes = [
+        float(t.get_fontsize())
+        for t in fig.findobj(Text)
+        if t.get_visible() and t.get_text().strip() and (t.axes is None or t.axes.get_visible())
+    ]
+    return min(sizes) if sizes else None
+
+
+def font_metadata(fig) -> dict[str, str]:
+    """The PNG text chunks `use_book_style` adds to every saved figure (see the module's docstring)."""
+    smallest = smallest_font_pt(fig)
+    return {FONT_KEY: "none" if smallest is None else f"{smallest:g}", DPI_KEY: f"{fig.dpi:g}"}
+
+
+def _record_fonts_in_pngs() -> None:
+    """Make every PNG matplotlib writes carry `font_metadata`. IPython's inline backend saves a figure with
+    `fig.canvas.print_figure(..., format="png")`, which ends in Agg's `print_png` with the figure's dpi set to the
+    saving dpi, and passes no metadata; wrapping that one method covers the inline PNGs and `fig.savefig` alike.
+    Metadata a caller passes wins. Installed once; it changes no pixel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    original = FigureCanvasAgg.print_png
+    if getattr(original, "_records_fonts", False):
+        return
+
+    @functools.wraps(original)
+    def print_png(self, filename_or_obj, *, metadata=None, pil_kwargs=None):
+        metadata = {**font_metadata(self.figure), **(metadata or {})}
+        return original(self, filename_or_obj, metadata=metadata, pil_kwargs=pil_kwargs)
+
+    print_png._records_fonts = True
+    FigureCanvasAgg.print_png = print_png
 
 
 def palette(n: int) -> list[tuple[float, float, float]]:

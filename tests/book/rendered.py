@@ -10,19 +10,38 @@ or JSON ate); an image that did not load or whose file is missing; an internal l
 wider than its column (scrollWidth > clientWidth + 3 px, or sticking out of the article's column). The page is laid
 out at 1400 x 1000 px, as a reader's laptop shows it.
 
+Figures (every PNG image in a chapter's column: notebook outputs and {figure}s) are measured for the size a reader
+sees. qkcore.plotting.style records in each PNG the smallest font of the figure (`qkcore:min-font-pt`, points) and the
+dpi it was saved at (`qkcore:dpi`). An s-point font saved at d dpi is s·d/72 px tall in the PNG, and the page shows
+the PNG at (shown width / PNG width) of its size, so the reader sees it at
+
+    shown px = s × d/72 × (shown width / natural width)      (CSS px; the check runs at device pixel ratio 1)
+
+and the check fails below MIN_FONT_PX = 9 px (the book style's 9-pt ticks on an 8-in figure show at ~11.5 px in
+the 768-px column). It also fails on a figure drawn wider than the column at its dpi (PNG width > MAX_WIDTH_IN = 8.5
+in: the style's WIDTH = 8 in plus what a tight bounding box adds) and shown shrunk. A figure PNG with no font
+metadata (drawn before the style recorded it, or not through the style) is a warning, and so is its width, or both
+are failures with strict_fonts=True / QKCORE_STRICT_FIGURE_FONTS=1. Every figure must also carry the `qk-zoomable`
+class that _static/figure-zoom.js sets (click to enlarge).
+
 Debian's `chromium` is driven by Playwright (`executable_path`), so Playwright needs no browser download. Used by
 tests/book/test_rendered_pages.py (the rendered book) and tests/book/test_planted_defects.py (a small book with each
 defect planted, to show every check can fail).
 """
 
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+ROOT_STATIC = Path(__file__).resolve().parents[2] / "_static"  # the book's _static/ (click to enlarge)
 VIEWPORT = {"width": 1400, "height": 1000}
 SLACK_PX = 3  # sub-pixel rounding; a clipped character is ~8 px
+MIN_FONT_PX = 9.0  # smallest font a figure may show, in CSS px at the size the page shows it
+MAX_WIDTH_IN = 8.5  # widest figure PNG, in inches at its dpi: qkcore.plotting.style.WIDTH (8 in) + tight-bbox slack
+FONT_KEY, DPI_KEY = "qkcore:min-font-pt", "qkcore:dpi"  # the PNG text chunks qkcore.plotting.style writes
 # Pages Sphinx generates for itself, with no book content: the search page and the (empty) general index. They are
 # still loaded and checked for console errors, broken links and missing images; only the overflow check skips them
 # (the search page's layout holds no code, tables or outputs).
@@ -69,9 +88,13 @@ async () => {
   out.text_errors = (document.body.innerText.match(/Math input error/g) || []).length;
   await Promise.all(Array.from(document.images).map(img => img.complete ? null :
     new Promise(resolve => { img.addEventListener('load', resolve); img.addEventListener('error', resolve); })));
+  const column = document.querySelector('article.bd-article') || document.querySelector('main') || document.body;
+  const figures = new Set(column.querySelectorAll('.cell_output img, figure img'));
   for (const img of document.images) {
     out.images.push({src: img.getAttribute('src'), url: img.src, naturalWidth: img.naturalWidth,
-                     alt: img.getAttribute('alt') || ''});
+                     alt: img.getAttribute('alt') || '', figure: figures.has(img),
+                     shownWidth: img.getBoundingClientRect().width, zoomable: img.classList.contains('qk-zoomable'),
+                     caption: ((img.closest('figure') || {}).innerText || '').trim().slice(0, 60)});
   }
   for (const a of document.querySelectorAll('a[href]')) out.links.push({href: a.getAttribute('href'), url: a.href,
                                                                           text: a.textContent.trim().slice(0, 60)});
@@ -114,10 +137,15 @@ class PageReport:
     images: int = 0
     internal_links: int = 0
     external_links: int = 0
+    figures: list[str] = field(default_factory=list)  # one line per figure: its measured font size
     problems: dict[str, list[str]] = field(default_factory=dict)
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # reported, not failing
 
     def add(self, kind: str, message: str):
         self.problems.setdefault(kind, []).append(message)
+
+    def warn(self, kind: str, message: str):
+        self.warnings.setdefault(kind, []).append(message)
 
     @property
     def ok(self) -> bool:
@@ -125,15 +153,20 @@ class PageReport:
 
     def summary(self) -> str:
         found = ", ".join(f"{len(v)} {k}" for k, v in self.problems.items()) or "nothing wrong"
+        warned = ", ".join(f"{len(v)} {k}" for k, v in self.warnings.items())
         return (
-            f"{self.page}: {self.math_count} math, {self.images} images, {self.internal_links} internal links "
-            f"({self.external_links} external, not followed) -> {found}"
+            f"{self.page}: {self.math_count} math, {self.images} images ({len(self.figures)} figures), "
+            f"{self.internal_links} internal links ({self.external_links} external, not followed) -> {found}"
+            + (f"; warnings: {warned}" if warned else "")
         )
 
     def details(self) -> str:
         lines = [self.summary()]
         for kind, messages in self.problems.items():
             lines += [f"    [{kind}] {m}" for m in messages]
+        for kind, messages in self.warnings.items():
+            lines += [f"    (warning: {kind}) {m}" for m in messages]
+        lines += [f"    figure: {m}" for m in self.figures]
         return "\n".join(lines)
 
 
@@ -173,10 +206,73 @@ def _refresh_target(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def check_site(html_dir: Path, pages: list[str] | None = None, executable: str | None = None) -> dict[str, PageReport]:
-    """Load each page (default: all of site_pages) in one headless Chromium and return its PageReport."""
+def strict_fonts_default() -> bool:
+    """Whether a figure with no font metadata fails (QKCORE_STRICT_FIGURE_FONTS=1) or is only a warning (default,
+    until every chapter has been re-executed with the metadata-recording style)."""
+    return os.environ.get("QKCORE_STRICT_FIGURE_FONTS", "") not in ("", "0")
+
+
+def png_font_metadata(file: Path) -> tuple[float | None, float | None, str | None]:
+    """(smallest font pt or None, dpi or None, the font chunk as written or None) of a PNG: the dpi from
+    qkcore:dpi, else from the PNG's pHYs chunk (matplotlib writes both)."""
+    from PIL import Image
+
+    with Image.open(file) as image:
+        info = dict(image.info)
+    raw = info.get(FONT_KEY)
+    dpi = info.get(DPI_KEY)
+    dpi = float(dpi) if dpi is not None else (float(info["dpi"][0]) if "dpi" in info else None)
+    try:
+        font = float(raw) if raw is not None else None
+    except ValueError:  # "none": a figure with no text
+        font = None
+    return font, dpi, raw
+
+
+def shown_font_px(font_pt: float, dpi: float, natural_width: float, shown_width: float) -> float:
+    """The CSS px a font of font_pt points, in a PNG saved at dpi and natural_width px wide, shows at when the page
+    draws the PNG shown_width px wide: pt × dpi/72 is its height in the PNG, scaled by the page."""
+    return font_pt * dpi / 72.0 * shown_width / natural_width
+
+
+def _check_figure(report: PageReport, img: dict, file: Path, strict_fonts: bool):
+    name = f"{img['src']}" + (f" ({img['caption']!r})" if img["caption"] else "")
+    if not img["zoomable"]:
+        report.add("figure not enlargeable", f"{name}: no qk-zoomable class (_static/figure-zoom.js not loaded?)")
+    font, dpi, raw = png_font_metadata(file)
+    natural, shown = img["naturalWidth"], img["shownWidth"]
+    width = f"{natural} px drawn, shown at {shown:.0f} px"
+    if dpi is not None:
+        width = f"{natural / dpi:.2f} in at {dpi:.0f} dpi = " + width
+    if raw is None:
+        guess = f"; 9-pt text would show at {shown_font_px(9, dpi, natural, shown):.1f} px" if dpi else ""
+        line = f"{name}: no font metadata ({width}{guess})"
+        flag = report.add if strict_fonts else report.warn
+        flag("figure without font metadata", line)
+        report.figures.append(line)
+        if dpi is not None and natural / dpi > MAX_WIDTH_IN and shown < natural - SLACK_PX:
+            flag("figure wider than the column", f"{name}: {width}; draw it at most {MAX_WIDTH_IN:g} in wide")
+        return
+    if font is None or dpi is None:
+        report.figures.append(f"{name}: no text ({width})")
+    else:
+        px = shown_font_px(font, dpi, natural, shown)
+        line = f"{name}: smallest font {font:g} pt -> {px:.1f} px as shown ({width})"
+        report.figures.append(line)
+        if px < MIN_FONT_PX - 1e-6:
+            report.add("figure text too small", f"{line}; needs >= {MIN_FONT_PX:g} px")
+    if dpi is not None and natural / dpi > MAX_WIDTH_IN and shown < natural - SLACK_PX:
+        report.add("figure wider than the column", f"{name}: {width}; draw it at most {MAX_WIDTH_IN:g} in wide")
+
+
+def check_site(
+    html_dir: Path, pages: list[str] | None = None, executable: str | None = None, strict_fonts: bool | None = None
+) -> dict[str, PageReport]:
+    """Load each page (default: all of site_pages) in one headless Chromium and return its PageReport.
+    strict_fonts: whether a figure PNG without font metadata fails (default: strict_fonts_default())."""
     from playwright.sync_api import sync_playwright
 
+    strict_fonts = strict_fonts_default() if strict_fonts is None else strict_fonts
     html_dir = html_dir.resolve()
     pages = site_pages(html_dir) if pages is None else pages
     executable = executable or chromium_path()
@@ -219,6 +315,8 @@ def check_site(html_dir: Path, pages: list[str] | None = None, executable: str |
                     report.add("missing image", f"{img['src']} (no such file)")
                 elif img["naturalWidth"] == 0:
                     report.add("missing image", f"{img['src']} did not load (naturalWidth 0)")
+                elif img["figure"] and file is not None and file.suffix.lower() == ".png":
+                    _check_figure(report, img, file, strict_fonts)
             if Path(page_name).name not in GENERATED_PAGES:
                 for o in found["overflow"]:
                     out = f", sticks out of the column by {o['sticksOut']} px" if o["sticksOut"] > SLACK_PX else ""
@@ -253,6 +351,6 @@ def check_site(html_dir: Path, pages: list[str] | None = None, executable: str |
 
 def format_report(reports: dict[str, PageReport]) -> str:
     bad = [r for r in reports.values() if not r.ok]
-    lines = [r.details() if not r.ok else r.summary() for r in reports.values()]
+    lines = [r.details() for r in reports.values()]  # details: problems, warnings and each figure measured
     lines.append(f"{len(reports)} pages checked, {len(bad)} with problems")
     return "\n".join(lines)

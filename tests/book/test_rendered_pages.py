@@ -1,5 +1,8 @@
 """Every page of the built book, opened in headless Chromium at 1400 px, as a reader sees it: no math error, no
-missing image, no broken internal link, no console error, no code or output block wider than its column.
+missing image, no broken internal link, no console error, no code or output block wider than its column, no figure
+whose smallest text shows under 9 px or that is drawn wider than the column, and every figure enlargeable by a click.
+Figures without font metadata (drawn before qkcore.plotting.style recorded it) are warnings until
+QKCORE_STRICT_FIGURE_FONTS=1, which the lead sets once every chapter is re-executed.
 
     make html && make browser        # or: QKCORE_BOOK_HTML=_build/html .venv/bin/python -m pytest -s tests/book
 
