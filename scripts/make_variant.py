@@ -56,6 +56,23 @@ def banner(name: str, v: dict) -> str:
     )
 
 
+def suffix_figure_names(cells, name: str) -> None:
+    """Figure labels are book-wide: a variant's copies of its source's named figures (and the {numref} roles that
+    point at them) get the variant's name appended, so that the -W build sees no duplicate label."""
+    names = set()
+    for c in cells:
+        fig = c.metadata.get("mystnb", {}).get("figure", {})
+        if fig.get("name") and not fig["name"].endswith(f"-{name}"):
+            names.add(fig["name"])
+            fig["name"] = f"{fig['name']}-{name}"
+    for c in cells:
+        if c.cell_type == "markdown":
+            for label in names:
+                c.source = re.sub(
+                    r"(\{numref\}`(?:[^`<]*<)?)" + re.escape(label) + r"(>?`)", rf"\g<1>{label}-{name}\2", c.source
+                )
+
+
 def dress(path: Path, name: str, v: dict) -> None:
     """Title, banner, hidden default parameters, runtime line and Try-this of the executed variant at `path`."""
     nb = nbformat.read(path, as_version=4)
@@ -75,6 +92,7 @@ def dress(path: Path, name: str, v: dict) -> None:
             c.source = RUNTIME.sub(f"**Runtime:** {v['runtime']}.", c.source)
             if v.get("try_this") and TRY_THIS.search(c.source):
                 c.source = "## Try this\n\n" + v["try_this"].strip()
+    suffix_figure_names(cells, name)
     cell = nbformat.v4.new_markdown_cell(banner(name, v))
     cell.metadata["tags"] = [BANNER_TAG]
     cells.insert(1, cell)
