@@ -15,6 +15,14 @@ from typing import ClassVar, Literal
 import torch
 
 from qkcore.covariance import ContrastiveCovariance
+from qkcore.experiments.filter_heads import rules
+from qkcore.experiments.filter_heads.nulls import (
+    balanced_grouping,
+    eta_squared,
+    item_indices,
+    null_tests,
+    random_grouping,
+)
 from qkcore.experiments.filter_heads.vectors import HeadScan, Vectors, collect_vectors, head_scan
 from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
 from qkcore.lm import attention_layout
@@ -46,7 +54,9 @@ class FilterHeadsParams(LMChapterParams):
     n_swap_prompts: int = 300  # 1 asked item among 20 others (paper: 1,000)
     n_prompts_13: int = 650
     answer_prefix: str = ""  # chat models: the answer begun, "{plural}" = the asked category ("" = none)
-    swap_method: Literal["forward", "recompute"] = "forward"  # forward pass per condition, or rebuilt rows
+    swap_method: Literal["forward", "recompute"] = "forward"  # rebuilt rows; "forward" also checks them by a pass
+    n_groupings: int = 50  # random and balanced null groupings of the items, each
+    n_random: int = 20  # random subspaces per swap condition and per decoding comparison
     keys_13: bool = True  # the 13-category keys-only view (the talk's figure)
     scan_by: Literal["logit_gap", "attention"] = "logit_gap"  # how the scan ranks heads (HeadScan.score)
     preset: Literal["full", "quick"] = "full"
@@ -66,6 +76,8 @@ class FilterHeadsParams(LMChapterParams):
             len(self.categories) * 5 - 5 >= 20,
             "the swap prompts need ≥ 20 items outside the asked category: give at least 5 categories",
         )
+        require(self.n_groupings >= 50, f"n_groupings must be ≥ 50 for a permutation p-value, got {self.n_groupings}")
+        require(self.n_random >= 1, f"n_random must be ≥ 1, got {self.n_random}")
         for name in ("n_delta_prompts", "n_pca_prompts", "n_swap_prompts", "n_prompts_13"):
             require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         require(
@@ -190,16 +202,6 @@ class Projection:
     query_explained: torch.Tensor
 
 
-def eta_squared(x: torch.Tensor, labels: torch.Tensor) -> float:
-    """Between-group sum of squares / total sum of squares of the rows of x (n, r)."""
-    x = x - x.mean(0)
-    total = x.square().sum()
-    if total <= 1e-12 * max(1, x.numel()):
-        return float("nan")  # no variance at all (e.g. identical queries): the share is undefined
-    between = sum(int((labels == g).sum()) * x[labels == g].mean(0).square().sum() for g in labels.unique())
-    return float(between / total)
-
-
 def project_categories(vecs: Vectors, head: tuple[int, int], analysis: HeadAnalysis) -> Projection:
     q, k = vecs.at(head)  # (n, d), (n, I, d)
     kc = k.reshape(-1, k.shape[-1]).double() @ analysis.key_basis  # (n·I, r_k)
@@ -232,22 +234,38 @@ class FilterHeadsResult:
     grouping: dict[str, str]
     scan_by: str = "logit_gap"
     accuracy: dict[str, float] | None = None  # first answer token in the asked category: model, random init, chance
+    nulls: dict | None = None  # head → NullTests
+    gate: tuple[bool, str] = (True, "")  # can the model read the task (rules.gate)
+    words: tuple[str, ...] = ()  # the items, in the order of the item indices of the null tests
 
 
 def first_answer_accuracy(next_token: torch.Tensor, prompts, tokenizer) -> float:
     """Share of prompts whose predicted first answer token begins an item of the asked category (the item written
     with or without a leading space: word-level, BPE and SentencePiece tokenizers differ)."""
+    hits = first_answer_hits(next_token, prompts, tokenizer)
+    return sum(hits) / len(hits)
+
+
+def unknown_items(tokenizer, words) -> list[str]:
+    """The task items the tokenizer writes with its unknown token (as written with a leading space or without)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    return [w for w in words if any(unk in tokenizer(s, add_special_tokens=False)["input_ids"] for s in (w, " " + w))]
+
+
+def first_answer_hits(next_token: torch.Tensor, prompts, tokenizer) -> list[bool]:
+    """Per prompt, whether the predicted first answer token begins an item of the asked category."""
 
     def firsts(word: str) -> set[int]:
         return {
             ids[0] for ids in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (word, " " + word)) if ids
         }
 
-    hits = [
+    return [
         int(next_token[i]) in set().union(*(firsts(it) for it, c in zip(p.items, p.item_categories) if c == p.asked))
         for i, p in enumerate(prompts)
     ]
-    return sum(hits) / len(hits)
 
 
 CONDITIONS = ("model", "shuffled labels", "random init")
@@ -261,7 +279,12 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     cats = tuple(params.categories)
     prompts = delta_prompts(cats, params.n_delta_prompts, g)
     fresh = delta_prompts(cats, params.n_pca_prompts, g)
-    grouping = null_grouping(cats, g)
+    words = tuple(w for c in cats for w in CATEGORIES[c])
+    true_group = torch.arange(len(cats)).repeat_interleave(5)
+    gn = torch.Generator().manual_seed(params.seed + 21)
+    randoms = [random_grouping(len(cats), 5, gn) for _ in range(params.n_groupings)]
+    balanced = [balanced_grouping(len(cats), 5, gn) for _ in range(params.n_groupings)]
+    grouping = {w: cats[int(balanced[0][i])] for i, w in enumerate(words)}  # the shuffled-label condition
     scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
     layout = attention_layout(model)
     ranked = scan.ranking(params.scan_by)
@@ -280,13 +303,46 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
     analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}
     projections = {c: {h: project_categories(fresh_vecs[c], h, analyses[c][h]) for h in heads} for c in CONDITIONS}
+    hits = first_answer_hits(scan.next_token, prompts, tokenizer)
+    chance = scan.items_per_prompt[0] / sum(scan.items_per_prompt)
     accuracy = {
-        "model": first_answer_accuracy(scan.next_token, prompts, tokenizer),
+        "model": sum(hits) / len(hits),
         "random init": first_answer_accuracy(random_scan.next_token, prompts, tokenizer),
-        "chance (a random list item)": scan.items_per_prompt[0] / sum(scan.items_per_prompt),
+        "chance (a random list item)": chance,
+    }
+    gate = rules.gate(unknown_items(tokenizer, words), sum(hits), len(hits), chance)
+    ids, fresh_ids = item_indices(prompts, words), item_indices(fresh, words)
+    nulls = {
+        h: null_tests(
+            vecs,
+            fresh_vecs,
+            ids,
+            fresh_ids,
+            h,
+            true_group,
+            randoms,
+            balanced,
+            params.weighting,
+            params.energy,
+            params.n_random,
+            torch.Generator().manual_seed(params.seed + 22),
+        )
+        for h in heads
     }
     return FilterHeadsResult(
-        model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping, params.scan_by, accuracy
+        model_label,
+        scan,
+        random_scan,
+        tuple(heads),
+        rand,
+        analyses,
+        projections,
+        grouping,
+        params.scan_by,
+        accuracy,
+        nulls,
+        gate,
+        words,
     )
 
 
