@@ -91,7 +91,7 @@ def prompt_metrics(before, after, q, k_orig, k_target, basis, orig, target, item
     on_top = before.argmax(-1) == orig
     among_before, among_after = before.gather(1, items), after.gather(1, items)  # (b, I)
     cand_top = items[rows, among_before.argmax(-1)] == orig
-    diff = k_orig - k_target
+    diff, q = (k_orig - k_target).double(), q.double()
     b = basis.double()
     return {
         "orig_on_top": on_top.double(),
