@@ -23,21 +23,20 @@ COLUMN = 6.5  # inches: at most the rendered column at 150 dpi
 
 def plot_head_scan(result: FilterHeadsResult):
     """Layer × head: mean logit gap trace ΔC (over categories) and the last token's attention on the asked items and
-    on the others; top row the model (boxes: the studied heads), bottom row its random-init copy, each quantity on
-    one colour scale for both rows."""
-    fig, axes = plt.subplots(2, 3, figsize=(COLUMN, 5.6), gridspec_kw={"hspace": 0.6, "wspace": 0.6})
+    on the others; left column the model (boxes: the studied heads), right its random-init copy, each quantity on
+    one colour scale for both columns."""
+    fig, axes = plt.subplots(3, 2, figsize=(COLUMN, 7.2), layout="constrained")
     gaps = [s.logit_gap.mean(0).numpy() for s in (result.scan, result.random_scan)]
     lim = max(max(abs(g).max() for g in gaps), 1e-9)
-    for row, (scan, gap, label) in enumerate(
+    for col, (scan, gap, label) in enumerate(
         ((result.scan, gaps[0], "model"), (result.random_scan, gaps[1], "random init"))
     ):
-        head_heatmap(axes[row, 0], gap, f"{label}:\nlogit gap", result.heads, "RdBu_r", -lim, lim)
-        head_heatmap(
-            axes[row, 1], scan.attn_pos.numpy(), f"{label}:\nattention on asked items", result.heads, "viridis", 0, 1
-        )
-        head_heatmap(
-            axes[row, 2], scan.attn_neg.numpy(), f"{label}:\nattention on other items", result.heads, "viridis", 0, 1
-        )
+        head_heatmap(axes[0, col], gap, f"{label}: logit gap", result.heads, "RdBu_r", -lim, lim)
+        head_heatmap(axes[1, col], scan.attn_pos.numpy(), f"{label}: on asked items", result.heads, "viridis", 0, 1)
+        head_heatmap(axes[2, col], scan.attn_neg.numpy(), f"{label}: on other items", result.heads, "viridis", 0, 1)
+    for ax in axes.flat:
+        for text in ax.texts:  # cell labels at the book's smallest size
+            text.set_fontsize(9)
     return fig
 
 
@@ -63,8 +62,8 @@ def plot_category_spectra(result: FilterHeadsResult, heads=None, n_values: int =
             ax.set_title(f"{head_name(head)}, {condition}", fontsize=10)
         axes[row, 0].set_ylabel("σᵢ² / Σσ²")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, [n.split(" (")[0] for n in labels], loc="lower center", ncol=5, fontsize=9, handlelength=1)
-    fig.tight_layout(rect=(0, 0.9 / (2.4 * len(heads) + 0.9), 1, 1))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (2.4 * len(heads) + 0.9)))
+    fig.legend(handles, [n.split(" (")[0] for n in labels], loc="upper center", ncol=5, fontsize=9, handlelength=1)
     return fig
 
 
@@ -163,7 +162,9 @@ def plot_filter_swaps(swaps: dict):
     condition, horizontal bars with 95% bootstrap intervals over prompts, on one shared axis; diamonds: the candidate
     flip rate (the asked item on top among the items before, the target after)."""
     heads = list(swaps)
-    fig, axes = plt.subplots(len(heads), 1, figsize=(COLUMN, 0.45 * 6 * len(heads) + 0.8), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        len(heads), 1, figsize=(COLUMN, 0.45 * 6 * len(heads) + 1.0), sharex=True, squeeze=False, layout="constrained"
+    )
     g = torch.Generator().manual_seed(0)
     for ax, h in zip(axes[:, 0], heads):
         s = swaps[h]
@@ -179,8 +180,7 @@ def plot_filter_swaps(swaps: dict):
         ax.axvline(0, color="k", lw=0.8)
         ax.set_title(f"{head_name(h)} (n = {s.n_prompts})", fontsize=10)
     axes[-1, 0].set_xlabel("Δp  /  flip rate")
-    axes[0, 0].legend(loc="lower right", fontsize=9)
-    fig.tight_layout()
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=2, fontsize=9)
     return fig
 
 
@@ -189,7 +189,7 @@ def plot_nulls(result: FilterHeadsResult):
     and the key η² of the null groupings (random; balanced, one item per category in each group) beside the
     categories' own (line)."""
     heads = list(result.heads)
-    fig, axes = plt.subplots(len(heads), 2, figsize=(COLUMN, 2.9 * len(heads)), squeeze=False)
+    fig, axes = plt.subplots(len(heads), 2, figsize=(COLUMN, 3.3 * len(heads)), squeeze=False, layout="constrained")
     lim = max(float(result.nulls[h].matching.matrix.abs().max()) for h in heads)
     names = result.scan.categories
     for row, h in enumerate(heads):
@@ -201,14 +201,13 @@ def plot_nulls(result: FilterHeadsResult):
         ax.set(xlabel="item's category c′", ylabel="asked c")
         ax.set_title(f"{head_name(h)}: E[q·k]", fontsize=10)
         ax.grid(False)
-        fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.colorbar(im, ax=ax, shrink=0.8, label="q·k")
         ax = axes[row, 1]
         bins = np.linspace(0, 1, 41)
         ax.hist([x.eta2 for x in n.random], bins=bins, alpha=0.7, label="random groupings")
         ax.hist([x.eta2 for x in n.balanced], bins=bins, alpha=0.7, label="balanced groupings")
         ax.axvline(n.score.eta2, color="k", lw=1.5, label="categories")
         ax.set(xlabel="key η²", ylabel="groupings")
-        ax.set_title(f"{head_name(h)}: p = {n.p_eta[0]:.2g}, {n.p_eta[1]:.2g}", fontsize=10)
+        ax.set_title(f"{head_name(h)}: p = {n.p_eta[0]:.2g} (random), {n.p_eta[1]:.2g} (balanced)", fontsize=10)
     axes[0, 1].legend(fontsize=9)
-    fig.tight_layout()
     return fig
