@@ -69,6 +69,22 @@ def test_streamed_delta_equals_delta_from_stored_vectors(tiny):
     assert ((attn > 0) & (attn <= 1 + 1e-6)).all()
 
 
+def test_the_scan_keeps_the_vectors_a_second_pass_would_collect(tiny):
+    params, model, tok, result, _ = tiny
+    from qkcore.experiments.filter_heads.vectors import collect_vectors, head_scan
+
+    prompts = delta_prompts(PAPER_CATEGORY_NAMES, 10, torch.Generator().manual_seed(2))
+    scan = head_scan(model, tok, prompts, PAPER_CATEGORY_NAMES, batch_size=4, keep_vectors=True)
+    kept = scan.vectors(result.heads)
+    again = collect_vectors(model, tok, prompts, PAPER_CATEGORY_NAMES, result.heads, batch_size=3)
+    for h in result.heads:
+        for a, b in zip(kept.at(h), again.at(h)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        i, j = kept.heads.index(h), again.heads.index(h)
+        torch.testing.assert_close(kept.attn[i], again.attn[j], atol=1e-6, rtol=1e-4)
+    assert (kept.asked == again.asked).all() and (kept.item_cat == again.item_cat).all()
+
+
 def test_rank_one_when_queries_do_not_vary(tiny):
     """Layer 0: the last token's query sees only its own token and position, identical in every prompt, so each
     ΔC = q̄ dᵀ is rank 1 whatever the keys hold — the artefact the chapter warns about."""

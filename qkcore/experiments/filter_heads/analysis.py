@@ -285,16 +285,18 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     randoms = [random_grouping(len(cats), 5, gn) for _ in range(params.n_groupings)]
     balanced = [balanced_grouping(len(cats), 5, gn) for _ in range(params.n_groupings)]
     grouping = {w: cats[int(balanced[0][i])] for i, w in enumerate(words)}  # the shuffled-label condition
-    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
+    scan = head_scan(
+        model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix, keep_vectors=True
+    )
     layout = attention_layout(model)
     ranked = scan.ranking(params.scan_by)
     heads = layout.select(params.heads) if params.heads is not None else tuple(ranked[: params.n_heads])
     rand = random_init_copy(model, params.seed + 1)
-    random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
-    vecs = {
-        "model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
-        "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
-    }
+    random_scan = head_scan(
+        rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix, keep_vectors=True
+    )
+    vecs = {"model": scan.vectors(heads), "random init": random_scan.vectors(heads)}
+    scan.stored = random_scan.stored = None  # every head's vectors: no longer needed
     fresh_vecs = {
         "model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
         "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),

@@ -218,8 +218,8 @@ def _combine(s: torch.Tensor, vh: torch.Tensor, energy: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class GroupingScore:
     """A grouping's key subspace scored like the categories': dims, key η² of fresh keys (grouping labels),
-    overlap ‖B_catᵀB‖²_F / min(dims) with the category subspace, and leave-one-item-out decoding accuracy (the
-    subspace refitted without the held-out item)."""
+    overlap ‖B_catᵀB‖²_F / min(dims) with the category subspace, and decoding accuracy of the grouping's labels in
+    its subspace (nearest centroid, centroids without the held-out item; the subspace fitted once)."""
 
     dims: int
     eta2: float
@@ -227,16 +227,20 @@ class GroupingScore:
     decoding: float
 
 
-def decoding_accuracy(fit: Fit, item_group: torch.Tensor, basis: torch.Tensor | None = None) -> float:
+def decoding_accuracy(fit: Fit, item_group: torch.Tensor, basis: torch.Tensor | None = None, refit: bool = True):
     """Leave-one-item-out nearest-centroid accuracy of the grouping's labels on the fresh keys: each held-out item's
     keys against centroids (means of the other items' mean keys, all inside the subspace) — inside `basis` when
-    given (label-free or random), else inside the grouping's own subspace refitted without the held-out item."""
+    given (label-free or random), else inside the grouping's own subspace, refitted without the held-out item when
+    `refit` (the strict test) or fitted once on all items (cheap enough for hundreds of null groupings)."""
     keys, ids = fit.fresh_k.reshape(-1, fit.fresh_k.shape[-1]).double(), fit.fresh_ids.reshape(-1)
+    if basis is None and not refit:
+        basis = fit.basis(item_group)
+    if basis is not None:
+        return float(nearest_centroid_loo(keys @ basis.double(), ids, item_group).double().mean())
     n_items, n_groups = len(item_group), int(item_group.max()) + 1
     means = _item_means(keys, ids, n_items)  # (n_items, d): projecting a mean = the mean of the projections
-    bases = [basis.double()] * n_items if basis is not None else fit.loo_bases(item_group)
     hits = 0
-    for i, b in enumerate(bases):
+    for i, b in enumerate(fit.loo_bases(item_group)):
         m = means @ b  # (n_items, r)
         others = torch.arange(n_items) != i
         cen = torch.stack(
@@ -255,9 +259,8 @@ def score_grouping(fit: Fit, item_group: torch.Tensor, category_basis: torch.Ten
     b = fit.basis(item_group)
     keys, ids = fit.fresh_k.reshape(-1, fit.fresh_k.shape[-1]).double(), fit.fresh_ids.reshape(-1)
     overlap = float((category_basis.double().T @ b).square().sum() / min(b.shape[1], category_basis.shape[1]))
-    return GroupingScore(
-        b.shape[1], eta_squared(keys @ b, item_group[ids]), overlap, decoding_accuracy(fit, item_group)
-    )
+    decoding = float(nearest_centroid_loo(keys @ b, ids, item_group).double().mean())
+    return GroupingScore(b.shape[1], eta_squared(keys @ b, item_group[ids]), overlap, decoding)
 
 
 def p_value(observed: float, null: list[float] | torch.Tensor) -> float:
