@@ -13,7 +13,6 @@ import torch
 from qkcore.experiments.filter_heads import rules
 from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result
 from qkcore.experiments.tables import r3
-from qkcore.lm import pad_batch, run_model
 from qkcore.lm.chat import model_text, uses_chat_template
 from qkcore.lm.layout import head_name
 from qkcore.organisms.filter_task import PLURALS, FilterPrompt
@@ -44,12 +43,17 @@ def greedy_answer(model, tokenizer, prompt: FilterPrompt, max_new_tokens: int = 
     prefix = answer_prefix.format(plural=PLURALS[prompt.asked])
     text, _ = model_text(tokenizer, prompt.text, uses_chat_template(tokenizer), prefix)
     ids = tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)  # one pass, then one token at a time
     new: list[int] = []
     for _ in range(max_new_tokens):
-        token = int(run_model(model, pad_batch([ids + new])).logits[0, -1].argmax())
+        token = int(out.logits[0, -1].argmax())
         if token == tokenizer.eos_token_id:
             break
         new.append(token)
+        out = model(
+            input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True
+        )
     return (prefix + tokenizer.decode(new, skip_special_tokens=True)).strip()
 
 
