@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from matplotlib.colors import ListedColormap
 
 from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result, Projection
-from qkcore.interventions import bootstrap_interval
 from qkcore.lm.layout import head_name
 from qkcore.plotting.heads import head_heatmap
 
@@ -165,16 +163,15 @@ def plot_filter_swaps(swaps: dict):
     fig, axes = plt.subplots(
         len(heads), 1, figsize=(COLUMN, 0.45 * 6 * len(heads) + 1.0), sharex=True, squeeze=False, layout="constrained"
     )
-    g = torch.Generator().manual_seed(0)
     for ax, h in zip(axes[:, 0], heads):
         s = swaps[h]
-        names = list(s.table.index)[::-1]
+        table = s.table()
+        names = list(table.index)[::-1]
         y = np.arange(len(names))
-        means = [float(s.per_prompt[n]["delta_p"].mean()) for n in names]
-        ci = [bootstrap_interval(s.per_prompt[n]["delta_p"], g) for n in names]
-        err = np.array([[m - lo, hi - m] for m, (lo, hi) in zip(means, ci)]).T.clip(0)
+        means = table.loc[names, "delta_p"].to_numpy(dtype=float)
+        err = np.stack([means - table.loc[names, "delta_p lo"], table.loc[names, "delta_p hi"] - means]).clip(0)
         ax.barh(y, means, xerr=err, color="C0", capsize=2, label="Δp (95% interval)")
-        flips = s.table.loc[names, "candidate flip"].to_numpy(dtype=float)
+        flips = table.loc[names, "flip_candidates"].to_numpy(dtype=float)
         ax.scatter(flips, y, marker="D", color="C1", zorder=3, label="candidate flip")
         ax.set_yticks(y, names)
         ax.axvline(0, color="k", lw=0.8)

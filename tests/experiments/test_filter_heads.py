@@ -17,8 +17,9 @@ from qkcore.experiments.filter_heads.analysis import (
     load_filter_model,
     null_grouping,
 )
-from qkcore.experiments.filter_heads.intervention import swap_experiment
+from qkcore.experiments.filter_heads.intervention import swap_experiment, swap_targets
 from qkcore.experiments.filter_heads.report import (
+    all_verdicts,
     category_table,
     findings,
     greedy_answer,
@@ -27,8 +28,8 @@ from qkcore.experiments.filter_heads.report import (
     subspace_table,
     summary,
 )
-from qkcore.experiments.filter_heads.swaps import condition_metrics, forward_check, gather_rows, swap_targets
-from qkcore.experiments.filter_heads.vectors import encode_filter_prompts
+from qkcore.experiments.filter_heads.vectors import encode_filter_prompts, filter_tasks
+from qkcore.experiments.swap_engine import forward_swaps, gather_swap_sets, recomputed_metrics
 from qkcore.organisms.filter_task import ALL_CATEGORY_NAMES, PAPER_CATEGORY_NAMES, FilterTask, FilterTaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,13 +102,13 @@ def test_full_space_swap_exchanges_attention(tiny):
     prompts = FilterTask(FilterTaskConfig()).sample_single_positive(10, torch.Generator().manual_seed(0))
     head = result.heads[0]
     orig, target = swap_targets(prompts, torch.Generator().manual_seed(1))
-    rows = gather_rows(model, tok, prompts, [head], orig, target, batch_size=4)[head]
+    tasks = filter_tasks(tok, prompts, PAPER_CATEGORY_NAMES, 4)
+    rows = gather_swap_sets(model, tasks, [head], orig, target)[head]
     d = result.analyses["model"][head].deltas.shape[-1]
-    whole = condition_metrics(rows, torch.eye(d, dtype=torch.float64), 1, torch.Generator())
-    nothing = condition_metrics(rows, torch.zeros(d, 0, dtype=torch.float64), 1, torch.Generator())
-    before_o = torch.cat([x["attn"][torch.arange(len(x["orig"])), x["orig"]] for x in rows.batches])
-    torch.testing.assert_close(whole["attn_target_after"], before_o, atol=1e-6, rtol=0)
-    assert nothing["delta_p"].abs().max() < 1e-7 and whole["gap_in_subspace"].sub(whole["gap"]).abs().max() < 1e-6
+    whole = recomputed_metrics(rows, torch.eye(d, dtype=torch.float64))
+    nothing = recomputed_metrics(rows, torch.zeros(d, 0, dtype=torch.float64))
+    torch.testing.assert_close(whole["attn_target_after"], whole["attn_orig_before"], atol=1e-6, rtol=0)
+    assert nothing["delta_p"].abs().max() < 1e-7
 
 
 def test_tables_swaps_and_13_categories_run(tiny):
@@ -117,14 +118,16 @@ def test_tables_swaps_and_13_categories_run(tiny):
     assert len(null_table(result)) == 4 * len(result.heads)
     swaps = swap_experiment(model, tok, result, params)
     for s in swaps.values():
-        assert len(s.table) == 6 and s.table["Δp"].between(-1, 1).all() and s.power > 0
-        assert s.check is not None and s.check[0] < 1e-4  # swap_method="forward": rebuilt rows = the edited pass
+        table = s.table()
+        assert len(table) == 6 and table["delta_p"].between(-1, 1).all() and s.power > 0
+        assert s.check is not None and s.check < 1e-4  # swap_method="forward": rebuilt rows = the edited pass
     k13 = analyse_13(model, tok, params)
     assert k13.analysis.deltas.shape[0] == 13 and k13.projection.keys.shape == (params.n_pca_prompts * 25, 3)
     numbers = summary(result, swaps, k13)
     assert len(scan_table(result, n=3)) == 3 and numbers["13 categories: head"]
     verdicts = [k for k in numbers if k.startswith("verdict: ")]
-    assert len(verdicts) == 3 * len(result.heads)  # one verdict per claim and studied head
+    assert len(verdicts) == 5 * len(result.heads)  # one verdict per claim and studied head
+    assert len(all_verdicts(result, swaps)) == 5 * len(result.heads)
     assert set(findings(result, swaps)) >= {"accuracy", "ranks", "nulls", "swap", "verdict"}
     prompt = delta_prompts(PAPER_CATEGORY_NAMES, 1, torch.Generator().manual_seed(0))[0]
     assert isinstance(greedy_answer(model, tok, prompt, max_new_tokens=3), str)
@@ -199,18 +202,20 @@ def test_heads_out_of_range_stop_before_the_scan(tiny, monkeypatch):
 
 
 def test_recomputed_swap_equals_the_edited_forward_pass(tiny):
-    """The rebuilt rows (one gathered pass) are the rows of edit_attention's forward pass, at a basis that moves
-    the softmax's normaliser."""
+    """The engine's rebuilt rows (one gathered pass) give the metrics of edit_attention's forward pass, on the
+    chapter's own encoded tasks, at a basis that moves the softmax's normaliser."""
     params, model, tok, result, _ = tiny
     head = result.heads[0]
     prompts = FilterTask(FilterTaskConfig(categories=PAPER_CATEGORY_NAMES)).sample_single_positive(
         12, torch.Generator().manual_seed(3)
     )
     orig, target = swap_targets(prompts, torch.Generator().manual_seed(5))
-    rows = gather_rows(model, tok, prompts, [head], orig, target, batch_size=5)[head]
+    tasks = filter_tasks(tok, prompts, PAPER_CATEGORY_NAMES, 5)
     basis = result.analyses["model"][head].key_basis
-    gap, _ = forward_check(model, tok, prompts, head, basis, orig, target, rows)
-    assert gap < 1e-5
+    rebuilt = recomputed_metrics(gather_swap_sets(model, tasks, [head], orig, target)[head], basis)
+    forward = forward_swaps(model, tasks, head, orig, target, basis)
+    for m in ("delta_p", "attn_target_after", "attn_orig_after"):
+        torch.testing.assert_close(rebuilt[m], forward[m], atol=1e-5, rtol=1e-4)
 
 
 def test_swapped_attention_row_equals_edit_attention(tiny):

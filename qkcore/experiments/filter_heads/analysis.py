@@ -15,7 +15,6 @@ from typing import ClassVar, Literal
 import torch
 
 from qkcore.covariance import ContrastiveCovariance
-from qkcore.experiments.filter_heads import rules
 from qkcore.experiments.filter_heads.nulls import (
     balanced_grouping,
     eta_squared,
@@ -25,6 +24,7 @@ from qkcore.experiments.filter_heads.nulls import (
 )
 from qkcore.experiments.filter_heads.vectors import HeadScan, Vectors, collect_vectors, head_scan
 from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
+from qkcore.experiments.verdicts import binomial_above_chance
 from qkcore.lm import attention_layout
 from qkcore.lm.controls import random_init_copy
 from qkcore.organisms.filter_task import (
@@ -246,6 +246,21 @@ def first_answer_accuracy(next_token: torch.Tensor, prompts, tokenizer) -> float
     return sum(hits) / len(hits)
 
 
+def task_gate(unknown: list[str], successes: int, n: int, chance: float, alpha: float = 0.05) -> tuple[bool, str]:
+    """Can the model read the task? No when its tokenizer maps task items to the unknown token, or when its first
+    answer is in the asked category no more often than chance (one-sided exact binomial test at `alpha`)."""
+    if unknown:
+        shown = ", ".join(unknown[:6]) + (" …" if len(unknown) > 6 else "")
+        return False, f"its tokenizer maps {len(unknown)} task items to the unknown token ({shown})"
+    p = binomial_above_chance(successes, n, chance)
+    if p >= alpha:
+        return False, (
+            f"its first answer is an item of the asked category in {successes}/{n} prompts, not above chance "
+            f"{chance:.2f} (binomial p = {p:.2g})"
+        )
+    return True, f"first answer right in {successes}/{n} prompts against chance {chance:.2f} (binomial p = {p:.1g})"
+
+
 def unknown_items(tokenizer, words) -> list[str]:
     """The task items the tokenizer writes with its unknown token (as written with a leading space or without)."""
     unk = getattr(tokenizer, "unk_token_id", None)
@@ -312,7 +327,7 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
         "random init": first_answer_accuracy(random_scan.next_token, prompts, tokenizer),
         "chance (a random list item)": chance,
     }
-    gate = rules.gate(unknown_items(tokenizer, words), sum(hits), len(hits), chance)
+    gate = task_gate(unknown_items(tokenizer, words), sum(hits), len(hits), chance)
     ids, fresh_ids = item_indices(prompts, words), item_indices(fresh, words)
     nulls = {
         h: null_tests(

@@ -1,64 +1,78 @@
-"""Figure 7 at each studied head: the category key subspace against a random subspace of equal rank (`n_random`
-draws), the top key-variance subspace (no labels), the shuffled-label subspace (a balanced grouping: one item of
-each category per group), the random-init copy's own category subspace, and the whole key (the ceiling), all on the
-same prompts, orig and target items; differences by paired bootstrap (`rules.effect_vs_controls` on Δp).
+"""Figure 7 at each studied head, on the book's one swap engine (qkcore.experiments.swap_engine): one item of the
+asked category (orig) among 20 others and a random other item (target); their key coordinates exchanged inside
+the category key subspace, against random subspaces of equal rank (`n_random` draws), the top key-variance
+subspace (no labels), the shuffled-label subspace (a balanced grouping: one item of each category per group), the
+random-init copy's own category subspace and the whole key (the ceiling), all on the same prompts, orig and target
+items (every control of the category subspace's rank). The verdict: verdicts.effect_vs_controls on Δp.
 
     swaps = swap_experiment(model, tokenizer, result, params)
-    swaps[head].table; swaps[head].verdict; swaps[head].power      # power: the paired interval's half-width
+    swaps[head].result.table(); swaps[head].verdict; swaps[head].power      # power: the paired interval's half-width
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 
-from qkcore.experiments.filter_heads import rules
+from qkcore.experiments import verdicts
 from qkcore.experiments.filter_heads.analysis import FilterHeadsParams, FilterHeadsResult
-from qkcore.experiments.filter_heads.swaps import (
-    condition_metrics,
-    forward_check,
-    gather_rows,
-    swap_table,
-    swap_targets,
+from qkcore.experiments.filter_heads.vectors import filter_tasks
+from qkcore.experiments.swap_engine import (
+    SwapResult,
+    forward_swaps,
+    gather_swap_sets,
+    recomputed_metrics,
+    swap_conditions,
+    top_key_variance,
 )
-from qkcore.organisms.filter_task import FilterTask, FilterTaskConfig
+from qkcore.lm.layout import head_name
+from qkcore.organisms.filter_task import FilterPrompt, FilterTask, FilterTaskConfig
 
 CATEGORY = "category subspace"
 RANDOM = "random subspace"
-CONTROLS = ("top key-variance subspace", "shuffled-label subspace", "random-init model")
+CONTROLS = (RANDOM, "top key-variance subspace", "shuffled-label subspace", "random-init model")
 WHOLE = "whole key"
-PRIMARY = "delta_p"  # the per-prompt metric the verdict is drawn on
+EFFECT = "delta_p"  # the per-prompt metric the verdict is drawn on (defined on every prompt, unlike the flip)
+
+
+def swap_targets(prompts: Sequence[FilterPrompt], generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per prompt: the item index (= candidate index) of the asked category's single item (orig) and of a random
+    other item (target), as in the authors' code."""
+    orig, target = [], []
+    for p in prompts:
+        pos = [i for i, flag in enumerate(p.positive) if flag]
+        if len(pos) != 1:
+            raise ValueError(f"swap prompts need exactly one item of the asked category, got {len(pos)}")
+        others = [i for i in range(len(p.items)) if i != pos[0]]
+        orig.append(pos[0])
+        target.append(others[int(torch.randint(len(others), (), generator=generator))])
+    return torch.tensor(orig), torch.tensor(target)
 
 
 @dataclass
 class HeadSwaps:
-    """One head: table (one row per condition), per_prompt (condition → metric → (n,)), differences
-    (condition → (mean, lo, hi) of category − condition on Δp), verdict, power (half-width of the category − random
-    interval), check (forward_check's (max |Δ attention|, answer rate) when swap_method="forward")."""
+    """One head: result (the engine's SwapResult, every condition incl. the random-init model's), verdict
+    (verdicts.Verdict on Δp), power (half-width of the category − random paired interval at this n), check
+    ((max |Δ| between the engine's rebuilt and forward-pass metrics, over its first batch) when swap_method is
+    "forward")."""
 
-    table: pd.DataFrame
-    per_prompt: dict
-    differences: dict
-    verdict: str
+    result: SwapResult
+    verdict: verdicts.Verdict
     power: float
     n_prompts: int
-    check: tuple[float, float] | None = None
+    on_top: dict[str, float]  # condition → share of prompts whose baseline argmax is orig (the flip's domain)
+    sink: dict[str, float]  # condition → baseline attention outside the listed items
+    check: float | None = None
 
-
-def condition_bases(result: FilterHeadsResult, head) -> dict[str, torch.Tensor | int]:
-    a = result.analyses
-    basis = a["model"][head].key_basis
-    rank, d = basis.shape[1], basis.shape[0]
-    return {
-        CATEGORY: basis,
-        RANDOM: rank,
-        CONTROLS[0]: a["model"][head].key_pcs[:, :rank],
-        CONTROLS[1]: a["shuffled labels"][head].key_span[:, :rank],  # its top directions, equal rank
-        CONTROLS[2]: a["random init"][head].key_basis,
-        WHOLE: torch.eye(d, dtype=torch.float64),
-    }
+    def table(self):
+        """One row per condition: rank, the share of prompts with orig on top at baseline, the baseline attention
+        outside the items, and each metric's mean (95% interval, prompts defining it)."""
+        t = self.result.table(("flip", "flip_candidates", "delta_p", "gap_fraction"))
+        t.insert(1, "orig on top", [self.on_top[c] for c in t.index])
+        t.insert(2, "sink share", [self.sink[c] for c in t.index])
+        return t
 
 
 def swap_experiment(model, tokenizer, result: FilterHeadsResult, params: FilterHeadsParams) -> dict:
@@ -70,29 +84,50 @@ def swap_experiment(model, tokenizer, result: FilterHeadsResult, params: FilterH
     for net in (model, result.random_model):
         if getattr(net.config, "attn_logit_softcapping", None):
             raise NotImplementedError("rebuilt swap rows assume a plain softmax over q·k; this model soft-caps it")
-    args = (tokenizer, prompts, result.heads, orig, target, params.batch_size, params.answer_prefix)
-    rows = {"model": gather_rows(model, *args), "random init": gather_rows(result.random_model, *args)}
+    tasks = filter_tasks(tokenizer, prompts, params.categories, params.batch_size, params.answer_prefix)
+    sets = gather_swap_sets(model, tasks, result.heads, orig, target)
+    rand_sets = gather_swap_sets(result.random_model, tasks, result.heads, orig, target)
     out = {}
     for h in result.heads:
+        a = result.analyses
+        basis = a["model"][h].key_basis
+        rank = basis.shape[1]
         g = torch.Generator().manual_seed(params.seed + 9)
-        bases = condition_bases(result, h)
-        per_prompt = {
-            name: condition_metrics(rows["random init" if name == CONTROLS[2] else "model"][h], b, params.n_random, g)
-            for name, b in bases.items()
+        bases = {
+            CATEGORY: basis,
+            RANDOM: rank,
+            CONTROLS[1]: top_key_variance(sets[h], rank),
+            CONTROLS[2]: a["shuffled labels"][h].key_span[:, :rank],  # the balanced grouping's top directions
+            WHOLE: torch.eye(basis.shape[0], dtype=torch.float64),
         }
-        ranks = {name: b if isinstance(b, int) else b.shape[1] for name, b in bases.items()}
-        table = swap_table(per_prompt, ranks)
-        verdict, diffs = rules.effect_vs_controls(
-            per_prompt[CATEGORY][PRIMARY],
-            per_prompt[RANDOM][PRIMARY],
-            {c: per_prompt[c][PRIMARY] for c in CONTROLS},
-            torch.Generator().manual_seed(params.seed + 10),
+        res = swap_conditions(sets[h], bases, g, params.n_random)
+        rand = swap_conditions(rand_sets[h], {CONTROLS[3]: a["random init"][h].key_basis}, g, params.n_random)
+        res.per_prompt[CONTROLS[3]] = rand.per_prompt[CONTROLS[3]]
+        res.ranks[CONTROLS[3]] = rand.ranks[CONTROLS[3]]
+        res.per_prompt = {k: res.per_prompt[k] for k in (CATEGORY, *CONTROLS, WHOLE)}
+        verdict = verdicts.effect_vs_controls(
+            "filter: swap",
+            result.model_label,
+            head_name(h),
+            res.per_prompt[CATEGORY][EFFECT],
+            {c: res.per_prompt[c][EFFECT] for c in CONTROLS},
         )
-        _, lo, hi = diffs["random"]
+        power = verdicts.paired_difference(res.per_prompt[CATEGORY][EFFECT], res.per_prompt[RANDOM][EFFECT]).half_width
         check = None
         if params.swap_method == "forward":
-            check = forward_check(
-                model, tokenizer, prompts, h, bases[CATEGORY], orig, target, rows["model"][h], params.answer_prefix
-            )
-        out[h] = HeadSwaps(table, per_prompt, diffs, verdict, (hi - lo) / 2, len(prompts), check)
+            n0 = tasks[0].size
+            fwd = forward_swaps(model, tasks[:1], h, orig[:n0], target[:n0], basis)
+            first = recomputed_metrics(_first_chunk(sets[h]), basis)
+            check = max(float((fwd[m] - first[m]).abs().nan_to_num(0).max()) for m in ("delta_p", "attn_target_after"))
+        on_top = {c: float(sets[h].orig_on_top.double().mean()) for c in res.per_prompt}
+        sink = {c: float(sets[h].sink_share.mean()) for c in res.per_prompt}
+        on_top[CONTROLS[3]] = float(rand_sets[h].orig_on_top.double().mean())
+        sink[CONTROLS[3]] = float(rand_sets[h].sink_share.mean())
+        out[h] = HeadSwaps(res, verdict, power, len(prompts), on_top, sink, check)
     return out
+
+
+def _first_chunk(swap_set):
+    from qkcore.experiments.swap_engine import SwapSet
+
+    return SwapSet(swap_set.head, swap_set.chunks[:1])

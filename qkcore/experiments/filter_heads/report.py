@@ -10,7 +10,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from qkcore.experiments.filter_heads import rules
+from qkcore.experiments import verdicts
 from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result
 from qkcore.experiments.tables import r3
 from qkcore.lm.chat import model_text, uses_chat_template
@@ -168,34 +168,101 @@ def _f(x: float, digits: int = 2) -> str:
     return "undefined (floor)" if x != x else f"{x:.{digits}f}"
 
 
-def head_verdicts(result: FilterHeadsResult, swaps: dict) -> dict[tuple[int, int], dict[str, str]]:
-    """Per studied head, the verdict on each claim by the rules of `rules` (every verdict "not testable here" when
-    the model cannot read the task): rank 1 per category (rank_verdict: implied when the query-concentration bound
-    guarantees it); keys sort by category (label_verdict: key η² above both null families, and a label-free
-    subspace decodes less); the swap (effect_vs_controls on Δp, paired bootstrap on the same prompts)."""
+CLAIMS = (
+    "filter: low rank",
+    "filter: keys cluster by category",
+    "filter: category matching",
+    "filter: category decoding",
+    "filter: swap",
+)
+
+
+def decoding_verdict(model: str, head: str, d) -> verdicts.Verdict:
+    """Leave-one-item-out decoding of the category: not reproduced unless the category subspace decodes above the
+    95th percentile of random subspaces of its dimension; matched by a control when the label-free top key PCs
+    decode as well; reproduced otherwise."""
+    numbers = {
+        "category subspace": d.category,
+        "top key PCs": d.top_pcs,
+        "random: 95th": d.random_hi,
+        "chance": d.chance,
+        "dims": d.dims,
+    }
+    rule = (
+        "reproduced when the category subspace decodes the held-out items' category above the 95th percentile of "
+        "random subspaces of its dimension and above the label-free top key PCs; matched by a control when the "
+        "PCs decode as well; not reproduced when random subspaces do"
+    )
+    word = (
+        verdicts.NOT_REPRODUCED
+        if d.category <= d.random_hi
+        else verdicts.MATCHED
+        if d.top_pcs >= d.category
+        else verdicts.REPRODUCED
+    )
+    return verdicts.Verdict("filter: category decoding", model, head, word, rule, numbers)
+
+
+def head_verdicts(result: FilterHeadsResult, swaps: dict) -> dict[tuple[int, int], dict[str, verdicts.Verdict]]:
+    """Per studied head, one verdicts.Verdict per claim (CLAIMS): every one "not testable here" when the model cannot
+    read the task (the gate); else rank (rank_verdict, implied when the query-concentration bound guarantees
+    rank 1), keys (key η² against the random and the balanced groupings), matching (diagonal − off-diagonal against
+    the random groupings), decoding (decoding_verdict), swap (effect_vs_controls on Δp)."""
     out = {}
+    ok, why = result.gate
+    model = result.model_label
     for h in result.heads:
-        if not result.gate[0]:
-            out[h] = {k: rules.NOT_TESTABLE for k in ("rank", "keys", "swap")}
+        name = head_name(h)
+        if not ok:
+            out[h] = {c: verdicts.gate(c, model, name, False, f"the model cannot read the task: {why}") for c in CLAIMS}
             continue
-        n = result.nulls[h]
+        n, a = result.nulls[h], result.analyses["model"][h]
+        bound = max(b.bound for b in n.bounds["model"])
         out[h] = {
-            "rank": rules.rank_verdict(bool((result.analyses["model"][h].ranks == 1).all()), n.implied()),
-            "keys": rules.label_verdict(*n.p_eta, n.decoding.category, n.decoding.top_pcs),
-            "swap": swaps[h].verdict,
+            CLAIMS[0]: verdicts.rank_verdict(
+                CLAIMS[0],
+                model,
+                name,
+                int(a.ranks.max()),
+                1,
+                n.implied(),
+                {
+                    "ranks": a.ranks.tolist(),
+                    "bound (max over categories)": bound,
+                    "σ₂²/Σσ² (max)": float(a.energy_fractions[:, 1].max()),
+                },
+            ),
+            CLAIMS[1]: verdicts.against_null(
+                CLAIMS[1],
+                model,
+                name,
+                n.score.eta2,
+                {"random groupings": [x.eta2 for x in n.random], "balanced groupings": [x.eta2 for x in n.balanced]},
+                statistic="key η²",
+            ),
+            CLAIMS[2]: verdicts.against_null(
+                CLAIMS[2],
+                model,
+                name,
+                n.matching.statistic,
+                {"random groupings": n.matching.null.tolist()},
+                statistic="diagonal − off-diagonal E[q·k]",
+            ),
+            CLAIMS[3]: decoding_verdict(model, name, n.decoding),
+            CLAIMS[4]: swaps[h].verdict,
         }
     return out
 
 
 def summary(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None) -> dict[str, object]:
-    """The chapter's closing numbers, rounded to 3 decimals, and one verdict per claim and head."""
+    """The chapter's closing numbers, rounded to 3 decimals, and one verdict per claim and head ("verdict: …")."""
     out: dict[str, object] = {"model": result.model_label, "task readable": result.gate[1]}
     if result.accuracy:
         out["first-answer accuracy (model, chance)"] = [
             r3(result.accuracy["model"]),
             r3(result.accuracy["chance (a random list item)"]),
         ]
-    verdicts = head_verdicts(result, swaps)
+    per_head = head_verdicts(result, swaps)
     for h in result.heads:
         name = head_name(h)
         a, n, s = result.analyses["model"][h], result.nulls[h], swaps[h]
@@ -213,17 +280,17 @@ def summary(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None) ->
             r3(n.decoding.random_mean),
         ]
         out[f"{name} matching diag − off (p)"] = [r3(n.matching.statistic), r3(n.matching.p_value)]
-        for cond in s.table.index:
-            row = s.table.loc[cond]
-            out[f"{name} swap Δp ({cond})"] = r3(row["Δp"])
-            out[f"{name} swap flip rate ({cond})"] = r3(row["authors' flip"])
-        out[f"{name} swap sink share"] = r3(s.table.loc["category subspace", "sink share"])
-        out[f"{name} swap Δp category − random [95%]"] = [r3(x) for x in s.differences["random"]]
+        t = s.table()
+        for cond in t.index:
+            out[f"{name} swap Δp ({cond})"] = r3(t.loc[cond, "delta_p"])
+            out[f"{name} swap flip rate ({cond})"] = r3(t.loc[cond, "flip"])
+        out[f"{name} swap orig on top, sink share"] = [
+            r3(s.on_top["category subspace"]),
+            r3(s.sink["category subspace"]),
+        ]
         out[f"{name} swap power (± half-width, n)"] = [r3(s.power), s.n_prompts]
-        v = verdicts[h]
-        out[f"verdict: rank 1 per category, {name}"] = f"{v['rank']} (at {name})"
-        out[f"verdict: keys cluster by category (Figure 6), {name}"] = f"{v['keys']} (at {name})"
-        out[f"verdict: swap moves attention (Figure 7), {name}"] = f"{v['swap']} (at {name})"
+        for claim, v in per_head[h].items():
+            out[f"verdict: {claim.removeprefix('filter: ')}, {name}"] = f"{v.verdict} (at {name})"
     if k13 is None:
         return out
     out["13 categories: head"] = head_name(k13.head)
@@ -237,6 +304,11 @@ def summary(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None) ->
     return out
 
 
+def all_verdicts(result: FilterHeadsResult, swaps: dict) -> list[verdicts.Verdict]:
+    """Every verdict of the page, for verdicts.record_verdicts."""
+    return [v for per in head_verdicts(result, swaps).values() for v in per.values()]
+
+
 def findings(result: FilterHeadsResult, swaps: dict) -> dict[str, str]:
     """Markdown strings for the page, each computed from this run: model, accuracy (the gate), ranks, nulls, swap,
     verdict."""
@@ -246,12 +318,12 @@ def findings(result: FilterHeadsResult, swaps: dict) -> dict[str, str]:
     out["accuracy"] = (
         f"the model can read the task: {why}"
         if ok
-        else f"**the model cannot read the task here**: {why}. Every verdict below is *{rules.NOT_TESTABLE}*; "
+        else f"**the model cannot read the task here**: {why}. Every verdict below is *{verdicts.NOT_TESTABLE}*; "
         "the numbers are shown for what they are"
     )
     if acc:
         out["accuracy"] += f" (random-init copy {acc['random init']:.2f})"
-    verdicts = head_verdicts(result, swaps)
+    per_head = head_verdicts(result, swaps)
     rank_parts, null_parts, swap_parts = [], [], []
     for h in result.heads:
         name, a, n, s = head_name(h), result.analyses["model"][h], result.nulls[h], swaps[h]
@@ -278,29 +350,29 @@ def findings(result: FilterHeadsResult, swaps: dict) -> dict[str, str]:
             f"Matching: diagonal minus off-diagonal {n.matching.statistic:.2f} (p = {n.matching.p_value:.2g}), "
             f"diagonal the row maximum in {n.matching.diagonal_max_rows} of {len(n.matching.matrix)} rows."
         )
-        t = s.table
-        cat = {"authors_flip": t.loc["category subspace", "authors' flip"]}
-        m, lo, hi = s.differences["random"]
-        better = [c for c, (dm, dl, dh) in s.differences.items() if c != "random" and dh < 0]
+        t = s.table()
+        diff = verdicts.paired_difference(
+            s.result.per_prompt["category subspace"]["delta_p"], s.result.per_prompt["random subspace"]["delta_p"]
+        )
+        better = [
+            k.removeprefix("effect − ") for k, v in s.verdict.numbers.items() if k.startswith("effect − ") and v.hi < 0
+        ]
+        others = [c for c in t.index if c not in ("category subspace", "random subspace")]
         swap_parts.append(
-            f"At {name}: Δp {t.loc['category subspace', 'Δp']:.2f} in the category subspace against "
-            f"{t.loc['random subspace', 'Δp']:.2f} in random ones (paired difference {m:.2f} [{lo:.2f}, {hi:.2f}]; "
+            f"At {name}: Δp {t.loc['category subspace', 'delta_p']:.2f} in the category subspace against "
+            f"{t.loc['random subspace', 'delta_p']:.2f} in random ones (paired difference {diff}; "
             f"power: ± {s.power:.2f} at n = {s.n_prompts}); "
-            + ", ".join(
-                f"{c} {t.loc[c, 'Δp']:.2f}" for c in t.index if c not in ("category subspace", "random subspace")
-            )
-            + f". The authors' flip: {_f(cat['authors_flip'])} (orig on top at baseline in "
-            f"{t.loc['category subspace', 'orig on top']:.2f} of prompts; baseline attention on the first token "
-            f"{t.loc['category subspace', 'sink share']:.2f}); candidate flip "
-            f"{_f(t.loc['category subspace', 'candidate flip'])}."
+            + ", ".join(f"{c} {t.loc[c, 'delta_p']:.2f}" for c in others)
+            + f". The authors' flip: {_f(t.loc['category subspace', 'flip'])} (defined where orig is on top at "
+            f"baseline: {s.on_top['category subspace']:.2f} of prompts; baseline attention outside the items "
+            f"{s.sink['category subspace']:.2f}); candidate flip {_f(t.loc['category subspace', 'flip_candidates'])}."
             + (f" Doing better than the category subspace: {', '.join(better)}." if better else "")
         )
     out["ranks"] = " ".join(rank_parts)
     out["nulls"] = " ".join(null_parts)
     out["swap"] = " ".join(swap_parts)
     out["verdict"] = "\n".join(
-        f"- **{head_name(h)}**: rank 1 per category: *{v['rank']}*; keys sort by category: *{v['keys']}*; "
-        f"the swap moves attention: *{v['swap']}*."
-        for h, v in verdicts.items()
+        f"- **{head_name(h)}**: " + "; ".join(f"{c.removeprefix('filter: ')}: *{v.verdict}*" for c, v in vs.items())
+        for h, vs in per_head.items()
     )
     return out

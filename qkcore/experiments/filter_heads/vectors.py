@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from qkcore.covariance import ContrastiveCovariance
+from qkcore.experiments.swap_engine import EncodedTask
 from qkcore.lm import attention_layout, encode_batch, iter_batches
 from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.chat import model_text, uses_chat_template
@@ -234,3 +235,17 @@ def collect_vectors(
         got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
         qs.append(got.q), ks.append(got.k), attns.append(got.attn)  # (H, b, d), (H, b, I, d), (H, b, I)
     return Vectors(heads, categories, torch.cat(qs, 1), torch.cat(ks, 1), torch.cat(attns, 1), asked, item_cat)
+
+
+def filter_tasks(
+    tokenizer, prompts: Sequence[FilterPrompt], categories: Sequence[str], batch_size: int, answer_prefix: str = ""
+) -> list[EncodedTask]:
+    """The prompts as the swap engine takes them, one EncodedTask per batch: the query at the last column, the
+    candidates at the items' last tokens, labelled with their category's index in `categories`."""
+    index = {c: i for i, c in enumerate(categories)}
+    tasks = []
+    for chunk in iter_batches(len(prompts), batch_size):
+        batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
+        labels = torch.tensor([[index[c] for c in prompts[i].item_categories] for i in chunk])
+        tasks.append(EncodedTask(batch, last_columns(batch), batch.padded_positions(items), labels))
+    return tasks
