@@ -16,7 +16,7 @@ from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResu
 from qkcore.lm.layout import head_name
 from qkcore.plotting.heads import head_heatmap
 
-COLUMN = 6.5  # inches: at most the rendered column at 150 dpi
+COLUMN = 6.3  # inches: the rendered column is 6.5 in at 150 dpi; tight bounding boxes add a little
 
 
 def plot_head_scan(result: FilterHeadsResult):
@@ -198,7 +198,7 @@ def plot_nulls(result: FilterHeadsResult):
         ax.set(xlabel="item's category c′", ylabel="asked c")
         ax.set_title(f"{head_name(h)}: E[q·k]", fontsize=10)
         ax.grid(False)
-        fig.colorbar(im, ax=ax, shrink=0.8, label="q·k")
+        fig.colorbar(im, ax=ax, shrink=0.8)
         ax = axes[row, 1]
         bins = np.linspace(0, 1, 41)
         ax.hist([x.eta2 for x in n.random], bins=bins, alpha=0.7, label="random groupings")
