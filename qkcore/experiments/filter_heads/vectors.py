@@ -232,7 +232,7 @@ def collect_vectors(
     for chunk in iter_batches(len(prompts), batch_size):
         batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
         cols = batch.padded_positions(items)  # (b, I)
-        got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
+        got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols, logits=False)  # early exit
         qs.append(got.q), ks.append(got.k), attns.append(got.attn)  # (H, b, d), (H, b, I, d), (H, b, I)
     return Vectors(heads, categories, torch.cat(qs, 1), torch.cat(ks, 1), torch.cat(attns, 1), asked, item_cat)
 
