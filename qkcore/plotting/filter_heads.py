@@ -201,10 +201,10 @@ def plot_nulls(result: FilterHeadsResult):
         fig.colorbar(im, ax=ax, shrink=0.8)
         ax = axes[row, 1]
         bins = np.linspace(0, 1, 41)
-        ax.hist([x.eta2 for x in n.random], bins=bins, alpha=0.7, label="random groupings")
-        ax.hist([x.eta2 for x in n.balanced], bins=bins, alpha=0.7, label="balanced groupings")
+        ax.hist([x.eta2 for x in n.random], bins=bins, alpha=0.7, label=f"random (p = {n.p_eta[0]:.2g})")
+        ax.hist([x.eta2 for x in n.balanced], bins=bins, alpha=0.7, label=f"balanced (p = {n.p_eta[1]:.2g})")
         ax.axvline(n.score.eta2, color="k", lw=1.5, label="categories")
         ax.set(xlabel="key η²", ylabel="groupings")
-        ax.set_title(f"{head_name(h)}: p = {n.p_eta[0]:.2g} (random), {n.p_eta[1]:.2g} (balanced)", fontsize=10)
-    axes[0, 1].legend(fontsize=9)
+        ax.set_title(f"{head_name(h)}: null groupings", fontsize=10)
+        ax.legend(fontsize=9)
     return fig
