@@ -109,3 +109,15 @@ def test_task_gate():
     assert task_gate(["cat", "dog"], 90, 100, 0.2)[0] is False
     assert task_gate([], 22, 100, 0.2)[0] is False  # at chance
     assert task_gate([], 40, 100, 0.2)[0] is True
+
+
+def test_unknown_items_are_found():
+    from qkcore.experiments.filter_heads.analysis import unknown_items
+
+    class Tok:
+        unk_token_id = 0
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [0 if w == "scooter" else 5 for w in text.split()]}
+
+    assert unknown_items(Tok(), ["cat", "scooter"]) == ["scooter"]
