@@ -227,19 +227,16 @@ class GroupingScore:
     decoding: float
 
 
-def decoding_accuracy(fit: Fit, item_group: torch.Tensor, basis: torch.Tensor | None = None, refit: bool = True):
-    """Leave-one-item-out nearest-centroid accuracy of the grouping's labels on the fresh keys: each held-out item's
-    keys against centroids (means of the other items' mean keys, all inside the subspace) — inside `basis` when
-    given (label-free or random), else inside the grouping's own subspace, refitted without the held-out item when
-    `refit` (the strict test) or fitted once on all items (cheap enough for hundreds of null groupings)."""
+def decoding_hits(fit: Fit, item_group: torch.Tensor, basis: torch.Tensor | None = None) -> torch.Tensor:
+    """Per fresh key occurrence (m,), whether leave-one-item-out nearest-centroid decoding gets the grouping's label
+    right: each held-out item's keys against centroids (means of the other items' mean keys) — inside `basis` when
+    given (label-free or random), else inside the grouping's own subspace refitted without the held-out item."""
     keys, ids = fit.fresh_k.reshape(-1, fit.fresh_k.shape[-1]).double(), fit.fresh_ids.reshape(-1)
-    if basis is None and not refit:
-        basis = fit.basis(item_group)
     if basis is not None:
-        return float(nearest_centroid_loo(keys @ basis.double(), ids, item_group).double().mean())
+        return nearest_centroid_loo(keys @ basis.double(), ids, item_group)
     n_items, n_groups = len(item_group), int(item_group.max()) + 1
     means = _item_means(keys, ids, n_items)  # (n_items, d): projecting a mean = the mean of the projections
-    hits = 0
+    hits = torch.zeros(len(keys), dtype=torch.bool)
     for i, b in enumerate(fit.loo_bases(item_group)):
         m = means @ b  # (n_items, r)
         others = torch.arange(n_items) != i
@@ -251,8 +248,14 @@ def decoding_accuracy(fit: Fit, item_group: torch.Tensor, basis: torch.Tensor | 
                 for g in range(n_groups)
             ]
         )
-        hits += int((torch.cdist(keys[ids == i] @ b, cen).argmin(1) == item_group[i]).sum())
-    return hits / len(keys)
+        rows = ids == i
+        hits[rows] = torch.cdist(keys[rows] @ b, cen).argmin(1) == item_group[i]
+    return hits
+
+
+def decoding_accuracy(fit: Fit, item_group: torch.Tensor, basis: torch.Tensor | None = None) -> float:
+    """The mean of `decoding_hits`."""
+    return float(decoding_hits(fit, item_group, basis).double().mean())
 
 
 def score_grouping(fit: Fit, item_group: torch.Tensor, category_basis: torch.Tensor) -> GroupingScore:
@@ -313,12 +316,16 @@ def matching_test(q, k, asked, item_ids, true_group: torch.Tensor, null_groups: 
 # ---------------------------------------------------------------- decoding: category subspace vs label-free and random
 @dataclass(frozen=True)
 class DecodingComparison:
+    """Decoding accuracies; category_hits and pcs_hits (m,) per fresh key, for a paired comparison."""
+
     category: float
     top_pcs: float
     random_mean: float
     random_hi: float  # 95th percentile over random draws
     chance: float
     dims: int
+    category_hits: torch.Tensor
+    pcs_hits: torch.Tensor
 
 
 def decoding_comparison(fit: Fit, item_group: torch.Tensor, n_random: int, generator: torch.Generator):
@@ -330,13 +337,16 @@ def decoding_comparison(fit: Fit, item_group: torch.Tensor, n_random: int, gener
     pcs = torch.linalg.svd(keys - keys.mean(0), full_matrices=False).Vh.T[:, :r]
     rand = [decoding_accuracy(fit, item_group, random_orthonormal(d, r, generator)) for _ in range(n_random)]
     rand_t = torch.tensor(rand)
+    cat_hits, pcs_hits = decoding_hits(fit, item_group).double(), decoding_hits(fit, item_group, pcs).double()
     return DecodingComparison(
-        category=decoding_accuracy(fit, item_group),
-        top_pcs=decoding_accuracy(fit, item_group, pcs),
+        category=float(cat_hits.mean()),
+        top_pcs=float(pcs_hits.mean()),
         random_mean=float(rand_t.mean()),
         random_hi=float(torch.quantile(rand_t, 0.95)),
         chance=1 / (int(item_group.max()) + 1),
         dims=r,
+        category_hits=cat_hits,
+        pcs_hits=pcs_hits,
     )
 
 

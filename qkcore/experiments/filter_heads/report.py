@@ -179,25 +179,30 @@ CLAIMS = (
 
 def decoding_verdict(model: str, head: str, d) -> verdicts.Verdict:
     """Leave-one-item-out decoding of the category: not reproduced unless the category subspace decodes above the
-    95th percentile of random subspaces of its dimension; matched by a control when the label-free top key PCs
-    decode as well; reproduced otherwise."""
+    95th percentile of random subspaces of its dimension; then by the paired difference (category − top key PCs)
+    over the fresh keys: a control does better when it lies below 0, matched when it includes 0."""
+    diff = verdicts.paired_difference(d.category_hits, d.pcs_hits)
     numbers = {
         "category subspace": d.category,
         "top key PCs": d.top_pcs,
+        "category − PCs": diff,
         "random: 95th": d.random_hi,
         "chance": d.chance,
         "dims": d.dims,
     }
     rule = (
-        "reproduced when the category subspace decodes the held-out items' category above the 95th percentile of "
-        "random subspaces of its dimension and above the label-free top key PCs; matched by a control when the "
-        "PCs decode as well; not reproduced when random subspaces do"
+        "not reproduced unless the category subspace decodes the held-out items' category above the 95th percentile "
+        "of random subspaces of its dimension; then a control does better / matched by a control / reproduced when "
+        "the paired difference from the label-free top key PCs (bootstrap over keys) lies below / includes / lies "
+        "above 0"
     )
     word = (
         verdicts.NOT_REPRODUCED
         if d.category <= d.random_hi
+        else verdicts.CONTROL_BETTER
+        if diff.hi < 0
         else verdicts.MATCHED
-        if d.top_pcs >= d.category
+        if diff.lo <= 0
         else verdicts.REPRODUCED
     )
     return verdicts.Verdict("filter: category decoding", model, head, word, rule, numbers)
