@@ -186,7 +186,9 @@ def plot_nulls(result: FilterHeadsResult):
     and the key η² of the null groupings (random; balanced, one item per category in each group) beside the
     categories' own (line)."""
     heads = list(result.heads)
-    fig, axes = plt.subplots(len(heads), 2, figsize=(COLUMN, 3.3 * len(heads)), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(heads), 2, figsize=(COLUMN - 0.5, 3.1 * len(heads)), squeeze=False, layout="constrained"
+    )
     lim = max(float(result.nulls[h].matching.matrix.abs().max()) for h in heads)
     names = result.scan.categories
     for row, h in enumerate(heads):

@@ -68,10 +68,12 @@ class HeadSwaps:
 
     def table(self):
         """One row per condition: rank, the share of prompts with orig on top at baseline, the baseline attention
-        outside the items, and each metric's mean (95% interval, prompts defining it)."""
+        outside the items, each metric's mean (95% interval, prompts defining it), and the gap fraction's median."""
         t = self.result.table(("flip", "flip_candidates", "delta_p", "gap_fraction"))
         t.insert(1, "orig on top", [self.on_top[c] for c in t.index])
         t.insert(2, "sink share", [self.sink[c] for c in t.index])
+        # a per-prompt ratio explodes where q·(k_orig − k_target) is near 0: its median is the readable summary
+        t["gap_fraction median"] = [float(self.result.per_prompt[c]["gap_fraction"].nanmedian()) for c in t.index]
         return t
 
 

@@ -289,6 +289,9 @@ def summary(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None) ->
         for cond in t.index:
             out[f"{name} swap Δp ({cond})"] = r3(t.loc[cond, "delta_p"])
             out[f"{name} swap flip rate ({cond})"] = r3(t.loc[cond, "flip"])
+        out[f"{name} swap gap fraction median (category subspace)"] = r3(
+            t.loc["category subspace", "gap_fraction median"]
+        )
         out[f"{name} swap orig on top, sink share"] = [
             r3(s.on_top["category subspace"]),
             r3(s.sink["category subspace"]),
