@@ -316,7 +316,8 @@ def matching_test(q, k, asked, item_ids, true_group: torch.Tensor, null_groups: 
 # ---------------------------------------------------------------- decoding: category subspace vs label-free and random
 @dataclass(frozen=True)
 class DecodingComparison:
-    """Decoding accuracies; category_hits and pcs_hits (m,) per fresh key, for a paired comparison."""
+    """Decoding accuracies; category_hits and pcs_hits (n_items,): the accuracy on each held-out item's keys, for a
+    paired comparison over items (keys of one item are not independent)."""
 
     category: float
     top_pcs: float
@@ -337,7 +338,14 @@ def decoding_comparison(fit: Fit, item_group: torch.Tensor, n_random: int, gener
     pcs = torch.linalg.svd(keys - keys.mean(0), full_matrices=False).Vh.T[:, :r]
     rand = [decoding_accuracy(fit, item_group, random_orthonormal(d, r, generator)) for _ in range(n_random)]
     rand_t = torch.tensor(rand)
-    cat_hits, pcs_hits = decoding_hits(fit, item_group).double(), decoding_hits(fit, item_group, pcs).double()
+    ids, n_items = fit.fresh_ids.reshape(-1), len(item_group)
+
+    def per_item(hits: torch.Tensor) -> torch.Tensor:  # (n_items,) accuracy on each held-out item's keys
+        return torch.zeros(n_items, dtype=torch.float64).index_add_(0, ids, hits.double()) / torch.bincount(
+            ids, minlength=n_items
+        ).clamp(min=1)
+
+    cat_hits, pcs_hits = per_item(decoding_hits(fit, item_group)), per_item(decoding_hits(fit, item_group, pcs))
     return DecodingComparison(
         category=float(cat_hits.mean()),
         top_pcs=float(pcs_hits.mean()),

@@ -180,10 +180,10 @@ CLAIMS = (
 def decoding_verdict(model: str, head: str, d) -> verdicts.Verdict:
     """Leave-one-item-out decoding of the category: not reproduced unless the category subspace decodes above the
     95th percentile of random subspaces of its dimension; then by the paired difference (category − top key PCs)
-    over the fresh keys: a control does better when it lies below 0, matched when it includes 0."""
+    over the held-out items: a control does better when it lies below 0, matched when it includes 0."""
     diff = verdicts.paired_difference(d.category_hits, d.pcs_hits)
     numbers = {
-        "category subspace": d.category,
+        "category subspace": d.category,  # accuracies over keys; the paired difference is over items
         "top key PCs": d.top_pcs,
         "category − PCs": diff,
         "random: 95th": d.random_hi,
@@ -193,8 +193,8 @@ def decoding_verdict(model: str, head: str, d) -> verdicts.Verdict:
     rule = (
         "not reproduced unless the category subspace decodes the held-out items' category above the 95th percentile "
         "of random subspaces of its dimension; then a control does better / matched by a control / reproduced when "
-        "the paired difference from the label-free top key PCs (bootstrap over keys) lies below / includes / lies "
-        "above 0"
+        "the paired difference from the label-free top key PCs (bootstrap over the held-out items) lies below / "
+        "includes / lies above 0"
     )
     word = (
         verdicts.NOT_REPRODUCED
