@@ -16,24 +16,25 @@ from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResu
 from qkcore.lm.layout import head_name
 from qkcore.plotting.heads import head_heatmap
 
+COLUMN = 6.3  # inches: the rendered column is 6.5 in at 150 dpi; tight bounding boxes add a little
+
 
 def plot_head_scan(result: FilterHeadsResult):
     """Layer × head: mean logit gap trace ΔC (over categories) and the last token's attention on the asked items and
-    on the others; top row the model (boxes: the studied heads), bottom row its random-init copy, each quantity on
-    one colour scale for both rows."""
-    fig, axes = plt.subplots(2, 3, figsize=(10, 7.5), gridspec_kw={"hspace": 0.45, "wspace": 0.45})
+    on the others; left column the model (boxes: the studied heads), right its random-init copy, each quantity on
+    one colour scale for both columns."""
+    fig, axes = plt.subplots(3, 2, figsize=(COLUMN, 7.2), layout="constrained")
     gaps = [s.logit_gap.mean(0).numpy() for s in (result.scan, result.random_scan)]
     lim = max(max(abs(g).max() for g in gaps), 1e-9)
-    for row, (scan, gap, label) in enumerate(
+    for col, (scan, gap, label) in enumerate(
         ((result.scan, gaps[0], "model"), (result.random_scan, gaps[1], "random init"))
     ):
-        head_heatmap(axes[row, 0], gap, f"{label}:\nlogit gap", result.heads, "RdBu_r", -lim, lim)
-        head_heatmap(
-            axes[row, 1], scan.attn_pos.numpy(), f"{label}:\nattention on asked items", result.heads, "viridis", 0, 1
-        )
-        head_heatmap(
-            axes[row, 2], scan.attn_neg.numpy(), f"{label}:\nattention on other items", result.heads, "viridis", 0, 1
-        )
+        head_heatmap(axes[0, col], gap, f"{label}: logit gap", result.heads, "RdBu_r", -lim, lim)
+        head_heatmap(axes[1, col], scan.attn_pos.numpy(), f"{label}: on asked items", result.heads, "viridis", 0, 1)
+        head_heatmap(axes[2, col], scan.attn_neg.numpy(), f"{label}: on other items", result.heads, "viridis", 0, 1)
+    for ax in axes.flat:
+        for text in ax.texts:  # cell labels at the book's smallest size
+            text.set_fontsize(9)
     return fig
 
 
@@ -41,7 +42,7 @@ def plot_category_spectra(result: FilterHeadsResult, heads=None, n_values: int =
     """σᵢ²/Σσ² of each category's ΔC (log scale), model beside its controls; one row per head (default: the studied
     heads); dashed: the 1% the rank rule leaves out."""
     heads = [tuple(h) for h in (heads if heads is not None else result.heads)]
-    fig, axes = plt.subplots(len(heads), 3, figsize=(10, 3.4 * len(heads)), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(heads), 3, figsize=(COLUMN, 2.4 * len(heads) + 0.9), sharey=True, squeeze=False)
     for row, head in enumerate(heads):
         for ax, condition in zip(axes[row], CONDITIONS):
             a = result.analyses[condition][head]
@@ -55,10 +56,12 @@ def plot_category_spectra(result: FilterHeadsResult, heads=None, n_values: int =
                     label=f"{name} (rank {int(a.ranks[c])})",
                 )
             ax.axhline(0.01, color="k", ls="--", lw=0.8)
-            ax.set(yscale="log", xlabel="index i", title=f"{head_name(head)}, {condition}")
-            ax.legend(fontsize=7, handlelength=1)
+            ax.set(yscale="log", xlabel="index i")
+            ax.set_title(f"{head_name(head)}, {condition}", fontsize=10)
         axes[row, 0].set_ylabel("σᵢ² / Σσ²")
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / (2.4 * len(heads) + 0.9)))
+    fig.legend(handles, [n.split(" (")[0] for n in labels], loc="upper center", ncol=5, fontsize=9, handlelength=1)
     return fig
 
 
@@ -84,9 +87,9 @@ def _scatter3d(ax, xyz, labels, names, title, cmap="tab10", size=6, means=False)
             if means:
                 m = pts.mean(0)
                 ax.scatter(*m, s=60, color=colours(g % colours.N), edgecolor="k", depthshade=False)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=9)
     ax.set_xticklabels([]), ax.set_yticklabels([]), ax.set_zticklabels([])  # PCs have no units: no overlapping ticks
-    ax.set_xlabel("PC1", fontsize=8), ax.set_ylabel("PC2", fontsize=8), ax.set_zlabel("PC3", fontsize=8)
+    ax.set_xlabel("PC1", fontsize=9), ax.set_ylabel("PC2", fontsize=9), ax.set_zlabel("PC3", fontsize=9)
 
 
 def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
@@ -95,7 +98,7 @@ def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
     head = tuple(head)
     names = result.scan.categories
     proj: dict[str, Projection] = {c: result.projections[c][head] for c in CONDITIONS}
-    fig = plt.figure(figsize=(10, 9.5))
+    fig = plt.figure(figsize=(COLUMN, 6.5))
     panels = [
         ("model", "keys", "keys (model)"),
         ("model", "queries", "queries by asked category (model)"),
@@ -113,14 +116,14 @@ def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
         ).shape[1]
         _scatter3d(ax, xyz, lab, names, f"{title}\n{dims}-D subspace, η² = {eta:.3f}", means=kind == "keys")
         if i == 0:
-            ax.legend(fontsize=7, loc="upper left", markerscale=2)
+            ax.legend(fontsize=9, loc="upper left", markerscale=2, bbox_to_anchor=(-0.15, 1.0))
     return fig
 
 
 def plot_keys_13(k13: Keys13Result):
     """The talk's 13-category keys-only view: keys of fresh prompts in the combined key subspace, beside the same
     with a null grouping of the items and on the random-init copy."""
-    fig = plt.figure(figsize=(10, 9.5))
+    fig = plt.figure(figsize=(COLUMN, 6.5))
     for i, (p, a, title) in enumerate(
         (
             (k13.projection, k13.analysis, "categories"),
@@ -145,44 +148,65 @@ def plot_keys_13(k13: Keys13Result):
         names[: len(k13.categories)],
         loc="lower right",
         ncol=2,
-        fontsize=8,
+        fontsize=9,
         markerscale=2,
         bbox_to_anchor=(0.95, 0.08),
     )
     return fig
 
 
-def plot_filter_swaps(table):
-    """Figure 7: attention on orig and target after the swap (black ticks: before), and the flip rate with its 95%
-    bootstrap interval, per condition; one panel per studied head (and all heads at once)."""
-    groups = list(dict.fromkeys(table.index.get_level_values(0)))
-    cols = min(2, len(groups))
-    rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(10, 4.6 * rows), sharey=True, squeeze=False)
-    w = 0.27
-    for ax, g in zip(axes.flat, groups):
-        t = table.loc[g]
-        x = np.arange(len(t))
-        ax.bar(x - w, t["attn_orig_after"], w, color="C0", label="on orig after")
-        ax.bar(x, t["attn_target_after"], w, color="C1", label="on target after")
-        err = None
-        if "flip_lo" in t.columns:
-            err = np.stack([t["flip_rate"] - t["flip_lo"], t["flip_hi"] - t["flip_rate"]]).clip(0)
-        ax.bar(x + w, t["flip_rate"], w, color="C2", yerr=err, capsize=2, label="flip rate (95% interval)")
-        ax.scatter(x - w, t["attn_orig_before"], marker="_", s=200, color="k", label="before", zorder=3)
-        ax.scatter(x, t["attn_target_before"], marker="_", s=200, color="k", zorder=3)
-        short = [
-            c.replace(" subspace", "")
-            .replace(", same rank", "")
-            .replace("top key-variance", "top variance")
-            .replace("random-init model", "random init")
-            for c in t.index
-        ]
-        ax.set_xticks(x, short, rotation=35, ha="right", fontsize=9)
-        ax.set(title=g, ylim=(0, 1.05))
-    for ax in axes.flat[len(groups) :]:
-        ax.set_visible(False)
-    axes[0, 0].set_ylabel("attention / rate")
-    axes[0, 0].legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+def plot_filter_swaps(swaps: dict):
+    """Figure 7: per studied head, Δp (the change of the target's share of attention on {orig, target}) under each
+    condition, horizontal bars with 95% bootstrap intervals over prompts, on one shared axis; diamonds: the candidate
+    flip rate (the asked item on top among the items before, the target after)."""
+    heads = list(swaps)
+    fig, axes = plt.subplots(
+        len(heads), 1, figsize=(COLUMN, 0.45 * 6 * len(heads) + 1.0), sharex=True, squeeze=False, layout="constrained"
+    )
+    for ax, h in zip(axes[:, 0], heads):
+        s = swaps[h]
+        table = s.table()
+        names = list(table.index)[::-1]
+        y = np.arange(len(names))
+        means = table.loc[names, "delta_p"].to_numpy(dtype=float)
+        err = np.stack([means - table.loc[names, "delta_p lo"], table.loc[names, "delta_p hi"] - means]).clip(0)
+        ax.barh(y, means, xerr=err, color="C0", capsize=2, label="Δp (95% interval)")
+        flips = table.loc[names, "flip_candidates"].to_numpy(dtype=float)
+        ax.scatter(flips, y, marker="D", color="C1", zorder=3, label="candidate flip")
+        ax.set_yticks(y, names)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_title(f"{head_name(h)} (n = {s.n_prompts})", fontsize=10)
+    axes[-1, 0].set_xlabel("Δp  /  flip rate")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=2, fontsize=9)
+    return fig
+
+
+def plot_nulls(result: FilterHeadsResult):
+    """Per studied head: the category-matching matrix E[q·k | c asked, item in c′] (one colour scale for all heads)
+    and the key η² of the null groupings (random; balanced, one item per category in each group) beside the
+    categories' own (line)."""
+    heads = list(result.heads)
+    fig, axes = plt.subplots(
+        len(heads), 2, figsize=(COLUMN - 0.5, 3.1 * len(heads)), squeeze=False, layout="constrained"
+    )
+    lim = max(float(result.nulls[h].matching.matrix.abs().max()) for h in heads)
+    names = result.scan.categories
+    for row, h in enumerate(heads):
+        n = result.nulls[h]
+        ax = axes[row, 0]
+        im = ax.imshow(n.matching.matrix.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set(xlabel="item's category c′", ylabel="asked c")
+        ax.set_title(f"{head_name(h)}: E[q·k]", fontsize=10)
+        ax.grid(False)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        ax = axes[row, 1]
+        bins = np.linspace(0, 1, 41)
+        ax.hist([x.eta2 for x in n.random], bins=bins, alpha=0.7, label=f"random (p = {n.p_eta[0]:.2g})")
+        ax.hist([x.eta2 for x in n.balanced], bins=bins, alpha=0.7, label=f"balanced (p = {n.p_eta[1]:.2g})")
+        ax.axvline(n.score.eta2, color="k", lw=1.5, label="categories")
+        ax.set(xlabel="key η²", ylabel="groupings")
+        ax.set_title(f"{head_name(h)}: null groupings", fontsize=10)
+        ax.legend(fontsize=9)
     return fig

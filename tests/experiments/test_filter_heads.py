@@ -17,13 +17,23 @@ from qkcore.experiments.filter_heads.analysis import (
     load_filter_model,
     null_grouping,
 )
-from qkcore.experiments.filter_heads.report import category_table, greedy_answer, scan_table, subspace_table, summary
-from qkcore.experiments.filter_heads.swaps import swap_attention, swap_experiment
-from qkcore.experiments.filter_heads.vectors import encode_filter_prompts
+from qkcore.experiments.filter_heads.intervention import swap_experiment, swap_targets
+from qkcore.experiments.filter_heads.report import (
+    all_verdicts,
+    category_table,
+    findings,
+    greedy_answer,
+    null_table,
+    scan_table,
+    subspace_table,
+    summary,
+)
+from qkcore.experiments.filter_heads.vectors import encode_filter_prompts, filter_tasks
+from qkcore.experiments.swap_engine import forward_swaps, gather_swap_sets, recomputed_metrics
 from qkcore.organisms.filter_task import ALL_CATEGORY_NAMES, PAPER_CATEGORY_NAMES, FilterTask, FilterTaskConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = dict(n_delta_prompts=40, n_pca_prompts=10, n_swap_prompts=12, n_prompts_13=39, batch_size=16)
+SMALL = dict(n_delta_prompts=40, n_pca_prompts=10, n_swap_prompts=12, n_prompts_13=39, batch_size=16, n_random=3)
 
 
 def _words() -> list[str]:
@@ -60,6 +70,22 @@ def test_streamed_delta_equals_delta_from_stored_vectors(tiny):
     assert ((attn > 0) & (attn <= 1 + 1e-6)).all()
 
 
+def test_the_scan_keeps_the_vectors_a_second_pass_would_collect(tiny):
+    params, model, tok, result, _ = tiny
+    from qkcore.experiments.filter_heads.vectors import collect_vectors, head_scan
+
+    prompts = delta_prompts(PAPER_CATEGORY_NAMES, 10, torch.Generator().manual_seed(2))
+    scan = head_scan(model, tok, prompts, PAPER_CATEGORY_NAMES, batch_size=4, keep_vectors=True)
+    kept = scan.vectors(result.heads)
+    again = collect_vectors(model, tok, prompts, PAPER_CATEGORY_NAMES, result.heads, batch_size=3)
+    for h in result.heads:
+        for a, b in zip(kept.at(h), again.at(h)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        i, j = kept.heads.index(h), again.heads.index(h)
+        torch.testing.assert_close(kept.attn[i], again.attn[j], atol=1e-6, rtol=1e-4)
+    assert (kept.asked == again.asked).all() and (kept.item_cat == again.item_cat).all()
+
+
 def test_rank_one_when_queries_do_not_vary(tiny):
     """Layer 0: the last token's query sees only its own token and position, identical in every prompt, so each
     ΔC = q̄ dᵀ is rank 1 whatever the keys hold — the artefact the chapter warns about."""
@@ -75,32 +101,46 @@ def test_full_space_swap_exchanges_attention(tiny):
     _, model, tok, result, _ = tiny
     prompts = FilterTask(FilterTaskConfig()).sample_single_positive(10, torch.Generator().manual_seed(0))
     head = result.heads[0]
+    orig, target = swap_targets(prompts, torch.Generator().manual_seed(1))
+    tasks = filter_tasks(tok, prompts, PAPER_CATEGORY_NAMES, 4)
+    rows = gather_swap_sets(model, tasks, [head], orig, target)[head]
     d = result.analyses["model"][head].deltas.shape[-1]
-    t = swap_attention(
-        model,
-        tok,
-        prompts,
-        [head],
-        {"identity": [torch.eye(d)], "nothing": [torch.zeros(d, 0)]},
-        torch.Generator().manual_seed(1),
-        batch_size=4,
-    )
-    assert t.loc["identity", "attn_orig_after"] == pytest.approx(t.loc["identity", "attn_target_before"], abs=1e-6)
-    assert t.loc["identity", "attn_target_after"] == pytest.approx(t.loc["identity", "attn_orig_before"], abs=1e-6)
-    assert t.loc["nothing", "target_shift"] == pytest.approx(0.0, abs=1e-7)
+    whole = recomputed_metrics(rows, torch.eye(d, dtype=torch.float64))
+    nothing = recomputed_metrics(rows, torch.zeros(d, 0, dtype=torch.float64))
+    torch.testing.assert_close(whole["attn_target_after"], whole["attn_orig_before"], atol=1e-6, rtol=0)
+    assert nothing["delta_p"].abs().max() < 1e-7
 
 
 def test_tables_swaps_and_13_categories_run(tiny):
     params, model, tok, result, _ = tiny
-    assert category_table(result, result.heads[0]).shape == (5, 16)
+    assert category_table(result, result.heads[0]).shape == (5, 14)
     assert subspace_table(result).shape == (3 * len(result.heads), 8)
-    table = swap_experiment(model, tok, result, params)
-    assert len(table) == 5 * (len(result.heads) + 1) and table["flip_rate"].between(0, 1).all()
+    assert len(null_table(result)) == 4 * len(result.heads)
+    swaps = swap_experiment(model, tok, result, params)
+    for s in swaps.values():
+        table = s.table()
+        assert len(table) == 6 and table["delta_p"].between(-1, 1).all() and s.power > 0
+        assert s.check is not None and s.check < 1e-4  # swap_method="forward": rebuilt rows = the edited pass
     k13 = analyse_13(model, tok, params)
     assert k13.analysis.deltas.shape[0] == 13 and k13.projection.keys.shape == (params.n_pca_prompts * 25, 3)
-    assert len(scan_table(result, n=3)) == 3 and summary(result, table, k13)["13 categories: head"]
+    numbers = summary(result, swaps, k13)
+    assert len(scan_table(result, n=3)) == 3 and numbers["13 categories: head"]
+    verdicts = [k for k in numbers if k.startswith("verdict: ")]
+    assert len(verdicts) == 5 * len(result.heads)  # one verdict per claim and studied head
+    assert len(all_verdicts(result, swaps)) == 5 * len(result.heads)
+    assert set(findings(result, swaps)) >= {"accuracy", "ranks", "nulls", "swap", "verdict"}
     prompt = delta_prompts(PAPER_CATEGORY_NAMES, 1, torch.Generator().manual_seed(0))[0]
     assert isinstance(greedy_answer(model, tok, prompt, max_new_tokens=3), str)
+
+
+def test_a_model_that_cannot_read_the_task_gets_no_verdict(tiny):
+    """A random tiny model answers at chance: every verdict is "not testable here" and the page says why."""
+    params, model, tok, result, _ = tiny
+    assert not result.gate[0]
+    swaps = swap_experiment(model, tok, result, params)
+    numbers = summary(result, swaps, None)
+    assert all(v.startswith("not testable here") for k, v in numbers.items() if k.startswith("verdict: "))
+    assert "cannot read the task" in findings(result, swaps)["accuracy"]
 
 
 def test_null_grouping_keeps_group_sizes():
@@ -162,27 +202,20 @@ def test_heads_out_of_range_stop_before_the_scan(tiny, monkeypatch):
 
 
 def test_recomputed_swap_equals_the_edited_forward_pass(tiny):
-    """The fast path (rows rebuilt from one gathered pass) gives the attention that edit_attention's forward pass
-    gives, condition by condition, at one head."""
-    from qkcore.experiments.filter_heads.swaps import recomputed_swaps
-
+    """The engine's rebuilt rows (one gathered pass) give the metrics of edit_attention's forward pass, on the
+    chapter's own encoded tasks, at a basis that moves the softmax's normaliser."""
     params, model, tok, result, _ = tiny
     head = result.heads[0]
     prompts = FilterTask(FilterTaskConfig(categories=PAPER_CATEGORY_NAMES)).sample_single_positive(
         12, torch.Generator().manual_seed(3)
     )
+    orig, target = swap_targets(prompts, torch.Generator().manual_seed(5))
+    tasks = filter_tasks(tok, prompts, PAPER_CATEGORY_NAMES, 5)
     basis = result.analyses["model"][head].key_basis
-    d = basis.shape[0]
-    bases = {"category": basis, "whole": torch.eye(d, dtype=torch.float64)}
-    fast = recomputed_swaps(model, tok, prompts, head, bases, torch.Generator().manual_seed(5), batch_size=5)
-    slow = swap_attention(
-        model, tok, prompts, [head], {k: [v] for k, v in bases.items()}, torch.Generator().manual_seed(5), batch_size=5
-    )
-    cols = ["attn_orig_before", "attn_target_before", "attn_orig_after", "attn_target_after", "flip_rate"]
-    for name in bases:
-        for col in cols:
-            assert abs(fast.loc[name, col] - slow.loc[name, col]) < 1e-5, (name, col)
-    assert fast.loc["whole", "flip_lo"] <= fast.loc["whole", "flip_rate"] <= fast.loc["whole", "flip_hi"]
+    rebuilt = recomputed_metrics(gather_swap_sets(model, tasks, [head], orig, target)[head], basis)
+    forward = forward_swaps(model, tasks, head, orig, target, basis)
+    for m in ("delta_p", "attn_target_after", "attn_orig_after"):
+        torch.testing.assert_close(rebuilt[m], forward[m], atol=1e-5, rtol=1e-4)
 
 
 def test_swapped_attention_row_equals_edit_attention(tiny):

@@ -15,8 +15,16 @@ from typing import ClassVar, Literal
 import torch
 
 from qkcore.covariance import ContrastiveCovariance
+from qkcore.experiments.filter_heads.nulls import (
+    balanced_grouping,
+    eta_squared,
+    item_indices,
+    null_tests,
+    random_grouping,
+)
 from qkcore.experiments.filter_heads.vectors import HeadScan, Vectors, collect_vectors, head_scan
 from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
+from qkcore.experiments.verdicts import binomial_above_chance
 from qkcore.lm import attention_layout
 from qkcore.lm.controls import random_init_copy
 from qkcore.organisms.filter_task import (
@@ -46,7 +54,9 @@ class FilterHeadsParams(LMChapterParams):
     n_swap_prompts: int = 300  # 1 asked item among 20 others (paper: 1,000)
     n_prompts_13: int = 650
     answer_prefix: str = ""  # chat models: the answer begun, "{plural}" = the asked category ("" = none)
-    swap_method: Literal["forward", "recompute"] = "forward"  # forward pass per condition, or rebuilt rows
+    swap_method: Literal["forward", "recompute"] = "forward"  # rebuilt rows; "forward" also checks them by a pass
+    n_groupings: int = 50  # random and balanced null groupings of the items, each
+    n_random: int = 20  # random subspaces per swap condition and per decoding comparison
     keys_13: bool = True  # the 13-category keys-only view (the talk's figure)
     scan_by: Literal["logit_gap", "attention"] = "logit_gap"  # how the scan ranks heads (HeadScan.score)
     preset: Literal["full", "quick"] = "full"
@@ -66,6 +76,8 @@ class FilterHeadsParams(LMChapterParams):
             len(self.categories) * 5 - 5 >= 20,
             "the swap prompts need ≥ 20 items outside the asked category: give at least 5 categories",
         )
+        require(self.n_groupings >= 50, f"n_groupings must be ≥ 50 for a permutation p-value, got {self.n_groupings}")
+        require(self.n_random >= 1, f"n_random must be ≥ 1, got {self.n_random}")
         for name in ("n_delta_prompts", "n_pca_prompts", "n_swap_prompts", "n_prompts_13"):
             require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
         require(
@@ -190,16 +202,6 @@ class Projection:
     query_explained: torch.Tensor
 
 
-def eta_squared(x: torch.Tensor, labels: torch.Tensor) -> float:
-    """Between-group sum of squares / total sum of squares of the rows of x (n, r)."""
-    x = x - x.mean(0)
-    total = x.square().sum()
-    if total <= 1e-12 * max(1, x.numel()):
-        return float("nan")  # no variance at all (e.g. identical queries): the share is undefined
-    between = sum(int((labels == g).sum()) * x[labels == g].mean(0).square().sum() for g in labels.unique())
-    return float(between / total)
-
-
 def project_categories(vecs: Vectors, head: tuple[int, int], analysis: HeadAnalysis) -> Projection:
     q, k = vecs.at(head)  # (n, d), (n, I, d)
     kc = k.reshape(-1, k.shape[-1]).double() @ analysis.key_basis  # (n·I, r_k)
@@ -232,22 +234,53 @@ class FilterHeadsResult:
     grouping: dict[str, str]
     scan_by: str = "logit_gap"
     accuracy: dict[str, float] | None = None  # first answer token in the asked category: model, random init, chance
+    nulls: dict | None = None  # head → NullTests
+    gate: tuple[bool, str] = (True, "")  # can the model read the task (rules.gate)
+    words: tuple[str, ...] = ()  # the items, in the order of the item indices of the null tests
 
 
 def first_answer_accuracy(next_token: torch.Tensor, prompts, tokenizer) -> float:
     """Share of prompts whose predicted first answer token begins an item of the asked category (the item written
     with or without a leading space: word-level, BPE and SentencePiece tokenizers differ)."""
+    hits = first_answer_hits(next_token, prompts, tokenizer)
+    return sum(hits) / len(hits)
+
+
+def task_gate(unknown: list[str], successes: int, n: int, chance: float, alpha: float = 0.05) -> tuple[bool, str]:
+    """Can the model read the task? No when its tokenizer maps task items to the unknown token, or when its first
+    answer is in the asked category no more often than chance (one-sided exact binomial test at `alpha`)."""
+    if unknown:
+        shown = ", ".join(unknown[:6]) + (" …" if len(unknown) > 6 else "")
+        return False, f"its tokenizer maps {len(unknown)} task items to the unknown token ({shown})"
+    p = binomial_above_chance(successes, n, chance)
+    if p >= alpha:
+        return False, (
+            f"its first answer is an item of the asked category in {successes}/{n} prompts, not above chance "
+            f"{chance:.2f} (binomial p = {p:.2g})"
+        )
+    return True, f"first answer right in {successes}/{n} prompts against chance {chance:.2f} (binomial p = {p:.1g})"
+
+
+def unknown_items(tokenizer, words) -> list[str]:
+    """The task items the tokenizer writes with its unknown token (as written with a leading space or without)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return []
+    return [w for w in words if any(unk in tokenizer(s, add_special_tokens=False)["input_ids"] for s in (w, " " + w))]
+
+
+def first_answer_hits(next_token: torch.Tensor, prompts, tokenizer) -> list[bool]:
+    """Per prompt, whether the predicted first answer token begins an item of the asked category."""
 
     def firsts(word: str) -> set[int]:
         return {
             ids[0] for ids in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (word, " " + word)) if ids
         }
 
-    hits = [
+    return [
         int(next_token[i]) in set().union(*(firsts(it) for it, c in zip(p.items, p.item_categories) if c == p.asked))
         for i, p in enumerate(prompts)
     ]
-    return sum(hits) / len(hits)
 
 
 CONDITIONS = ("model", "shuffled labels", "random init")
@@ -261,17 +294,24 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     cats = tuple(params.categories)
     prompts = delta_prompts(cats, params.n_delta_prompts, g)
     fresh = delta_prompts(cats, params.n_pca_prompts, g)
-    grouping = null_grouping(cats, g)
-    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
+    words = tuple(w for c in cats for w in CATEGORIES[c])
+    true_group = torch.arange(len(cats)).repeat_interleave(5)
+    gn = torch.Generator().manual_seed(params.seed + 21)
+    randoms = [random_grouping(len(cats), 5, gn) for _ in range(params.n_groupings)]
+    balanced = [balanced_grouping(len(cats), 5, gn) for _ in range(params.n_groupings)]
+    grouping = {w: cats[int(balanced[0][i])] for i, w in enumerate(words)}  # the shuffled-label condition
+    scan = head_scan(
+        model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix, keep_vectors=True
+    )
     layout = attention_layout(model)
     ranked = scan.ranking(params.scan_by)
     heads = layout.select(params.heads) if params.heads is not None else tuple(ranked[: params.n_heads])
     rand = random_init_copy(model, params.seed + 1)
-    random_scan = head_scan(rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
-    vecs = {
-        "model": collect_vectors(model, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
-        "random init": collect_vectors(rand, tokenizer, prompts, cats, heads, params.batch_size, params.answer_prefix),
-    }
+    random_scan = head_scan(
+        rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix, keep_vectors=True
+    )
+    vecs = {"model": scan.vectors(heads), "random init": random_scan.vectors(heads)}
+    scan.stored = random_scan.stored = None  # every head's vectors: no longer needed
     fresh_vecs = {
         "model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
         "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
@@ -280,13 +320,46 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
     analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}
     projections = {c: {h: project_categories(fresh_vecs[c], h, analyses[c][h]) for h in heads} for c in CONDITIONS}
+    hits = first_answer_hits(scan.next_token, prompts, tokenizer)
+    chance = scan.items_per_prompt[0] / sum(scan.items_per_prompt)
     accuracy = {
-        "model": first_answer_accuracy(scan.next_token, prompts, tokenizer),
+        "model": sum(hits) / len(hits),
         "random init": first_answer_accuracy(random_scan.next_token, prompts, tokenizer),
-        "chance (a random list item)": scan.items_per_prompt[0] / sum(scan.items_per_prompt),
+        "chance (a random list item)": chance,
+    }
+    gate = task_gate(unknown_items(tokenizer, words), sum(hits), len(hits), chance)
+    ids, fresh_ids = item_indices(prompts, words), item_indices(fresh, words)
+    nulls = {
+        h: null_tests(
+            vecs,
+            fresh_vecs,
+            ids,
+            fresh_ids,
+            h,
+            true_group,
+            randoms,
+            balanced,
+            params.weighting,
+            params.energy,
+            params.n_random,
+            torch.Generator().manual_seed(params.seed + 22),
+        )
+        for h in heads
     }
     return FilterHeadsResult(
-        model_label, scan, random_scan, tuple(heads), rand, analyses, projections, grouping, params.scan_by, accuracy
+        model_label,
+        scan,
+        random_scan,
+        tuple(heads),
+        rand,
+        analyses,
+        projections,
+        grouping,
+        params.scan_by,
+        accuracy,
+        nulls,
+        gate,
+        words,
     )
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from qkcore.experiments import verdicts
 from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result
 from qkcore.experiments.tables import r3
-from qkcore.lm import pad_batch, run_model
 from qkcore.lm.chat import model_text, uses_chat_template
-from qkcore.lm.layout import head_name, head_names
+from qkcore.lm.layout import head_name
 from qkcore.organisms.filter_task import PLURALS, FilterPrompt
 from qkcore.subspace import principal_angles
 
@@ -43,34 +43,97 @@ def greedy_answer(model, tokenizer, prompt: FilterPrompt, max_new_tokens: int = 
     prefix = answer_prefix.format(plural=PLURALS[prompt.asked])
     text, _ = model_text(tokenizer, prompt.text, uses_chat_template(tokenizer), prefix)
     ids = tokenizer(text, add_special_tokens=not uses_chat_template(tokenizer))["input_ids"]
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([ids], device=device), use_cache=True)  # one pass, then one token at a time
     new: list[int] = []
     for _ in range(max_new_tokens):
-        token = int(run_model(model, pad_batch([ids + new])).logits[0, -1].argmax())
+        token = int(out.logits[0, -1].argmax())
         if token == tokenizer.eos_token_id:
             break
         new.append(token)
+        out = model(
+            input_ids=torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True
+        )
     return (prefix + tokenizer.decode(new, skip_special_tokens=True)).strip()
 
 
 def category_table(result: FilterHeadsResult, head: tuple[int, int]):
-    """Per category at one head, the model beside its controls: rank of ΔC, share of σ₁², logit gap trace ΔC,
-    attention on the asked items, |q̄|²/E|q|², and the share of ΔC that q̄ dᵀ explains."""
+    """Per category at one head, the model beside its controls: rank of ΔC, σ₂²/Σσ², the bound on the off-rank-1
+    energy that query concentration alone implies (nulls.RankBound; ≤ 0.01 guarantees rank 1 at 99%), the logit
+    gap trace ΔC, and |q̄|²/E|q|²."""
     a = {c: result.analyses[c][tuple(head)] for c in CONDITIONS}
+    bounds = result.nulls[tuple(head)].bounds if result.nulls else None
     short = {"model": "model", "shuffled labels": "shuffled", "random init": "random init"}
     cols = {}
     for c in CONDITIONS:
         cols[("rank", short[c])] = a[c].ranks.tolist()
-        cols[("σ₁² share", short[c])] = a[c].energy_fractions[:, 0].tolist()
+    for c in CONDITIONS:
+        cols[("σ₂²/Σσ²", short[c])] = a[c].energy_fractions[:, 1].tolist()
+    if bounds:
+        for c in CONDITIONS:
+            cols[("bound", short[c])] = [b.bound for b in bounds[c]]
     for c in CONDITIONS:
         cols[("logit gap", short[c])] = a[c].logit_gap.tolist()
-    for c in CONDITIONS:
-        cols[("attention on +", short[c])] = a[c].attn_pos.tolist()
     for c in ("model", "random init"):  # the shuffled condition has the model's queries
         cols[("|q̄|²/E|q|²", short[c])] = a[c].query_concentration.tolist()
-        cols[("q̄dᵀ share", short[c])] = a[c].mean_share.tolist()
     table = pd.DataFrame(cols, index=pd.Index(result.scan.categories, name="category"))
     table.columns = pd.MultiIndex.from_tuples(table.columns)
     return table
+
+
+def null_table(result: FilterHeadsResult) -> pd.DataFrame:
+    """Per head: the categories' key η² and leave-one-item-out decoding beside the null groupings' (mean and 95th
+    percentile of the random and of the balanced groupings), the permutation p-values, the null subspaces' mean
+    overlap with the category subspace, and the category-matching statistic with its p-value."""
+    rows = {}
+    for h in result.heads:
+        n = result.nulls[h]
+        for what, true, key, p in (
+            ("key η²", n.score.eta2, "eta2", n.p_eta),
+            ("decoding", n.score.decoding, "decoding", n.p_decoding),
+            ("overlap", 1.0, "overlap", (float("nan"), float("nan"))),
+        ):
+            r = torch.tensor([getattr(s, key) for s in n.random], dtype=torch.float64)
+            b = torch.tensor([getattr(s, key) for s in n.balanced], dtype=torch.float64)
+            rows[(head_name(h), what)] = {
+                "categories": true,
+                "random: mean": float(r.nanmean()),
+                "random: 95th": float(torch.nanquantile(r, 0.95)),
+                "balanced: mean": float(b.nanmean()),
+                "balanced: 95th": float(torch.nanquantile(b, 0.95)),
+                "p (random)": p[0],
+                "p (balanced)": p[1],
+            }
+        m = n.matching
+        rows[(head_name(h), "matching diag − off")] = {
+            "categories": m.statistic,
+            "random: mean": float(m.null.mean()),
+            "random: 95th": float(torch.quantile(m.null.double(), 0.95)),
+            "balanced: mean": float("nan"),
+            "balanced: 95th": float("nan"),
+            "p (random)": m.p_value,
+            "p (balanced)": float("nan"),
+        }
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["head", "score"])
+    return table
+
+
+def decoding_table(result: FilterHeadsResult) -> pd.DataFrame:
+    """Per head: leave-one-item-out decoding of the category in the category subspace, in the top-r key PCs (no
+    labels) and in random r-d subspaces (mean, 95th percentile), and chance."""
+    rows = {}
+    for h in result.heads:
+        d = result.nulls[h].decoding
+        rows[head_name(h)] = {
+            "dims": d.dims,
+            "category subspace": d.category,
+            "top key PCs": d.top_pcs,
+            "random: mean": d.random_mean,
+            "random: 95th": d.random_hi,
+            "chance": d.chance,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def subspace_table(result: FilterHeadsResult):
@@ -101,31 +164,146 @@ def subspace_table(result: FilterHeadsResult):
     return table
 
 
-def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | None) -> dict[str, object]:
-    """The chapter's closing numbers, rounded to 3 decimals: per studied head the ranks, |q̄|²/E|q|², subspace
-    dimensions, η² and the swap's flip rates, each beside its controls."""
-    out: dict[str, object] = {"model": result.model_label}
+def _f(x: float, digits: int = 2) -> str:
+    return "undefined (floor)" if x != x else f"{x:.{digits}f}"
+
+
+CLAIMS = (
+    "filter: low rank",
+    "filter: keys cluster by category",
+    "filter: category matching",
+    "filter: category decoding",
+    "filter: swap",
+)
+
+
+def decoding_verdict(model: str, head: str, d) -> verdicts.Verdict:
+    """Leave-one-item-out decoding of the category: not reproduced unless the category subspace decodes above the
+    95th percentile of random subspaces of its dimension; then by the paired difference (category − top key PCs)
+    over the held-out items: a control does better when it lies below 0, matched when it includes 0."""
+    diff = verdicts.paired_difference(d.category_hits, d.pcs_hits)
+    numbers = {
+        "category subspace": d.category,  # accuracies over keys; the paired difference is over items
+        "top key PCs": d.top_pcs,
+        "category − PCs": diff,
+        "random: 95th": d.random_hi,
+        "chance": d.chance,
+        "dims": d.dims,
+    }
+    rule = (
+        "not reproduced unless the category subspace decodes the held-out items' category above the 95th percentile "
+        "of random subspaces of its dimension; then a control does better / matched by a control / reproduced when "
+        "the paired difference from the label-free top key PCs (bootstrap over the held-out items) lies below / "
+        "includes / lies above 0"
+    )
+    word = (
+        verdicts.NOT_REPRODUCED
+        if d.category <= d.random_hi
+        else verdicts.CONTROL_BETTER
+        if diff.hi < 0
+        else verdicts.MATCHED
+        if diff.lo <= 0
+        else verdicts.REPRODUCED
+    )
+    return verdicts.Verdict("filter: category decoding", model, head, word, rule, numbers)
+
+
+def head_verdicts(result: FilterHeadsResult, swaps: dict) -> dict[tuple[int, int], dict[str, verdicts.Verdict]]:
+    """Per studied head, one verdicts.Verdict per claim (CLAIMS): every one "not testable here" when the model cannot
+    read the task (the gate); else rank (rank_verdict, implied when the query-concentration bound guarantees
+    rank 1), keys (key η² against the random and the balanced groupings), matching (diagonal − off-diagonal against
+    the random groupings), decoding (decoding_verdict), swap (effect_vs_controls on Δp)."""
+    out = {}
+    ok, why = result.gate
+    model = result.model_label
     for h in result.heads:
         name = head_name(h)
-        a = {c: result.analyses[c][h] for c in CONDITIONS}
-        out[f"{name} attention on asked items"] = r3(a["model"].attn_pos.mean())
-        for c in CONDITIONS:
-            out[f"{name} ΔC ranks ({c})"] = a[c].ranks.tolist()
-            out[f"{name} query/key rank ({c})"] = (a[c].query_rank, a[c].key_rank)
-            out[f"{name} key η² ({c})"] = r3(result.projections[c][h].key_eta2)
-        out[f"{name} |q̄|²/E|q|² min (model)"] = r3(a["model"].query_concentration.min())
-        for cond in swaps.loc[name].index:
-            out[f"{name} swap flip rate ({cond})"] = r3(swaps.loc[(name, cond), "flip_rate"])
-            if "flip_lo" in swaps.columns:
-                row = swaps.loc[(name, cond)]
-                out[f"{name} swap flip rate 95% interval ({cond})"] = [r3(row["flip_lo"]), r3(row["flip_hi"])]
-    out.update(verdicts(result, swaps))
+        if not ok:
+            out[h] = {c: verdicts.gate(c, model, name, False, f"the model cannot read the task: {why}") for c in CLAIMS}
+            continue
+        n, a = result.nulls[h], result.analyses["model"][h]
+        bound = max(b.bound for b in n.bounds["model"])
+        out[h] = {
+            CLAIMS[0]: verdicts.rank_verdict(
+                CLAIMS[0],
+                model,
+                name,
+                int(a.ranks.max()),
+                1,
+                n.implied(),
+                {
+                    "ranks": a.ranks.tolist(),
+                    "bound (max over categories)": bound,
+                    "σ₂²/Σσ² (max)": float(a.energy_fractions[:, 1].max()),
+                },
+            ),
+            CLAIMS[1]: verdicts.against_null(
+                CLAIMS[1],
+                model,
+                name,
+                n.score.eta2,
+                {"random groupings": [x.eta2 for x in n.random], "balanced groupings": [x.eta2 for x in n.balanced]},
+                statistic="key η²",
+            ),
+            CLAIMS[2]: verdicts.against_null(
+                CLAIMS[2],
+                model,
+                name,
+                n.matching.statistic,
+                {"random groupings": n.matching.null.tolist()},
+                statistic="diagonal − off-diagonal E[q·k]",
+            ),
+            CLAIMS[3]: decoding_verdict(model, name, n.decoding),
+            CLAIMS[4]: swaps[h].verdict,
+        }
+    return out
+
+
+def summary(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None) -> dict[str, object]:
+    """The chapter's closing numbers, rounded to 3 decimals, and one verdict per claim and head ("verdict: …")."""
+    out: dict[str, object] = {"model": result.model_label, "task readable": result.gate[1]}
+    if result.accuracy:
+        out["first-answer accuracy (model, chance)"] = [
+            r3(result.accuracy["model"]),
+            r3(result.accuracy["chance (a random list item)"]),
+        ]
+    per_head = head_verdicts(result, swaps)
+    for h in result.heads:
+        name = head_name(h)
+        a, n, s = result.analyses["model"][h], result.nulls[h], swaps[h]
+        out[f"{name} ΔC ranks (model)"] = a.ranks.tolist()
+        out[f"{name} σ₂²/Σσ² max (model)"] = r3(a.energy_fractions[:, 1].max())
+        out[f"{name} rank-1 bound max (model, shuffled, random init)"] = [
+            r3(max(b.bound for b in n.bounds[c])) for c in CONDITIONS
+        ]
+        out[f"{name} key η² (model)"] = r3(n.score.eta2)
+        out[f"{name} key η² (shuffled labels)"] = r3(sum(x.eta2 for x in n.balanced) / len(n.balanced))
+        out[f"{name} key η² p (random, balanced groupings)"] = [r3(x) for x in n.p_eta]
+        out[f"{name} decoding (category, top PCs, random)"] = [
+            r3(n.decoding.category),
+            r3(n.decoding.top_pcs),
+            r3(n.decoding.random_mean),
+        ]
+        out[f"{name} matching diag − off (p)"] = [r3(n.matching.statistic), r3(n.matching.p_value)]
+        t = s.table()
+        for cond in t.index:
+            out[f"{name} swap Δp ({cond})"] = r3(t.loc[cond, "delta_p"])
+            out[f"{name} swap flip rate ({cond})"] = r3(t.loc[cond, "flip"])
+        out[f"{name} swap gap fraction median (category subspace)"] = r3(
+            t.loc["category subspace", "gap_fraction median"]
+        )
+        out[f"{name} swap orig on top, sink share"] = [
+            r3(s.on_top["category subspace"]),
+            r3(s.sink["category subspace"]),
+        ]
+        out[f"{name} swap power (± half-width, n)"] = [r3(s.power), s.n_prompts]
+        for claim, v in per_head[h].items():
+            out[f"verdict: {claim.removeprefix('filter: ')}, {name}"] = f"{v.verdict} (at {name})"
     if k13 is None:
         return out
     out["13 categories: head"] = head_name(k13.head)
     out["13 categories: ΔC ranks"] = k13.analysis.ranks.tolist()
     out["13 categories: key rank (dims)"] = (k13.analysis.key_rank, k13.analysis.key_basis.shape[1])
-    out["13 categories: key rank, random init"] = k13.random_analysis.key_rank
     out["13 categories: key η² (model, null grouping, random init)"] = (
         r3(k13.projection.key_eta2),
         r3(k13.null_projection.key_eta2),
@@ -134,125 +312,75 @@ def summary(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | 
     return out
 
 
-# -- verdicts: the page's findings in words, computed from its own numbers (pasted into the prose with myst-nb glue) --
-REPRODUCED = "reproduced"
-SHOWN_BY_CONTROL = "reproduced, but a control shows it too"
-NOT_REPRODUCED = "not reproduced"
+def all_verdicts(result: FilterHeadsResult, swaps: dict) -> list[verdicts.Verdict]:
+    """Every verdict of the page, for verdicts.record_verdicts."""
+    return [v for per in head_verdicts(result, swaps).values() for v in per.values()]
 
 
-def swap_verdict(swaps: pd.DataFrame, head_label: str) -> tuple[str, str]:
-    """(verdict, sentence) for the Figure 7 swap at one head, by these rules on the flip rate's 95% intervals:
-    not reproduced when the category subspace's interval reaches down into the random subspace's; reproduced, but
-    a control shows it too, when a label-free or wrong-label subspace (top key variance, shuffled labels) flips at
-    least as often or its interval overlaps the category subspace's; reproduced otherwise."""
-    t = swaps.loc[head_label]
-
-    def cell(cond: str) -> str:
-        row = t.loc[cond]
-        return f"{row.flip_rate:.2f} [{row.flip_lo:.2f}, {row.flip_hi:.2f}]"
-
-    cat, rnd = t.loc["category subspace"], t.loc["random subspace, same rank"]
-    controls = [c for c in ("top key-variance subspace, same rank", "shuffled-label subspace") if c in t.index]
-    shown = [c for c in controls if t.loc[c].flip_hi >= cat.flip_lo or t.loc[c].flip_rate >= cat.flip_rate]
-    if cat.flip_lo <= rnd.flip_hi:
-        verdict = NOT_REPRODUCED
-    elif shown:
-        verdict = SHOWN_BY_CONTROL
-    else:
-        verdict = REPRODUCED
-    sentence = (
-        f"At {head_label}, swapping inside the category subspace moves the head's top attention to the "
-        f"target in {cell('category subspace')} of prompts (95% bootstrap interval), against "
-        f"{cell('random subspace, same rank')} for random subspaces of the same rank; "
-        + "; ".join(f"the {c} {cell(c)}" for c in controls)
-        + "."
-    )
-    return verdict, sentence
-
-
-def verdicts(result: FilterHeadsResult, swaps: pd.DataFrame) -> dict[str, str]:
-    """The chapter's verdicts, for the results-at-a-glance page, by stated rules: "rank 1 per category" is shown by
-    a control when a control's ΔCs are rank 1 too; keys cluster by category (reproduced) when the model's key η²
-    exceeds both controls' by 0.1 at a studied head; the swap by `swap_verdict` at the head where the category
-    subspace flips most."""
-    a = result.analyses
-    out = {}
-    model_rank1 = all(bool((a["model"][h].ranks == 1).all()) for h in result.heads)
-    control_rank1 = any(bool((a[c][h].ranks == 1).all()) for c in CONDITIONS[1:] for h in result.heads)
-    out["verdict: rank 1 per category"] = (
-        SHOWN_BY_CONTROL if model_rank1 and control_rank1 else REPRODUCED if model_rank1 else NOT_REPRODUCED
-    )
-    eta = {c: [result.projections[c][h].key_eta2 for h in result.heads] for c in CONDITIONS}
-    clusters = any(m > max(s, r) + 0.1 for m, s, r in zip(eta["model"], eta["shuffled labels"], eta["random init"]))
-    out["verdict: keys cluster by category (Figure 6)"] = REPRODUCED if clusters else NOT_REPRODUCED
-    if "flip_lo" in swaps.columns:
-        labels = [head_name(h) for h in result.heads]
-        best = max(labels, key=lambda h: swaps.loc[(h, "category subspace"), "flip_rate"])
-        out["verdict: swap moves attention (Figure 7)"] = f"{swap_verdict(swaps, best)[0]} (at {best})"
-    return out
-
-
-def findings(result: FilterHeadsResult, swaps: pd.DataFrame, k13: Keys13Result | None) -> dict[str, str]:
-    """Markdown strings for the page, each true for the model that ran: `model` (which model, and its answer
-    accuracy), `ranks`, `geometry`, `swap`, and `verdict` (the chapter's closing paragraph)."""
+def findings(result: FilterHeadsResult, swaps: dict) -> dict[str, str]:
+    """Markdown strings for the page, each computed from this run: model, accuracy (the gate), ranks, nulls, swap,
+    verdict."""
     acc = result.accuracy or {}
-    a = result.analyses
-    out = {
-        "model": f"**{result.model_label}**",
-        "accuracy": "the answer accuracy was not measured",
-        "verdict": "The swap was not run with bootstrap intervals, so no verdict is drawn here.",
-    }
+    ok, why = result.gate
+    out = {"model": f"**{result.model_label}**"}
+    out["accuracy"] = (
+        f"the model can read the task: {why}"
+        if ok
+        else f"**the model cannot read the task here**: {why}. Every verdict below is *{verdicts.NOT_TESTABLE}*; "
+        "the numbers are shown for what they are"
+    )
     if acc:
-        out["accuracy"] = (
-            f"its first answer token is an item of the asked category in {acc['model']:.2f} of the "
-            f"ΔC prompts (random-init copy {acc['random init']:.2f}; a random list item "
-            f"{acc['chance (a random list item)']:.2f})"
+        out["accuracy"] += f" (random-init copy {acc['random init']:.2f})"
+    per_head = head_verdicts(result, swaps)
+    rank_parts, null_parts, swap_parts = [], [], []
+    for h in result.heads:
+        name, a, n, s = head_name(h), result.analyses["model"][h], result.nulls[h], swaps[h]
+        bound = max(b.bound for b in n.bounds["model"])
+        ctl = [c for c in CONDITIONS[1:] if n.implied(c)]
+        rank_parts.append(
+            f"At {name} the ranks are {a.ranks.tolist()}, σ₂²/Σσ² at most {a.energy_fractions[:, 1].max():.1e}; "
+            f"the bound from query concentration alone allows at most {bound:.1e} off rank 1 "
+            + ("(≤ 0.01: rank 1 is **implied**, whatever the keys hold)" if n.implied() else "(> 0.01: not implied)")
+            + (f"; the bound implies rank 1 for the {' and '.join(ctl)} too." if ctl else ".")
         )
-    rank_one = all(bool((a[c][h].ranks == 1).all()) for c in CONDITIONS for h in result.heads)
-    conc = min(float(a["model"][h].query_concentration.min()) for h in result.heads)
-    out["ranks"] = (
-        (
-            "Every category's ΔC is rank 1 at the studied heads, **and so is every control's** (shuffled labels, "
-            f"random init): the last token's query hardly varies (|q̄|²/E|q|² ≥ {conc:.2f}), so rank 1 follows from "
-            "the construction and says nothing yet about the head."
+        r_eta = sum(x.eta2 for x in n.random) / len(n.random)
+        b_eta = sum(x.eta2 for x in n.balanced) / len(n.balanced)
+        r_ov = sum(x.overlap for x in n.random) / len(n.random)
+        b_ov = sum(x.overlap for x in n.balanced) / len(n.balanced)
+        d = n.decoding
+        null_parts.append(
+            f"At {name}: key η² {n.score.eta2:.2f} against {r_eta:.2f} for {len(n.random)} random groupings "
+            f"(p = {n.p_eta[0]:.2g}) and {b_eta:.2f} for {len(n.balanced)} balanced ones (p = {n.p_eta[1]:.2g}); "
+            f"the null subspaces share {r_ov:.2f} (random) and {b_ov:.2f} (balanced) of the category subspace. "
+            f"Leave-one-item-out decoding: {d.category:.2f} in the category subspace, {d.top_pcs:.2f} in the top "
+            f"{d.dims} key PCs (no labels), {d.random_mean:.2f} in random {d.dims}-d subspaces "
+            f"(chance {d.chance:.2f}). "
+            f"Matching: diagonal minus off-diagonal {n.matching.statistic:.2f} (p = {n.matching.p_value:.2g}), "
+            f"diagonal the row maximum in {n.matching.diagonal_max_rows} of {len(n.matching.matrix)} rows."
         )
-        if rank_one
-        else (
-            "The per-category ranks at the studied heads are "
-            + "; ".join(f"{head_name(h)}: {a['model'][h].ranks.tolist()}" for h in result.heads)
-            + " (controls in the tables above)."
+        t = s.table()
+        diff = verdicts.paired_difference(
+            s.result.per_prompt["category subspace"]["delta_p"], s.result.per_prompt["random subspace"]["delta_p"]
         )
+        better = [
+            k.removeprefix("effect − ") for k, v in s.verdict.numbers.items() if k.startswith("effect − ") and v.hi < 0
+        ]
+        others = [c for c in t.index if c not in ("category subspace", "random subspace")]
+        swap_parts.append(
+            f"At {name}: Δp {t.loc['category subspace', 'delta_p']:.2f} in the category subspace against "
+            f"{t.loc['random subspace', 'delta_p']:.2f} in random ones (paired difference {diff}; "
+            f"power: ± {s.power:.2f} at n = {s.n_prompts}); "
+            + ", ".join(f"{c} {t.loc[c, 'delta_p']:.2f}" for c in others)
+            + f". The authors' flip: {_f(t.loc['category subspace', 'flip'])} (defined where orig is on top at "
+            f"baseline: {s.on_top['category subspace']:.2f} of prompts; baseline attention outside the items "
+            f"{s.sink['category subspace']:.2f}); candidate flip {_f(t.loc['category subspace', 'flip_candidates'])}."
+            + (f" Doing better than the category subspace: {', '.join(better)}." if better else "")
+        )
+    out["ranks"] = " ".join(rank_parts)
+    out["nulls"] = " ".join(null_parts)
+    out["swap"] = " ".join(swap_parts)
+    out["verdict"] = "\n".join(
+        f"- **{head_name(h)}**: " + "; ".join(f"{c.removeprefix('filter: ')}: *{v.verdict}*" for c, v in vs.items())
+        for h, vs in per_head.items()
     )
-    eta = {c: [result.projections[c][h].key_eta2 for h in result.heads] for c in CONDITIONS}
-    out["geometry"] = (
-        "Keys of fresh prompts sort by category inside the category subspace: key η² "
-        + ", ".join(f"{x:.2f}" for x in eta["model"])
-        + " at "
-        + head_names(result.heads)
-        + " (shuffled labels "
-        + ", ".join(f"{x:.2f}" for x in eta["shuffled labels"])
-        + "; random init "
-        + ", ".join(f"{x:.2f}" for x in eta["random init"])
-        + ")."
-    )
-    per_head = {head_name(h): swap_verdict(swaps, head_name(h)) for h in result.heads if "flip_lo" in swaps.columns}
-    best = max(per_head, key=lambda h: swaps.loc[(h, "category subspace"), "flip_rate"]) if per_head else None
-    out["swap"] = " ".join(s for _, s in per_head.values())
-    rules = verdicts(result, swaps)
-    clusters = rules["verdict: keys cluster by category (Figure 6)"] == REPRODUCED
-    rank_shown = rules["verdict: rank 1 per category"] == SHOWN_BY_CONTROL
-    first = (
-        f"On {result.model_label}, keys {'do' if clusters else 'do not'} sort by category inside the category "
-        "subspace (η² above the controls'), "
-        + ("but the rank-1 finding is shared by the controls." if rank_shown else "and the ranks are as listed.")
-    )
-    if best is not None:
-        out["swap_verdict"] = per_head[best][0]
-        out["verdict"] = (
-            f"{first} The swap at the clearest head ({best}) is **{per_head[best][0]}**: {per_head[best][1]} "
-            "What would settle it: a control that reaches the category subspace's flip rate (as a label-free "
-            "top-variance subspace can) means the head reads its keys' dominant directions and that these carry "
-            "the category; only a gap over every control credits ΔC with finding something a label-free method "
-            "could not."
-        )
     return out

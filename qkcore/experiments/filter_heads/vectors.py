@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from qkcore.covariance import ContrastiveCovariance
+from qkcore.experiments.swap_engine import EncodedTask
 from qkcore.lm import attention_layout, encode_batch, iter_batches
 from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.chat import model_text, uses_chat_template
@@ -81,6 +82,24 @@ class HeadScan:
     attn_neg: torch.Tensor
     next_token: torch.Tensor | None = None
     items_per_prompt: tuple[int, int] = (5, 20)
+    stored: dict | None = None  # keep_vectors=True: q (H, n, d), k (H, n, I, d), attn (H, n, I), asked, item_cat
+
+    def vectors(self, heads: Sequence[tuple[int, int]]) -> Vectors:
+        """The scan's own vectors at a few heads (head_scan(..., keep_vectors=True)): no second pass."""
+        if self.stored is None:
+            raise ValueError("this scan kept no vectors: run head_scan(..., keep_vectors=True)")
+        n_heads = self.logit_gap.shape[2]
+        idx = [layer * n_heads + head for layer, head in heads]
+        st = self.stored
+        return Vectors(
+            tuple(tuple(h) for h in heads),
+            self.categories,
+            st["q"][idx],
+            st["k"][idx],
+            st["attn"][idx],
+            st["asked"],
+            st["item_cat"],
+        )
 
     def score(self, by: str = "logit_gap") -> torch.Tensor:
         """(L, H): "logit_gap", the mean over categories of E[q·k|+] − E[q·k|−]; or "attention", the last token's
@@ -124,10 +143,12 @@ def head_scan(
     weighting: str = "pair_mean",
     batch_size: int = 50,
     answer_prefix: str = "",
+    keep_vectors: bool = False,
 ) -> HeadScan:
     """One ΔC per category at every head (prompts grouped by asked category, one ContrastiveCovariance per category
     over all heads), and each head's attention from the last token on positive vs negative items, from the same
-    forward pass (qkcore.lm.gather_qk)."""
+    forward pass (qkcore.lm.gather_qk). keep_vectors: also keep every head's q, k and attention (float32, in
+    prompt order) so that `HeadScan.vectors` needs no second pass."""
     categories = tuple(categories)
     asked, item_cat = _labels(prompts, categories)
     layout = attention_layout(model)
@@ -136,6 +157,7 @@ def head_scan(
     attn_pos = torch.zeros(n_heads, dtype=torch.float64)
     attn_neg = torch.zeros_like(attn_pos)
     next_token = torch.zeros(len(prompts), dtype=torch.long)
+    kept = {"q": [None] * len(prompts), "k": [None] * len(prompts), "attn": [None] * len(prompts)}
     for c in range(len(categories)):
         rows = (asked == c).nonzero().flatten().tolist()
         if not rows:
@@ -148,6 +170,9 @@ def head_scan(
             pos = item_cat[idx] == c  # (b, I)
             _split_pairs(got.q, got.k, pos, accs[c])
             next_token[idx] = got.output.logits[:, -1].argmax(-1).cpu()  # left padding: -1 is the last token
+            if keep_vectors:
+                for j, i in enumerate(idx):
+                    kept["q"][i], kept["k"][i], kept["attn"][i] = got.q[:, j], got.k[:, j], got.attn[:, j]
             attn = got.attn.double()  # (H, b, I)
             attn_pos += (attn * pos).sum((1, 2))
             attn_neg += (attn * ~pos).sum((1, 2))
@@ -165,6 +190,9 @@ def head_scan(
         attn_neg.reshape(grid[1:]) / n,
         next_token,
         (n_pos, item_cat.shape[1] - n_pos),
+        {**{k: torch.stack(v, 1).float() for k, v in kept.items()}, "asked": asked, "item_cat": item_cat}
+        if keep_vectors
+        else None,
     )
 
 
@@ -204,6 +232,20 @@ def collect_vectors(
     for chunk in iter_batches(len(prompts), batch_size):
         batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
         cols = batch.padded_positions(items)  # (b, I)
-        got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
+        got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols, logits=False)  # early exit
         qs.append(got.q), ks.append(got.k), attns.append(got.attn)  # (H, b, d), (H, b, I, d), (H, b, I)
     return Vectors(heads, categories, torch.cat(qs, 1), torch.cat(ks, 1), torch.cat(attns, 1), asked, item_cat)
+
+
+def filter_tasks(
+    tokenizer, prompts: Sequence[FilterPrompt], categories: Sequence[str], batch_size: int, answer_prefix: str = ""
+) -> list[EncodedTask]:
+    """The prompts as the swap engine takes them, one EncodedTask per batch: the query at the last column, the
+    candidates at the items' last tokens, labelled with their category's index in `categories`."""
+    index = {c: i for i, c in enumerate(categories)}
+    tasks = []
+    for chunk in iter_batches(len(prompts), batch_size):
+        batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
+        labels = torch.tensor([[index[c] for c in prompts[i].item_categories] for i in chunk])
+        tasks.append(EncodedTask(batch, last_columns(batch), batch.padded_positions(items), labels))
+    return tasks
