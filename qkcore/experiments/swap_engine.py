@@ -20,7 +20,9 @@ Per-prompt metrics (NaN where undefined):
                    candidates before, target on top of them after
   flip_any         the argmax of the whole row is target after the swap (the book's earlier flip; no baseline)
   delta_p          the target's share of the attention on {orig, target}, after minus before (the authors' Δp)
-  gap_fraction     the fraction of the logit gap q·(k_orig − k_target) that lies in the subspace
+  gap_fraction     the fraction of the logit gap q·(k_orig − k_target) that lies in the subspace (per prompt; the
+                   table reports the ratio of the means, Σ in-subspace / Σ gap, which a near-zero gap cannot blow up)
+  logit_gap, gap_in_subspace   its numerator and denominator
   attn_{orig,target}_{before,after}
 SwapSet.sink_share: the baseline attention outside the candidates (sinks such as a chat template's first token).
 """
@@ -46,6 +48,8 @@ METRICS = (
     "flip_any",
     "delta_p",
     "gap_fraction",
+    "logit_gap",
+    "gap_in_subspace",
     "attn_orig_before",
     "attn_orig_after",
     "attn_target_before",
@@ -192,6 +196,8 @@ def prompt_metrics(chunk: dict, after: torch.Tensor, basis: torch.Tensor) -> dic
         "flip_any": (a1.argmax(-1) == ct).double(),
         "delta_p": t1 / (t1 + o1).clamp_min(1e-300) - t0 / (t0 + o0).clamp_min(1e-300),
         "gap_fraction": torch.where(gap.abs() > 1e-9, in_sub / gap, nan),
+        "logit_gap": gap,
+        "gap_in_subspace": in_sub,
         "attn_orig_before": o0,
         "attn_orig_after": o1,
         "attn_target_before": t0,
@@ -239,10 +245,26 @@ class SwapResult:
         for cond, per in self.per_prompt.items():
             row: dict[str, object] = {"rank": self.ranks[cond]}
             for m in metrics:
-                e = Estimate.of(per[m])
+                e = (
+                    ratio_of_means(per["gap_in_subspace"], per["logit_gap"])
+                    if m == "gap_fraction"
+                    else Estimate.of(per[m])
+                )
                 row.update({m: e.value, f"{m} lo": e.lo, f"{m} hi": e.hi, f"{m} n": e.n})
             rows[cond] = row
         return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def ratio_of_means(num: torch.Tensor, den: torch.Tensor, seed: int = 0, n_boot: int = 2000) -> Estimate:
+    """Σ num / Σ den over prompts with a percentile bootstrap interval (prompts resampled together)."""
+    keep = ~(torch.isnan(num) | torch.isnan(den))
+    num, den = num[keep].double(), den[keep].double()
+    if len(num) == 0 or float(den.sum()) == 0.0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    idx = torch.randint(len(num), (n_boot, len(num)), generator=torch.Generator().manual_seed(seed))
+    ratios = num[idx].sum(1) / den[idx].sum(1)
+    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return Estimate(float(num.sum() / den.sum()), float(lo), float(hi), len(num))
 
 
 def swap_conditions(

@@ -30,7 +30,8 @@ def _params_class(path: Path):
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem for p in CHAPTERS])
-def test_parameters_cell_equals_the_dataclass_defaults(chapter):
+def test_parameters_cell_equals_the_dataclass_defaults(chapter, monkeypatch):
+    monkeypatch.chdir(ROOT / "book")  # where make book runs the chapters (paths such as results_dir are relative)
     cells = _code_cells(chapter)
     assert "parameters" in cells[0]["metadata"].get("tags", []), "the first code cell must be tagged parameters"
     namespace: dict = {}

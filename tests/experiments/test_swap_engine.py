@@ -109,3 +109,13 @@ def test_bad_indices_are_refused(model):
             torch.Generator(),
             0,
         )
+
+
+def test_gap_fraction_in_the_table_is_a_ratio_of_means():
+    from qkcore.experiments.swap_engine import ratio_of_means
+
+    num = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float64)
+    den = torch.tensor([2.0, 1e-12, 2.0], dtype=torch.float64)  # a near-zero gap would blow up a mean of ratios
+    e = ratio_of_means(num, den)
+    assert e.value == pytest.approx(4 / 4) and e.n == 3 and e.lo <= e.value <= e.hi
+    assert math.isnan(ratio_of_means(num[:0], den[:0]).value)
