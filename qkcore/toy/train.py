@@ -19,12 +19,15 @@ within a point of the best accuracy its task allows (the rank-recovery chapter p
 
 from __future__ import annotations
 
+import copy
 import math
+import queue
+import threading
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from qkcore.toy.ceiling import task_ceiling
+from qkcore.toy.ceiling import reference_correct, task_ceiling
 from qkcore.toy.model import HeadStack, ToyHead
 from qkcore.toy.task import TASK_KINDS, PayloadTask, TaskBatch, TaskConfig, derive_seed
 
@@ -33,6 +36,15 @@ GRID_LATENT_DIMS = (3, 5, 7)
 # synchronisation (measured on a busy 2-core machine: 100 grid steps took 18 s with 1 thread, 320 s with 2). The caller
 # sets the threads: the chapters through qkcore.experiments.chapter.start_chapter (one thread), the benchmarks too.
 GRID_D_HEADS = (16, 8)
+# The training batches are drawn on a second Python thread while the heads train on the first (torch releases the
+# GIL inside its kernels, so the two use two cores). Drawing was 60% of the grid's time (measured: 37 s of 61 s).
+# Each task's generator is used by one thread only and in step order, so the batches are bit-identical to drawing
+# them inline (tests/toy/test_train.py checks it).
+PREFETCH = 3  # steps drawn ahead
+# The controls every toy chapter sets beside a trained head: the same head at initialisation ("untrained") and after
+# its first few optimiser steps ("early-stopped"), both taken from the one training run.
+UNTRAINED = "untrained"
+EARLY = "early-stopped"
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,8 @@ class TrainedGrid:
     best_val_loss: torch.Tensor  # (T, G)
     steps_run: int
     train_config: ToyTrainConfig
+    controls: dict[str, TrainedGrid] = field(default_factory=dict)  # UNTRAINED, EARLY → the same heads then
+    reference: torch.Tensor | None = None  # (T,) the ideal single head's accuracy on the same test sequences
     _models: dict = field(default_factory=dict, repr=False)
 
     def index(self, r1: int, r2: int, kind: str, d_head: int) -> tuple[int, int]:
@@ -199,15 +213,63 @@ def _per_model_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def train_grid(
-    tasks: list[PayloadTask], d_heads: tuple[int, ...] = GRID_D_HEADS, config: ToyTrainConfig = ToyTrainConfig()
+    tasks: list[PayloadTask],
+    d_heads: tuple[int, ...] = GRID_D_HEADS,
+    config: ToyTrainConfig = ToyTrainConfig(),
+    early_steps: int | None = None,
 ) -> TrainedGrid:
-    """Train one head per (task, d_head) in a single batched run; returns each head's best-validation state."""
+    """Train one head per (task, d_head) in a single batched run; returns each head's best-validation state.
+
+    With `early_steps`, the grid also carries two controls from the same run (`grid.controls`): every head at its
+    initialisation (UNTRAINED) and after `early_steps` optimiser steps (EARLY), each evaluated on the same test
+    sequences."""
     d_heads = tuple(d_heads)
     _check_tasks(tasks, d_heads)
-    return _train_grid(tasks, d_heads, config)
+    if early_steps is not None and not (
+        isinstance(early_steps, int) and not isinstance(early_steps, bool) and 1 <= early_steps < config.max_steps
+    ):
+        raise ValueError(f"early_steps must be an int in [1, max_steps = {config.max_steps}), got {early_steps!r}")
+    return _train_grid(tasks, d_heads, config, early_steps)
 
 
-def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyTrainConfig) -> TrainedGrid:
+class _Prefetcher:
+    """Draws the training batches of every step on a background thread, `PREFETCH` steps ahead (see PREFETCH)."""
+
+    def __init__(self, tasks: list[PayloadTask], gens: list[torch.Generator], batch_size: int, steps: int):
+        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(tasks, gens, batch_size, steps), daemon=True)
+        self._thread.start()
+
+    def _run(self, tasks, gens, batch_size, steps):
+        try:
+            for _ in range(steps):
+                item = _stack_batches([t.sample(batch_size, g) for t, g in zip(tasks, gens)])
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as error:  # handed to the training thread, which raises it
+            self._queue.put(error)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _train_grid(
+    tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyTrainConfig, early_steps: int | None = None
+) -> TrainedGrid:
     c0 = tasks[0].config
     inits = [
         [
@@ -219,8 +281,12 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
         for t in tasks
     ]
     stack = HeadStack(len(tasks), d_heads, c0.d_model, c0.n_payloads, inits)
+    snapshots = {}
+    if early_steps is not None:
+        snapshots[UNTRAINED] = {k: v.detach().clone() for k, v in stack.named_parameters()}
     train_gens = [t.generator("train") for t in tasks]
     val = _stack_batches([t.sample(config.val_size, t.generator("val")) for t in tasks])
+    batches = _Prefetcher(tasks, train_gens, config.batch_size, config.max_steps)
     opt = torch.optim.AdamW(stack.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     T, G = len(tasks), len(d_heads)
@@ -229,15 +295,19 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
     best_state = {k: v.detach().clone() for k, v in stack.named_parameters()}
     patience = torch.full((T, G), config.patience)
     step = 0
-    for step in range(config.max_steps):
-        for group in opt.param_groups:
-            group["lr"] = config.learning_rate(step)
-        x_q, x_ctx, label = _stack_batches([t.sample(config.batch_size, g) for t, g in zip(tasks, train_gens)])
-        loss = _per_model_loss(stack(x_q, x_ctx), label)  # (T, G)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        if (step + 1) % config.val_every == 0 or step + 1 == config.max_steps:
+    try:
+        for step in range(config.max_steps):
+            for group in opt.param_groups:
+                group["lr"] = config.learning_rate(step)
+            x_q, x_ctx, label = batches.next()
+            loss = _per_model_loss(stack(x_q, x_ctx), label)  # (T, G)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            if step + 1 == early_steps:
+                snapshots[EARLY] = {k: v.detach().clone() for k, v in stack.named_parameters()}
+            if not ((step + 1) % config.val_every == 0 or step + 1 == config.max_steps):
+                continue
             with torch.no_grad():
                 val_loss = _per_model_loss(stack(val[0], val[1]), val[2])  # (T, G)
             active = patience > 0
@@ -251,10 +321,37 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
             )
             if not (patience > 0).any():
                 break
+    finally:
+        batches.close()
+    if early_steps is not None and EARLY not in snapshots:  # every head stopped before early_steps
+        snapshots[EARLY] = {k: v.detach().clone() for k, v in stack.named_parameters()}
+    control_stacks = {}
+    for name, state in snapshots.items():
+        control_stacks[name] = copy.deepcopy(stack)
+        with torch.no_grad():
+            for key, p in control_stacks[name].named_parameters():
+                p.copy_(state[key])
     with torch.no_grad():
         for name, p in stack.named_parameters():
             p.copy_(best_state[name])
-    accuracy = evaluate_heads(stack, tasks, config.test_size)
+    # one pass over the test sequences scores the heads, their controls and the ideal head
+    accuracy, *control_accuracy, reference = evaluate_heads(
+        [stack, *control_stacks.values()], tasks, config.test_size, reference=True
+    )
+    controls = {}
+    for (name, control), acc in zip(control_stacks.items(), control_accuracy):
+        at = 0 if name == UNTRAINED else min(early_steps, step + 1)
+        controls[name] = TrainedGrid(
+            tasks=list(tasks),
+            d_heads=d_heads,
+            stack=control,
+            accuracy=acc,
+            best_step=torch.full((len(tasks), len(d_heads)), at, dtype=torch.long),
+            best_val_loss=torch.full((len(tasks), len(d_heads)), math.nan),
+            steps_run=at,
+            train_config=config,
+            reference=reference,
+        )
     return TrainedGrid(
         tasks=list(tasks),
         d_heads=d_heads,
@@ -264,29 +361,63 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
         best_val_loss=best_loss,
         steps_run=step + 1,
         train_config=config,
+        controls=controls,
+        reference=reference,
     )
 
 
 @torch.no_grad()
 def evaluate_heads(
-    stack: HeadStack, tasks: list[PayloadTask], n: int, stream: str = "test", chunk: int = 2048
-) -> torch.Tensor:
-    """Accuracy (T, G) of every head on n fresh sequences per task from the task's `stream` generator
-    (drawn in chunks of `chunk`, so memory stays small and the numbers do not depend on the stack)."""
+    stacks: HeadStack | list[HeadStack],
+    tasks: list[PayloadTask],
+    n: int,
+    stream: str = "test",
+    chunk: int = 2048,
+    reference: bool = False,
+):
+    """Accuracy (T, G) of every head on n fresh sequences per task from the task's `stream` generator (drawn in
+    chunks of `chunk`, so memory stays small and the numbers do not depend on the stack).
+
+    A list of stacks is scored on the same sequences, drawn once: returns a list of (T, G); with reference=True
+    the list ends with the ideal single head's accuracy (T,) on them (`qkcore.toy.ceiling.reference_correct`)."""
+    several = isinstance(stacks, (list, tuple))
+    stacks = list(stacks) if several else [stacks]
     gens = [t.generator(stream) for t in tasks]
-    correct = torch.zeros(len(tasks), len(stack.d_heads))
+    correct = [torch.zeros(len(tasks), len(s.d_heads)) for s in stacks]
+    ideal = torch.zeros(len(tasks), dtype=torch.float64)
     for start in range(0, n, chunk):
         size = min(chunk, n - start)
-        x_q, x_ctx, label = _stack_batches([t.sample(size, g) for t, g in zip(tasks, gens)])
-        correct += (stack(x_q, x_ctx).argmax(-1) == label[:, None, :]).sum(-1)
-    return correct / n
+        batches = [t.sample(size, g) for t, g in zip(tasks, gens)]
+        x_q, x_ctx, label = _stack_batches(batches)
+        for s, c in zip(stacks, correct):
+            c += (s(x_q, x_ctx).argmax(-1) == label[:, None, :]).sum(-1)
+        if reference:
+            ideal += torch.tensor([reference_correct(t.config.n_payloads, b) for t, b in zip(tasks, batches)])
+    out = [c / n for c in correct]
+    if reference:
+        out.append(ideal / n)
+    return out if several or reference else out[0]
 
 
 def train_one(
     r1: int, r2: int, kind: str, d_head: int, seed: int = 11, config: ToyTrainConfig = ToyTrainConfig()
 ) -> TrainedModel:
     """Train one head alone: the same model the grid holds for these settings (same batches, same init)."""
+    return train_with_controls(r1, r2, kind, d_head, seed, config)[0]
+
+
+def train_with_controls(
+    r1: int,
+    r2: int,
+    kind: str,
+    d_head: int,
+    seed: int = 11,
+    config: ToyTrainConfig = ToyTrainConfig(),
+    early_steps: int | None = None,
+) -> tuple[TrainedModel, dict[str, TrainedModel]]:
+    """`train_one`, and with `early_steps` its controls from the same run: {UNTRAINED: …, EARLY: …}."""
     if kind not in TASK_KINDS:
         raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")
     task = PayloadTask(TaskConfig(r1=r1, r2=r2, kind=kind, seed=seed))
-    return train_grid([task], (d_head,), config).model_at(0, 0)
+    grid = train_grid([task], (d_head,), config, early_steps)
+    return grid.model_at(0, 0), {name: g.model_at(0, 0) for name, g in grid.controls.items()}
