@@ -25,7 +25,7 @@ from qkcore.subspace import Decomposition, decompose, principal_angles, ranks_at
 from qkcore.toy.ceiling import reference_correct
 from qkcore.toy.model import ToyHead
 from qkcore.toy.task import FACTORS, PayloadTask, TaskBatch
-from qkcore.toy.train import TrainedGrid, TrainedModel
+from qkcore.toy.train import Prefetcher, TrainedGrid, TrainedModel
 
 AUTHORS_CONTRAST_BATCHES = 80
 AUTHORS_CONTRAST_BATCH_SIZE = 512
@@ -118,8 +118,7 @@ def stacks_factor_deltas(
         T, G, H = stack.mask.shape
         accs.append(ContrastiveCovariance(H, head_shape=(T, G)))
     gens = [t.generator(f"contrast-{factor}") for t in tasks]
-    for _ in range(n_batches):
-        bs = [t.sample_contrast(batch_size, factor, g) for t, g in zip(tasks, gens)]
+    for bs in Prefetcher(tasks, gens, lambda t, g: t.sample_contrast(batch_size, factor, g), n_batches):
         x_q, x_pos, x_neg = (torch.stack([getattr(b, name) for b in bs]) for name in ("x_q", "x_pos", "x_neg"))
         for (W_Q, W_K), acc in zip(maps, accs):
             q = torch.einsum("tnd,tghd->tgnh", x_q, W_Q)  # (T, G, n, H)

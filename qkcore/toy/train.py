@@ -41,6 +41,7 @@ GRID_D_HEADS = (16, 8)
 # Each task's generator is used by one thread only and in step order, so the batches are bit-identical to drawing
 # them inline (tests/toy/test_train.py checks it).
 PREFETCH = 3  # steps drawn ahead
+SAMPLER_THREADS = 2  # threads drawing batches (one core each while the training thread waits or computes)
 # The controls every toy chapter sets beside a trained head: the same head at initialisation ("untrained") and after
 # its first few optimiser steps ("early-stopped"), both taken from the one training run.
 UNTRAINED = "untrained"
@@ -232,39 +233,63 @@ def train_grid(
     return _train_grid(tasks, d_heads, config, early_steps)
 
 
-class _Prefetcher:
-    """Draws the training batches of every step on a background thread, `PREFETCH` steps ahead (see PREFETCH)."""
+class Prefetcher:
+    """Per-task draws for `steps` steps, made on `workers` background threads (each owns a fixed slice of the tasks
+    and uses their generators in step order, so the draws equal drawing inline), `PREFETCH` steps ahead.
 
-    def __init__(self, tasks: list[PayloadTask], gens: list[torch.Generator], batch_size: int, steps: int):
-        self._queue: queue.Queue = queue.Queue(maxsize=PREFETCH)
+        for per_task in Prefetcher(tasks, gens, lambda t, g: t.sample(256, g), steps=1000): ...   # list of T draws
+    """
+
+    def __init__(self, tasks: list, gens: list, draw, steps: int, workers: int = SAMPLER_THREADS):
+        workers = max(1, min(workers, len(tasks)))
+        bounds = [round(w * len(tasks) / workers) for w in range(workers + 1)]
+        self._steps = steps
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(tasks, gens, batch_size, steps), daemon=True)
-        self._thread.start()
+        self._queues = [queue.Queue(maxsize=PREFETCH) for _ in range(workers)]
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(tasks[a:b], gens[a:b], draw, steps, q), daemon=True, name=f"toy-sampler-{w}"
+            )
+            for w, (a, b, q) in enumerate(zip(bounds, bounds[1:], self._queues))
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _run(self, tasks, gens, batch_size, steps):
+    def _run(self, tasks, gens, draw, steps, out: queue.Queue):
         try:
             for _ in range(steps):
-                item = _stack_batches([t.sample(batch_size, g) for t, g in zip(tasks, gens)])
+                item = [draw(t, g) for t, g in zip(tasks, gens)]
                 while not self._stop.is_set():
                     try:
-                        self._queue.put(item, timeout=0.1)
+                        out.put(item, timeout=0.1)
                         break
                     except queue.Full:
                         continue
                 if self._stop.is_set():
                     return
-        except BaseException as error:  # handed to the training thread, which raises it
-            self._queue.put(error)
+        except BaseException as error:  # handed to the consuming thread, which raises it
+            out.put(error)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+    def next(self) -> list:
+        items = []
+        for q in self._queues:
+            part = q.get()
+            if isinstance(part, BaseException):
+                raise part
+            items.extend(part)
+        return items
+
+    def __iter__(self):
+        try:
+            for _ in range(self._steps):
+                yield self.next()
+        finally:
+            self.close()
 
     def close(self) -> None:
         self._stop.set()
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
 
 def _train_grid(
@@ -286,7 +311,7 @@ def _train_grid(
         snapshots[UNTRAINED] = {k: v.detach().clone() for k, v in stack.named_parameters()}
     train_gens = [t.generator("train") for t in tasks]
     val = _stack_batches([t.sample(config.val_size, t.generator("val")) for t in tasks])
-    batches = _Prefetcher(tasks, train_gens, config.batch_size, config.max_steps)
+    batches = Prefetcher(tasks, train_gens, lambda t, g: t.sample(config.batch_size, g), config.max_steps)
     opt = torch.optim.AdamW(stack.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     T, G = len(tasks), len(d_heads)
@@ -299,7 +324,7 @@ def _train_grid(
         for step in range(config.max_steps):
             for group in opt.param_groups:
                 group["lr"] = config.learning_rate(step)
-            x_q, x_ctx, label = batches.next()
+            x_q, x_ctx, label = _stack_batches(batches.next())
             loss = _per_model_loss(stack(x_q, x_ctx), label)  # (T, G)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
@@ -385,14 +410,17 @@ def evaluate_heads(
     gens = [t.generator(stream) for t in tasks]
     correct = [torch.zeros(len(tasks), len(s.d_heads)) for s in stacks]
     ideal = torch.zeros(len(tasks), dtype=torch.float64)
-    for start in range(0, n, chunk):
-        size = min(chunk, n - start)
-        batches = [t.sample(size, g) for t, g in zip(tasks, gens)]
+    sizes = [min(chunk, n - start) for start in range(0, n, chunk)]
+    drawn = Prefetcher(tasks, gens, lambda t, g: t.sample(sizes[0], g), len(sizes)) if len(set(sizes)) == 1 else None
+    for size in sizes:
+        batches = drawn.next() if drawn else [t.sample(size, g) for t, g in zip(tasks, gens)]
         x_q, x_ctx, label = _stack_batches(batches)
         for s, c in zip(stacks, correct):
             c += (s(x_q, x_ctx).argmax(-1) == label[:, None, :]).sum(-1)
         if reference:
             ideal += torch.tensor([reference_correct(t.config.n_payloads, b) for t, b in zip(tasks, batches)])
+    if drawn:
+        drawn.close()
     out = [c / n for c in correct]
     if reference:
         out.append(ideal / n)

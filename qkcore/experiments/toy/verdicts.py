@@ -25,7 +25,7 @@ UNDEFINED = "undefined (floor)"
 VERDICTS = (REPRODUCED, MATCHED, CONTROL_BETTER, NOT_REPRODUCED, NOT_TESTABLE, UNDEFINED)
 
 # Criteria, fixed before the controls were run (the trained head's numbers at the defaults are in brackets).
-CROSSTALK_MAX = 0.05  # G's share of energy in the z1–z2 blocks (trained 0.004; a random G has 2·r1·r2/(r1+r2)²)
+CROSSTALK_MAX = 0.05  # G's share of energy in the z1–z2 blocks (trained 0.007; a random G has 2·r1·r2/(r1+r2)²)
 CUBE_EDGE_RATIO_MAX = 1.3  # longest / shortest cube edge of the key means (trained 1.15)
 CUBE_ANGLE_DEV_MAX = 20.0  # every corner angle within 90° ± this (trained 77°–103°)
 SWAP_FLIP_MIN = 0.5  # flip rate of the z1+z2 swap (trained 0.97)
