@@ -90,7 +90,7 @@ def printed_summary(nb: dict) -> tuple[dict[str, str], dict[str, str]]:
 
 def _check_rank_recovery(g: dict, numbers: dict, verdicts: dict, params: dict):
     for d in params.get("d_heads", (16, 8)):
-        assert f"at d_head = {d}, {numbers[f'd_head {d}, r1 + r2 fits: exact']} cells" in g["rr_exact"]
+        assert f"at d_head = {d}, {numbers[f'd_head {d}, r1 + r2 <= {d}: exact']} cells" in g["rr_exact"]
         assert "0/0" not in g["rr_exact"] and "nan" not in g["rr_exact"].lower()
     assert g["rr_untrained_exact"] == numbers["untrained control, r1 + r2 fits: exact"]
     assert g["rr_early-stopped_exact"] == numbers["early-stopped control, r1 + r2 fits: exact"]

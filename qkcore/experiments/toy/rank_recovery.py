@@ -178,18 +178,19 @@ def verdicts(result: RankRecoveryResult) -> list[Verdict]:
 
 def summary(result: RankRecoveryResult) -> dict[str, object]:
     """The chapter's closing numbers, for whatever head widths and latent dims were run: per d_head, exact rank
-    recovery where r1 + r2 fits and where it does not ("no such cell" when none), the median crosstalk of each
-    group, the largest shortfall from the ideal-head reference where the factors fit, the binary task's distance to
-    its exact ceiling there; the controls' exact counts (the verdict: `verdicts`)."""
+    recovery in all its cells, where r1 + r2 fits (<= d_head) and where it does not ("no such cell" when none), the
+    median crosstalk of each group, the largest shortfall from the ideal-head reference where the factors fit, the
+    binary task's distance to its exact ceiling there; the controls' exact counts (the verdict: `verdicts`)."""
     t = result.table
     out: dict[str, object] = {"models": len(t)}
     for d in sorted(t.d_head.unique(), reverse=True):
         td = t[t.d_head == d]
         fit, tight = td[td.fits], td[~td.fits]
-        out[f"d_head {d}, r1 + r2 fits: exact"] = _count(fit.exact)
-        out[f"d_head {d}, r1 + r2 does not fit: exact"] = _count(tight.exact)
-        out[f"d_head {d}, r1 + r2 fits: median crosstalk"] = _median(fit.crosstalk)
-        out[f"d_head {d}, r1 + r2 does not fit: median crosstalk"] = _median(tight.crosstalk)
+        out[f"d_head {d}: exact rank recovery"] = _count(td.exact)
+        out[f"d_head {d}, r1 + r2 <= {d}: exact"] = _count(fit.exact)
+        out[f"d_head {d}, r1 + r2 > {d}: exact"] = _count(tight.exact)
+        out[f"d_head {d}, r1 + r2 <= {d}: median crosstalk"] = _median(fit.crosstalk)
+        out[f"d_head {d}, r1 + r2 > {d}: median crosstalk"] = _median(tight.crosstalk)
     fit = t[t.fits]
     out["where r1 + r2 fits: largest shortfall from the reference"] = (
         r3((fit.reference - fit.accuracy).max()) if len(fit) else "no such cell"
