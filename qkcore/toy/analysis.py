@@ -22,9 +22,10 @@ import torch
 
 from qkcore.covariance import ContrastiveCovariance
 from qkcore.subspace import Decomposition, decompose, principal_angles, ranks_at_energy
+from qkcore.toy.ceiling import reference_correct
 from qkcore.toy.model import ToyHead
 from qkcore.toy.task import FACTORS, PayloadTask, TaskBatch
-from qkcore.toy.train import TrainedGrid, TrainedModel
+from qkcore.toy.train import Prefetcher, TrainedGrid, TrainedModel
 
 AUTHORS_CONTRAST_BATCHES = 80
 AUTHORS_CONTRAST_BATCH_SIZE = 512
@@ -95,21 +96,35 @@ def grid_factor_deltas(
 ) -> torch.Tensor:
     """ΔC of every head of a grid at once: (T, G, H, H) float64, H = max d_head; a head with a smaller d_head
     has zeros outside its top-left d_head × d_head block. Equal to `factor_delta` per model."""
+    return stacks_factor_deltas(grid.tasks, [grid.stack], factor, n_batches, batch_size)[0]
+
+
+@torch.no_grad()
+def stacks_factor_deltas(
+    tasks: list[PayloadTask],
+    stacks: list,
+    factor: str,
+    n_batches: int = AUTHORS_CONTRAST_BATCHES,
+    batch_size: int = AUTHORS_CONTRAST_BATCH_SIZE,
+) -> list[torch.Tensor]:
+    """`grid_factor_deltas` for several HeadStacks of the same tasks (a grid and its controls) from one draw of the
+    contrast triples, which is what costs: one (T, G, H, H) float64 ΔC per stack."""
     _check_factor(factor)
     _check_contrast(n_batches, batch_size)
-    stack = grid.stack
-    m = stack.mask.unsqueeze(-1)  # (T, G, H, 1)
-    W_Q, W_K = stack.W_Q * m, stack.W_K * m  # (T, G, H, d_model)
-    T, G, H = stack.mask.shape
-    acc = ContrastiveCovariance(H, head_shape=(T, G))
-    gens = [t.generator(f"contrast-{factor}") for t in grid.tasks]
-    for _ in range(n_batches):
-        bs = [t.sample_contrast(batch_size, factor, g) for t, g in zip(grid.tasks, gens)]
+    maps, accs = [], []
+    for stack in stacks:
+        m = stack.mask.unsqueeze(-1)  # (T, G, H, 1)
+        maps.append((stack.W_Q * m, stack.W_K * m))  # (T, G, H, d_model) each
+        T, G, H = stack.mask.shape
+        accs.append(ContrastiveCovariance(H, head_shape=(T, G)))
+    gens = [t.generator(f"contrast-{factor}") for t in tasks]
+    for bs in Prefetcher(tasks, gens, lambda t, g: t.sample_contrast(batch_size, factor, g), n_batches):
         x_q, x_pos, x_neg = (torch.stack([getattr(b, name) for b in bs]) for name in ("x_q", "x_pos", "x_neg"))
-        q = torch.einsum("tnd,tghd->tgnh", x_q, W_Q)  # (T, G, n, H)
-        acc.add(q, torch.einsum("tnd,tghd->tgnh", x_pos, W_K), positive=True)
-        acc.add(q, torch.einsum("tnd,tghd->tgnh", x_neg, W_K), positive=False)
-    return acc.delta()
+        for (W_Q, W_K), acc in zip(maps, accs):
+            q = torch.einsum("tnd,tghd->tgnh", x_q, W_Q)  # (T, G, n, H)
+            acc.add(q, torch.einsum("tnd,tghd->tgnh", x_pos, W_K), positive=True)
+            acc.add(q, torch.einsum("tnd,tghd->tgnh", x_neg, W_K), positive=False)
+    return [acc.delta() for acc in accs]
 
 
 def expected_delta(model: TrainedModel, factor: str) -> torch.Tensor:
@@ -188,15 +203,7 @@ def reference_accuracy(task: PayloadTask, n: int, stream: str = "test", chunk: i
     gen = task.generator(stream)
     total = 0.0
     for start in range(0, n, chunk):
-        b = task.sample(min(chunk, n - start), gen)
-        rows = torch.arange(b.label.shape[0])
-        z = torch.cat([b.z1, b.z2], -1).double()  # (n, C, r1 + r2)
-        scores = torch.einsum("nr,ncr->nc", z[rows, b.target], z)
-        top = scores >= scores.max(-1, keepdim=True).values - 1e-9  # (n, C)
-        votes = torch.zeros(len(rows), task.config.n_payloads, dtype=torch.float64)
-        votes.scatter_add_(1, b.payloads, top.double())
-        best = votes == votes.max(-1, keepdim=True).values
-        total += (best[rows, b.label].double() / best.sum(-1)).sum().item()
+        total += reference_correct(task.config.n_payloads, task.sample(min(chunk, n - start), gen))
     return total / n
 
 
@@ -209,26 +216,33 @@ def analyse_grid(
     """Ranks of ΔC_z₁, ΔC_z₂ for every model of the grid, beside its accuracy and ceilings.
 
     Returns (rows, deltas): rows are dicts with kind, r1, r2, d_head, rank_z1, rank_z2, accuracy, ceiling (Bayes),
-    reference (ideal bilinear head on the same test sequences); deltas[factor] is (T, G, H, H)."""
-    deltas = {f: grid_factor_deltas(grid, f, n_batches, batch_size) for f in FACTORS}
-    ranks = {f: ranks_at_energy(d, energy) for f, d in deltas.items()}  # (T, G)
+    reference (ideal bilinear head on the same test sequences), and for each control of the grid (`grid.controls`)
+    "<control> ranks" (e.g. "3,5") and "<control> accuracy"; deltas[factor] is the trained heads' (T, G, H, H).
+    The controls' ΔC come from the same contrast triples."""
+    names = list(grid.controls)
+    stacks = [grid.stack, *(grid.controls[n].stack for n in names)]
+    all_deltas = {f: stacks_factor_deltas(grid.tasks, stacks, f, n_batches, batch_size) for f in FACTORS}
+    ranks = [{f: ranks_at_energy(all_deltas[f][i], energy) for f in FACTORS} for i in range(len(stacks))]  # (T, G)
     rows = []
     for t, task in enumerate(grid.tasks):
         c = task.config
-        reference = reference_accuracy(task, grid.train_config.test_size)
+        reference = float(grid.reference[t])  # the ideal head on the same test sequences (reference_accuracy)
         for g, dh in enumerate(grid.d_heads):
             m = grid.model_at(t, g)
-            rows.append(
-                {
-                    "kind": c.kind,
-                    "r1": c.r1,
-                    "r2": c.r2,
-                    "d_head": dh,
-                    "rank_z1": int(ranks["z1"][t, g]),
-                    "rank_z2": int(ranks["z2"][t, g]),
-                    "accuracy": m.accuracy,
-                    "ceiling": m.ceiling,
-                    "reference": reference,
-                }
-            )
-    return rows, deltas
+            row = {
+                "kind": c.kind,
+                "r1": c.r1,
+                "r2": c.r2,
+                "d_head": dh,
+                "rank_z1": int(ranks[0]["z1"][t, g]),
+                "rank_z2": int(ranks[0]["z2"][t, g]),
+                "accuracy": m.accuracy,
+                "ceiling": m.ceiling,
+                "reference": reference,
+            }
+            for i, name in enumerate(names, start=1):
+                row[f"{name} ranks"] = f"{int(ranks[i]['z1'][t, g])},{int(ranks[i]['z2'][t, g])}"
+                row[f"{name} exact"] = (int(ranks[i]["z1"][t, g]), int(ranks[i]["z2"][t, g])) == (c.r1, c.r2)
+                row[f"{name} accuracy"] = float(grid.controls[name].accuracy[t, g])
+            rows.append(row)
+    return rows, {f: d[0] for f, d in all_deltas.items()}

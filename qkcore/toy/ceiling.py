@@ -146,3 +146,18 @@ def task_ceiling(r1: int, r2: int, kind: str, context: int = 16, n_payloads: int
     if kind == "binary":
         return binary_ceiling(r1, r2, context, n_payloads)
     return 1.0
+
+
+@torch.no_grad()
+def reference_correct(n_payloads: int, batch) -> float:
+    """Expected number of correct answers of the ideal bilinear head (`bilinear_head_reference`) on a TaskBatch:
+    it scores every context token by z*·z_i, attends to the top score(s) and answers their most frequent payload,
+    a tie counted as its share of the winners."""
+    rows = torch.arange(batch.label.shape[0])
+    z = torch.cat([batch.z1, batch.z2], -1).double()  # (n, C, r1 + r2)
+    scores = torch.einsum("nr,ncr->nc", z[rows, batch.target], z)
+    top = scores >= scores.max(-1, keepdim=True).values - 1e-9  # (n, C)
+    votes = torch.zeros(len(rows), n_payloads, dtype=torch.float64)
+    votes.scatter_add_(1, batch.payloads, top.double())
+    best = votes == votes.max(-1, keepdim=True).values
+    return (best[rows, batch.label].double() / best.sum(-1)).sum().item()

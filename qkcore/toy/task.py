@@ -144,15 +144,15 @@ class PayloadTask:
     ) -> torch.Tensor:
         """Context embeddings A₁z₁ + A₂z₂ + E[y] (+ ε if a generator is given): (..., d_model)."""
         x = z1 @ self.A1.T + z2 @ self.A2.T + self.E[payloads]
-        return x if generator is None else x + self.noise(x.shape, generator)
+        return x if generator is None else x.add_(self.noise(x.shape, generator))  # in place: no extra copy
 
     def query_inputs(self, z1: torch.Tensor, z2: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Query embeddings B₁z₁ + B₂z₂ (+ ε if a generator is given): (..., d_model)."""
         x = z1 @ self.B1.T + z2 @ self.B2.T
-        return x if generator is None else x + self.noise(x.shape, generator)
+        return x if generator is None else x.add_(self.noise(x.shape, generator))
 
     def noise(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * self.config.noise_std
+        return torch.randn(*shape, generator=generator).mul_(self.config.noise_std)
 
     def sample(self, n: int, generator: torch.Generator) -> TaskBatch:
         """n fresh sequences (see the module docstring)."""

@@ -19,12 +19,15 @@ within a point of the best accuracy its task allows (the rank-recovery chapter p
 
 from __future__ import annotations
 
+import copy
 import math
+import queue
+import threading
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from qkcore.toy.ceiling import task_ceiling
+from qkcore.toy.ceiling import reference_correct, task_ceiling
 from qkcore.toy.model import HeadStack, ToyHead
 from qkcore.toy.task import TASK_KINDS, PayloadTask, TaskBatch, TaskConfig, derive_seed
 
@@ -33,6 +36,16 @@ GRID_LATENT_DIMS = (3, 5, 7)
 # synchronisation (measured on a busy 2-core machine: 100 grid steps took 18 s with 1 thread, 320 s with 2). The caller
 # sets the threads: the chapters through qkcore.experiments.chapter.start_chapter (one thread), the benchmarks too.
 GRID_D_HEADS = (16, 8)
+# The training batches are drawn on a second Python thread while the heads train on the first (torch releases the
+# GIL inside its kernels, so the two use two cores). Drawing was 60% of the grid's time (measured: 37 s of 61 s).
+# Each task's generator is used by one thread only and in step order, so the batches are bit-identical to drawing
+# them inline (tests/toy/test_train.py checks it).
+PREFETCH = 3  # steps drawn ahead
+SAMPLER_THREADS = 2  # threads drawing batches (one core each while the training thread waits or computes)
+# The controls every toy chapter sets beside a trained head: the same head at initialisation ("untrained") and after
+# its first few optimiser steps ("early-stopped"), both taken from the one training run.
+UNTRAINED = "untrained"
+EARLY = "early-stopped"
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,8 @@ class TrainedGrid:
     best_val_loss: torch.Tensor  # (T, G)
     steps_run: int
     train_config: ToyTrainConfig
+    controls: dict[str, TrainedGrid] = field(default_factory=dict)  # UNTRAINED, EARLY → the same heads then
+    reference: torch.Tensor | None = None  # (T,) the ideal single head's accuracy on the same test sequences
     _models: dict = field(default_factory=dict, repr=False)
 
     def index(self, r1: int, r2: int, kind: str, d_head: int) -> tuple[int, int]:
@@ -199,15 +214,87 @@ def _per_model_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def train_grid(
-    tasks: list[PayloadTask], d_heads: tuple[int, ...] = GRID_D_HEADS, config: ToyTrainConfig = ToyTrainConfig()
+    tasks: list[PayloadTask],
+    d_heads: tuple[int, ...] = GRID_D_HEADS,
+    config: ToyTrainConfig = ToyTrainConfig(),
+    early_steps: int | None = None,
 ) -> TrainedGrid:
-    """Train one head per (task, d_head) in a single batched run; returns each head's best-validation state."""
+    """Train one head per (task, d_head) in a single batched run; returns each head's best-validation state.
+
+    With `early_steps`, the grid also carries two controls from the same run (`grid.controls`): every head at its
+    initialisation (UNTRAINED) and after `early_steps` optimiser steps (EARLY), each evaluated on the same test
+    sequences."""
     d_heads = tuple(d_heads)
     _check_tasks(tasks, d_heads)
-    return _train_grid(tasks, d_heads, config)
+    if early_steps is not None and not (
+        isinstance(early_steps, int) and not isinstance(early_steps, bool) and 1 <= early_steps < config.max_steps
+    ):
+        raise ValueError(f"early_steps must be an int in [1, max_steps = {config.max_steps}), got {early_steps!r}")
+    return _train_grid(tasks, d_heads, config, early_steps)
 
 
-def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyTrainConfig) -> TrainedGrid:
+class Prefetcher:
+    """Per-task draws for `steps` steps, made on `workers` background threads (each owns a fixed slice of the tasks
+    and uses their generators in step order, so the draws equal drawing inline), `PREFETCH` steps ahead.
+
+        for per_task in Prefetcher(tasks, gens, lambda t, g: t.sample(256, g), steps=1000): ...   # list of T draws
+    """
+
+    def __init__(self, tasks: list, gens: list, draw, steps: int, workers: int = SAMPLER_THREADS):
+        workers = max(1, min(workers, len(tasks)))
+        bounds = [round(w * len(tasks) / workers) for w in range(workers + 1)]
+        self._steps = steps
+        self._stop = threading.Event()
+        self._queues = [queue.Queue(maxsize=PREFETCH) for _ in range(workers)]
+        self._threads = [
+            threading.Thread(
+                target=self._run, args=(tasks[a:b], gens[a:b], draw, steps, q), daemon=True, name=f"toy-sampler-{w}"
+            )
+            for w, (a, b, q) in enumerate(zip(bounds, bounds[1:], self._queues))
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, tasks, gens, draw, steps, out: queue.Queue):
+        try:
+            for _ in range(steps):
+                item = [draw(t, g) for t, g in zip(tasks, gens)]
+                while not self._stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+        except BaseException as error:  # handed to the consuming thread, which raises it
+            out.put(error)
+
+    def next(self) -> list:
+        items = []
+        for q in self._queues:
+            part = q.get()
+            if isinstance(part, BaseException):
+                raise part
+            items.extend(part)
+        return items
+
+    def __iter__(self):
+        try:
+            for _ in range(self._steps):
+                yield self.next()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def _train_grid(
+    tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyTrainConfig, early_steps: int | None = None
+) -> TrainedGrid:
     c0 = tasks[0].config
     inits = [
         [
@@ -219,8 +306,12 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
         for t in tasks
     ]
     stack = HeadStack(len(tasks), d_heads, c0.d_model, c0.n_payloads, inits)
+    snapshots = {}
+    if early_steps is not None:
+        snapshots[UNTRAINED] = {k: v.detach().clone() for k, v in stack.named_parameters()}
     train_gens = [t.generator("train") for t in tasks]
     val = _stack_batches([t.sample(config.val_size, t.generator("val")) for t in tasks])
+    batches = Prefetcher(tasks, train_gens, lambda t, g: t.sample(config.batch_size, g), config.max_steps)
     opt = torch.optim.AdamW(stack.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     T, G = len(tasks), len(d_heads)
@@ -229,15 +320,19 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
     best_state = {k: v.detach().clone() for k, v in stack.named_parameters()}
     patience = torch.full((T, G), config.patience)
     step = 0
-    for step in range(config.max_steps):
-        for group in opt.param_groups:
-            group["lr"] = config.learning_rate(step)
-        x_q, x_ctx, label = _stack_batches([t.sample(config.batch_size, g) for t, g in zip(tasks, train_gens)])
-        loss = _per_model_loss(stack(x_q, x_ctx), label)  # (T, G)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        if (step + 1) % config.val_every == 0 or step + 1 == config.max_steps:
+    try:
+        for step in range(config.max_steps):
+            for group in opt.param_groups:
+                group["lr"] = config.learning_rate(step)
+            x_q, x_ctx, label = _stack_batches(batches.next())
+            loss = _per_model_loss(stack(x_q, x_ctx), label)  # (T, G)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            opt.step()
+            if step + 1 == early_steps:
+                snapshots[EARLY] = {k: v.detach().clone() for k, v in stack.named_parameters()}
+            if not ((step + 1) % config.val_every == 0 or step + 1 == config.max_steps):
+                continue
             with torch.no_grad():
                 val_loss = _per_model_loss(stack(val[0], val[1]), val[2])  # (T, G)
             active = patience > 0
@@ -251,10 +346,37 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
             )
             if not (patience > 0).any():
                 break
+    finally:
+        batches.close()
+    if early_steps is not None and EARLY not in snapshots:  # every head stopped before early_steps
+        snapshots[EARLY] = {k: v.detach().clone() for k, v in stack.named_parameters()}
+    control_stacks = {}
+    for name, state in snapshots.items():
+        control_stacks[name] = copy.deepcopy(stack)
+        with torch.no_grad():
+            for key, p in control_stacks[name].named_parameters():
+                p.copy_(state[key])
     with torch.no_grad():
         for name, p in stack.named_parameters():
             p.copy_(best_state[name])
-    accuracy = evaluate_heads(stack, tasks, config.test_size)
+    # one pass over the test sequences scores the heads, their controls and the ideal head
+    accuracy, *control_accuracy, reference = evaluate_heads(
+        [stack, *control_stacks.values()], tasks, config.test_size, reference=True
+    )
+    controls = {}
+    for (name, control), acc in zip(control_stacks.items(), control_accuracy):
+        at = 0 if name == UNTRAINED else min(early_steps, step + 1)
+        controls[name] = TrainedGrid(
+            tasks=list(tasks),
+            d_heads=d_heads,
+            stack=control,
+            accuracy=acc,
+            best_step=torch.full((len(tasks), len(d_heads)), at, dtype=torch.long),
+            best_val_loss=torch.full((len(tasks), len(d_heads)), math.nan),
+            steps_run=at,
+            train_config=config,
+            reference=reference,
+        )
     return TrainedGrid(
         tasks=list(tasks),
         d_heads=d_heads,
@@ -264,29 +386,66 @@ def _train_grid(tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyT
         best_val_loss=best_loss,
         steps_run=step + 1,
         train_config=config,
+        controls=controls,
+        reference=reference,
     )
 
 
 @torch.no_grad()
 def evaluate_heads(
-    stack: HeadStack, tasks: list[PayloadTask], n: int, stream: str = "test", chunk: int = 2048
-) -> torch.Tensor:
-    """Accuracy (T, G) of every head on n fresh sequences per task from the task's `stream` generator
-    (drawn in chunks of `chunk`, so memory stays small and the numbers do not depend on the stack)."""
+    stacks: HeadStack | list[HeadStack],
+    tasks: list[PayloadTask],
+    n: int,
+    stream: str = "test",
+    chunk: int = 2048,
+    reference: bool = False,
+):
+    """Accuracy (T, G) of every head on n fresh sequences per task from the task's `stream` generator (drawn in
+    chunks of `chunk`, so memory stays small and the numbers do not depend on the stack).
+
+    A list of stacks is scored on the same sequences, drawn once: returns a list of (T, G); with reference=True
+    the list ends with the ideal single head's accuracy (T,) on them (`qkcore.toy.ceiling.reference_correct`)."""
+    several = isinstance(stacks, (list, tuple))
+    stacks = list(stacks) if several else [stacks]
     gens = [t.generator(stream) for t in tasks]
-    correct = torch.zeros(len(tasks), len(stack.d_heads))
-    for start in range(0, n, chunk):
-        size = min(chunk, n - start)
-        x_q, x_ctx, label = _stack_batches([t.sample(size, g) for t, g in zip(tasks, gens)])
-        correct += (stack(x_q, x_ctx).argmax(-1) == label[:, None, :]).sum(-1)
-    return correct / n
+    correct = [torch.zeros(len(tasks), len(s.d_heads)) for s in stacks]
+    ideal = torch.zeros(len(tasks), dtype=torch.float64)
+    sizes = [min(chunk, n - start) for start in range(0, n, chunk)]
+    drawn = Prefetcher(tasks, gens, lambda t, g: t.sample(sizes[0], g), len(sizes)) if len(set(sizes)) == 1 else None
+    for size in sizes:
+        batches = drawn.next() if drawn else [t.sample(size, g) for t, g in zip(tasks, gens)]
+        x_q, x_ctx, label = _stack_batches(batches)
+        for s, c in zip(stacks, correct):
+            c += (s(x_q, x_ctx).argmax(-1) == label[:, None, :]).sum(-1)
+        if reference:
+            ideal += torch.tensor([reference_correct(t.config.n_payloads, b) for t, b in zip(tasks, batches)])
+    if drawn:
+        drawn.close()
+    out = [c / n for c in correct]
+    if reference:
+        out.append(ideal / n)
+    return out if several or reference else out[0]
 
 
 def train_one(
     r1: int, r2: int, kind: str, d_head: int, seed: int = 11, config: ToyTrainConfig = ToyTrainConfig()
 ) -> TrainedModel:
     """Train one head alone: the same model the grid holds for these settings (same batches, same init)."""
+    return train_with_controls(r1, r2, kind, d_head, seed, config)[0]
+
+
+def train_with_controls(
+    r1: int,
+    r2: int,
+    kind: str,
+    d_head: int,
+    seed: int = 11,
+    config: ToyTrainConfig = ToyTrainConfig(),
+    early_steps: int | None = None,
+) -> tuple[TrainedModel, dict[str, TrainedModel]]:
+    """`train_one`, and with `early_steps` its controls from the same run: {UNTRAINED: …, EARLY: …}."""
     if kind not in TASK_KINDS:
         raise ValueError(f"kind must be one of {TASK_KINDS}, got {kind!r}")
     task = PayloadTask(TaskConfig(r1=r1, r2=r2, kind=kind, seed=seed))
-    return train_grid([task], (d_head,), config).model_at(0, 0)
+    grid = train_grid([task], (d_head,), config, early_steps)
+    return grid.model_at(0, 0), {name: g.model_at(0, 0) for name, g in grid.controls.items()}

@@ -33,7 +33,7 @@ def figures():
             latent_dims=(3, 5),
             tasks=("binary", "gaussian"),
             d_heads=(8,),
-            max_steps=50,
+            max_steps=60,  # early_steps (50) must come before the end
             contrast_batches=2,
             test_size=256,
         )

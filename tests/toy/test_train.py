@@ -74,3 +74,32 @@ def test_bad_training_inputs_are_clear_errors():
     grid = train_grid(grid_tasks(latent_dims=(3,), kinds=("binary",)), (8,), SHORT)
     with pytest.raises(KeyError, match="no model"):
         grid.model(5, 5, "binary", 8)
+
+
+def test_prefetched_draws_equal_inline_draws():
+    from qkcore.toy.train import Prefetcher
+
+    tasks = grid_tasks(seed=2, latent_dims=(3, 5), kinds=("binary", "gaussian"))[:5]
+    inline_gens = [t.generator("train") for t in tasks]
+    inline = [[t.sample(8, g) for t, g in zip(tasks, inline_gens)] for _ in range(4)]
+    drawn = list(Prefetcher(tasks, [t.generator("train") for t in tasks], lambda t, g: t.sample(8, g), 4, workers=2))
+    assert len(drawn) == 4
+    for step_inline, step_drawn in zip(inline, drawn):
+        for a, b in zip(step_inline, step_drawn):
+            assert torch.equal(a.x_ctx, b.x_ctx) and torch.equal(a.label, b.label)
+
+
+def test_controls_come_from_the_same_run():
+    from qkcore.toy.train import EARLY, UNTRAINED
+
+    tasks = grid_tasks(seed=5, latent_dims=(3,), kinds=("binary",))
+    grid = train_grid(tasks, (8,), SHORT, early_steps=20)
+    assert set(grid.controls) == {UNTRAINED, EARLY}
+    untrained, early = grid.controls[UNTRAINED], grid.controls[EARLY]
+    fresh = random_stack(tasks, (8,))  # a different init: the untrained control must be this grid's own init
+    assert not torch.equal(untrained.stack.W_Q, fresh.W_Q)
+    assert not torch.equal(untrained.stack.W_Q, early.stack.W_Q) and not torch.equal(early.stack.W_Q, grid.stack.W_Q)
+    assert early.steps_run == 20 and untrained.steps_run == 0
+    assert untrained.accuracy.max() < 0.3 and grid.reference is not None
+    with pytest.raises(ValueError, match="early_steps"):
+        train_grid(tasks, (8,), SHORT, early_steps=SHORT.max_steps)

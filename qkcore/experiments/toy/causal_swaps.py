@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.tables import r3
-from qkcore.experiments.toy.model import ToyModelParams, train_and_analyse
+from qkcore.experiments.toy.model import CONTROLS, ToyModelParams, train_and_analyse
+from qkcore.experiments.toy.verdicts import Verdict, swap_verdict
 from qkcore.interventions import swap_in_subspace, swap_metrics
 from qkcore.params import require
 from qkcore.subspace import combine_bases, random_orthonormal
@@ -132,12 +133,13 @@ class SwapResult:
     n_trials: int  # trials used (sequences with an eligible i_target)
     n_without_target: int  # sequences left out: no position differs from the query in both z1 and z2
     n_distinct_payloads: int  # trials whose orig and target payloads differ (the base of follows_*)
+    controls: dict[str, dict]  # "untrained", "early-stopped" → accuracy, rank, flip rates on the same trials
 
 
 def run_causal_swaps(params: SwapParams, trained: tuple[TrainedModel, ModelAnalysis] | None = None) -> SwapResult:
     """Train and analyse the model (or reuse `trained`, see `train_and_analyse`), draw trials, and run every
     condition on the same trials."""
-    model, analysis = train_and_analyse(params, trained)
+    model, analysis, trained_controls = train_and_analyse(params, trained)
     head, task = model.head, model.task
     require(analysis.z1.rank >= 1 and analysis.z2.rank >= 1, "ΔC_z1 or ΔC_z2 is zero: nothing to swap")
     bases = {"z1": analysis.z1.key_basis, "z2": analysis.z2.key_basis}
@@ -187,6 +189,9 @@ def run_causal_swaps(params: SwapParams, trained: tuple[TrainedModel, ModelAnaly
     for col in ("target_shift", "flip_rate", "follows_target"):
         table[f"{col}_sd"] = random_sd[col].reindex(table.index).fillna(0.0)
     table["rank"] = table["rank"].astype(int)
+    controls = {
+        name: _control_swaps(*trained_controls[name], batch, orig, target, params.n_random) for name in CONTROLS
+    }
     rows_all = torch.arange(len(keep))
     distinct = int((batch.payloads[rows_all, orig] != batch.payloads[rows_all, target]).sum())
     return SwapResult(
@@ -198,7 +203,52 @@ def run_causal_swaps(params: SwapParams, trained: tuple[TrainedModel, ModelAnaly
         n_trials=len(keep),
         n_without_target=params.n_trials - len(keep),
         n_distinct_payloads=distinct,
+        controls=controls,
     )
+
+
+def _control_swaps(
+    model: TrainedModel, analysis: ModelAnalysis, batch: TaskBatch, orig: torch.Tensor, target: torch.Tensor, n: int
+) -> dict:
+    """A control head on the same trials: baseline argmax on orig, the flip rate of its own z1+z2 swap, and the
+    mean flip rate of `n` random subspaces of the same rank."""
+    head = model.head
+    before = swap_keys(head, batch, orig, target, None).attention
+    out = {
+        "accuracy": model.accuracy,
+        "rank": 0,
+        "argmax on orig before": float((before.argmax(-1) == orig).double().mean()),
+        "flip z1+z2": 0.0,
+        "flip random": 0.0,
+    }
+    if analysis.z1.rank == 0 or analysis.z2.rank == 0:
+        return out
+    basis = combine_bases([analysis.z1.key_basis, analysis.z2.key_basis])
+    gen = model.task.generator("swap-random-subspaces")
+    randoms = [
+        swap_metrics(
+            before,
+            swap_keys(head, batch, orig, target, random_orthonormal(head.d_head, basis.shape[1], gen)).attention,
+            orig,
+            target,
+        )["flip_rate"]
+        for _ in range(n)
+    ]
+    after = swap_keys(head, batch, orig, target, basis).attention
+    out.update(
+        rank=basis.shape[1],
+        **{"flip z1+z2": swap_metrics(before, after, orig, target)["flip_rate"], "flip random": sum(randoms) / n},
+    )
+    return out
+
+
+def verdicts(result: SwapResult) -> list[Verdict]:
+    """The z1+z2 swap, judged on the trained head and its controls (each with its own ΔC bases)."""
+    t = result.table
+    rank = int(t.loc["z1+z2", "rank"])
+    trained = (float(t.loc["z1+z2", "flip_rate"]), float(t.loc[f"random {rank}-d", "flip_rate"]))
+    controls = {n: (c["flip z1+z2"], c["flip random"]) for n, c in result.controls.items()}
+    return [swap_verdict(trained, controls)]
 
 
 def summary(result: SwapResult) -> dict[str, object]:
@@ -210,4 +260,9 @@ def summary(result: SwapResult) -> dict[str, object]:
             f"{row.attn_orig_after:.3f} → {row.attn_target_after:.3f}"
         )
         out[f"{name}: predicts the target's payload"] = r3(row.follows_target)
+    for name, c in result.controls.items():
+        out[f"{name} control: accuracy"] = r3(c["accuracy"])
+        out[f"{name} control: flip rate z1+z2 (rank {c['rank']}), random"] = (
+            f"{c['flip z1+z2']:.3f}, {c['flip random']:.3f}"
+        )
     return out

@@ -15,6 +15,7 @@ the signs of z₁ (orthants), whose means also sit on a hypercube's corners if t
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -22,7 +23,8 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.tables import r3
-from qkcore.experiments.toy.model import ToyModelParams, train_and_analyse
+from qkcore.experiments.toy.model import CONTROLS, ToyModelParams, train_and_analyse
+from qkcore.experiments.toy.verdicts import Verdict, cube_verdict
 from qkcore.params import require
 from qkcore.subspace import coordinates, pca
 from qkcore.toy.analysis import ModelAnalysis, activations
@@ -165,6 +167,7 @@ class CubeResult:
     match_rate: float  # share of codes whose query mean's most similar key mean (cosine) has the same code
     query_capture: float  # share of the spread of the full-space query code means that lies in span(U)
     key_capture: float  # same for the key code means and span(V)
+    controls: dict[str, dict]  # "untrained", "early-stopped" → accuracy, rank, key_geometry (None if rank 0)
 
     @property
     def n_points(self) -> int:
@@ -174,7 +177,7 @@ class CubeResult:
 def run_cube(params: CubeParams, trained: tuple[TrainedModel, ModelAnalysis] | None = None) -> CubeResult:
     """Train and analyse the model (or reuse `trained`, see `train_and_analyse`), project a fresh batch on the z₁
     bases, measure the cube, reduce to 3-D."""
-    model, analysis = train_and_analyse(params, trained)
+    model, analysis, trained_controls = train_and_analyse(params, trained)
     dec = analysis.z1
     require(
         dec.rank >= MIN_CUBE_R1,
@@ -189,6 +192,12 @@ def run_cube(params: CubeParams, trained: tuple[TrainedModel, ModelAnalysis] | N
     k_coords = coordinates(acts.k[rows, batch.target], dec.key_basis)  # (n, rank)
     codes = sign_codes(batch.z1[rows, batch.target])  # (n,)
 
+    controls = {}
+    for name in CONTROLS:
+        m, a = trained_controls[name]
+        k_ctl = activations(m, batch).k[rows, batch.target]
+        geometry = cube_geometry(coordinates(k_ctl, a.z1.key_basis), codes, params.r1) if a.z1.rank else None
+        controls[name] = {"accuracy": m.accuracy, "rank": a.z1.rank, "key_geometry": geometry}
     q_capture = _capture(acts.q, codes, params.r1, dec.query_basis)
     k_capture = _capture(acts.k[rows, batch.target], codes, params.r1, dec.key_basis)
     q_geo = cube_geometry(q_coords, codes, params.r1)
@@ -216,7 +225,21 @@ def run_cube(params: CubeParams, trained: tuple[TrainedModel, ModelAnalysis] | N
         match_rate=float((cos.argmax(1) == torch.arange(cos.shape[0])).double().mean()),
         query_capture=q_capture,
         key_capture=k_capture,
+        controls=controls,
     )
+
+
+def _cube_score(g: CubeGeometry | None) -> tuple[float, float]:
+    """(edge ratio, largest |corner angle − 90°|); a collapsed cube (no subspace) scores (inf, 90)."""
+    if g is None or not math.isfinite(g.edge_ratio):
+        return (math.inf, 90.0)
+    return (g.edge_ratio, max(90 - g.angle_min, g.angle_max - 90))
+
+
+def verdicts(result: CubeResult) -> list[Verdict]:
+    """The cube, judged on the trained head's key means and its controls'."""
+    controls = {n: _cube_score(c["key_geometry"]) for n, c in result.controls.items()}
+    return [cube_verdict(_cube_score(result.key_geometry), controls)]
 
 
 def _capture(x: torch.Tensor, codes: torch.Tensor, r: int, basis: torch.Tensor) -> float:
@@ -260,4 +283,17 @@ def summary(result: CubeResult) -> dict[str, object]:
         "variance kept by 3 PCs": r3(result.pca_variance.sum()),
         "smallest cosine(query mean, key mean) of a code": r3(result.match_cosines.min()),
         "codes whose query mean is nearest their own key mean": r3(result.match_rate),
+        **{f"{n} control: {k}": v for n, c in result.controls.items() for k, v in _control_numbers(c).items()},
+    }
+
+
+def _control_numbers(control: dict) -> dict[str, object]:
+    g = control["key_geometry"]
+    out = {"accuracy": r3(control["accuracy"]), "rank of ΔC_z1": control["rank"]}
+    if g is None:
+        return {**out, "key means": "no subspace (rank 0)"}
+    return {
+        **out,
+        "key means: edge ratio": r3(g.edge_ratio),
+        "key means: corner angles (deg)": f"{g.angle_min:.1f}–{g.angle_max:.1f}",
     }

@@ -5,8 +5,12 @@ r₂ = 5, d_head = 16, seed 11 (`qkcore.toy`). `ToyModelParams` holds the fields
 parameters subclass it and add their own. Training is deterministic and takes seconds, so each chapter re-trains.
 
     P = ToyModelParams(r1=3, r2=5, task="binary", d_head=16, seed=11)
-    model, analysis = train_and_analyse(P)     # TrainedModel; ModelAnalysis with .z1, .z2 Decompositions
-    V1 = analysis.z1.key_basis                  # (d_head, rank of ΔC_z1)
+    model, analysis, controls = train_and_analyse(P)   # TrainedModel; ModelAnalysis (.z1, .z2 Decompositions);
+    V1 = analysis.z1.key_basis                          # controls: {"untrained": (model, analysis), "early-stopped": …}
+
+The controls are the same head at initialisation and after `early_steps` optimiser steps of the same run
+(`qkcore.toy.train.train_grid`), analysed the same way: every toy claim is judged on the trained head and on them
+(`qkcore.experiments.toy.verdicts`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,10 @@ from typing import ClassVar, Literal
 from qkcore.params import check_types, require
 from qkcore.toy.analysis import ModelAnalysis, analyse_model
 from qkcore.toy.task import TASK_KINDS, TaskConfig
-from qkcore.toy.train import ToyTrainConfig, TrainedModel, train_one
+from qkcore.toy.train import EARLY, UNTRAINED, ToyTrainConfig, TrainedModel, train_with_controls
+
+CONTROLS = (UNTRAINED, EARLY)
+Analysed = tuple[TrainedModel, ModelAnalysis]
 
 N_PAYLOADS = TaskConfig().n_payloads
 D_MODEL = TaskConfig().d_model
@@ -43,10 +50,15 @@ class ToyModelParams:
     contrast_batch_size: int = 512
     lr: float = 1e-2
     max_steps: int = 1000
+    early_steps: int = 50
     preset: Literal["full", "quick"] = "full"
 
     def __post_init__(self):
         check_types(self)
+        require(
+            1 <= self.early_steps < self.max_steps,
+            f"early_steps must be between 1 and max_steps - 1 = {self.max_steps - 1}, got {self.early_steps}",
+        )
         require(self.task in TASK_KINDS, f"task must be one of {TASK_KINDS}, got {self.task!r}")
         require(self.r1 >= 1 and self.r2 >= 1, f"latent dims must be >= 1, got r1={self.r1}, r2={self.r2}")
         require(
@@ -67,14 +79,15 @@ class ToyModelParams:
 
 
 def train_and_analyse(
-    params: ToyModelParams, trained: tuple[TrainedModel, ModelAnalysis] | None = None
-) -> tuple[TrainedModel, ModelAnalysis]:
-    """Train the head (deterministic, seconds on one core) and decompose its ΔC_z₁ and ΔC_z₂.
+    params: ToyModelParams, trained: tuple | None = None
+) -> tuple[TrainedModel, ModelAnalysis, dict[str, Analysed]]:
+    """Train the head (deterministic, seconds on one core) with its two controls, and decompose ΔC_z₁ and ΔC_z₂ of
+    each. Returns (model, analysis, {UNTRAINED: (model, analysis), EARLY: (model, analysis)}).
 
-    `trained` = (model, analysis) from an earlier call with the same model fields skips the work (tests, or two
-    experiments on one model); a model whose task or d_head differs from `params` is an error."""
+    `trained` = the result of an earlier call with the same model fields skips the work (tests, or two experiments
+    on one model); a model whose task or d_head differs from `params` is an error."""
     if trained is not None:
-        model, analysis = trained
+        model, analysis, controls = trained
         c = model.config
         have = (c.r1, c.r2, c.kind, c.seed, model.d_head)
         want = (params.r1, params.r2, params.task, params.seed, params.d_head)
@@ -83,7 +96,12 @@ def train_and_analyse(
                 f"the trained model has (r1, r2, task, seed, d_head) = {have} but the parameters ask "
                 f"for {want}; pass trained=None to train the model the parameters describe"
             )
-        return model, analysis
-    model = train_one(params.r1, params.r2, params.task, params.d_head, params.seed, params.train_config())
-    analysis = analyse_model(model, params.energy, params.contrast_batches, params.contrast_batch_size)
-    return model, analysis
+        return model, analysis, controls
+    model, controls = train_with_controls(
+        params.r1, params.r2, params.task, params.d_head, params.seed, params.train_config(), params.early_steps
+    )
+
+    def analyse(m: TrainedModel) -> ModelAnalysis:
+        return analyse_model(m, params.energy, params.contrast_batches, params.contrast_batch_size)
+
+    return model, analyse(model), {name: (controls[name], analyse(controls[name])) for name in CONTROLS}

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from qkcore.experiments.tables import r3
-from qkcore.experiments.toy.model import ToyModelParams
+from qkcore.experiments.toy.model import CONTROLS, ToyModelParams, train_and_analyse
+from qkcore.experiments.toy.verdicts import Verdict, crosstalk_verdict
 from qkcore.params import require
 from qkcore.subspace import principal_angles
 from qkcore.toy.analysis import (
     ModelAnalysis,
-    analyse_model,
     expected_delta,
     ground_truth_maps,
     interaction_matrix,
@@ -27,7 +27,7 @@ from qkcore.toy.analysis import (
     subspace_angles,
 )
 from qkcore.toy.task import FACTORS
-from qkcore.toy.train import TrainedModel, train_one
+from qkcore.toy.train import TrainedModel
 
 
 @dataclass(frozen=True)
@@ -53,13 +53,27 @@ class WhyItWorksResult:
     relative_error: dict[str, float]  # ‖ΔC_est − E[ΔC]‖_F / ‖E[ΔC]‖_F per factor
     G: torch.Tensor  # (r1 + r2, r1 + r2) interaction matrix
     reference: float  # accuracy of the ideal single head on the model's test sequences
+    controls: dict[str, dict]  # "untrained", "early-stopped" → accuracy, ranks, largest angle, G, crosstalk
 
 
 def run_why_it_works(params: WhyItWorksParams) -> WhyItWorksResult:
     """Train (or re-train: deterministic, seconds) the model, estimate ΔC_z₁, ΔC_z₂ and compare with the analytic
     subspaces span(W_Q B_f), span(W_K A_f)."""
-    model = train_one(params.r1, params.r2, params.task, params.d_head, params.seed, params.train_config())
-    analysis = analyse_model(model, params.energy, params.contrast_batches, params.contrast_batch_size)
+    from qkcore.experiments.toy.rank_recovery import crosstalk
+
+    model, analysis, trained_controls = train_and_analyse(params)
+    controls = {}
+    for name in CONTROLS:
+        m, a = trained_controls[name]
+        G = interaction_matrix(m)
+        angles = subspace_angles(m, a) if a.z1.rank and a.z2.rank else {}
+        controls[name] = {
+            "accuracy": m.accuracy,
+            "ranks": (a.z1.rank, a.z2.rank),
+            "largest angle": max((float(v.max()) for v in angles.values()), default=float("nan")),
+            "G": G,
+            "crosstalk": crosstalk(G, params.r1),
+        }
     cross = {}
     for f, other in zip(FACTORS, reversed(FACTORS)):
         q_map, k_map = ground_truth_maps(model, other)
@@ -78,7 +92,16 @@ def run_why_it_works(params: WhyItWorksParams) -> WhyItWorksResult:
         relative_error=errors,
         G=interaction_matrix(model),
         reference=reference_accuracy(model.task, model.train_config.test_size),
+        controls=controls,
     )
+
+
+def verdicts(result: WhyItWorksResult) -> list[Verdict]:
+    """G's block structure, judged on the trained head and its controls."""
+    from qkcore.experiments.toy.rank_recovery import crosstalk
+
+    trained = round(crosstalk(result.G, result.model.config.r1), 4)
+    return [crosstalk_verdict(trained, {n: round(c["crosstalk"], 4) for n, c in result.controls.items()})]
 
 
 def summary(result: WhyItWorksResult) -> dict[str, object]:
@@ -99,4 +122,12 @@ def summary(result: WhyItWorksResult) -> dict[str, object]:
         "relative error of ΔC vs closed form, z1": r3(result.relative_error["z1"]),
         "relative error of ΔC vs closed form, z2": r3(result.relative_error["z2"]),
         "crosstalk of G": round(crosstalk(result.G, c.r1), 4),
+        **{f"{n} control: crosstalk of G": round(ctl["crosstalk"], 4) for n, ctl in result.controls.items()},
+        **{
+            f"{n} control: ranks, largest angle to the analytic spans (deg)": (
+                f"{ctl['ranks'][0]}, {ctl['ranks'][1]}; {ctl['largest angle']:.2f}"
+            )
+            for n, ctl in result.controls.items()
+        },
+        **{f"{n} control: accuracy": r3(ctl["accuracy"]) for n, ctl in result.controls.items()},
     }

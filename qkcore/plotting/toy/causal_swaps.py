@@ -12,10 +12,11 @@ import pandas as pd
 import seaborn as sns
 
 from qkcore.experiments.toy.causal_swaps import FACTOR_CONDITIONS, SwapResult
-from qkcore.plotting.style import WIDTH, palette
+from qkcore.plotting.style import palette
+from qkcore.plotting.toy import COLUMN
 
-ATTENTION = {"attn_orig_after": "on $i_{orig}$ (the true target $i^*$)", "attn_target_after": "on $i_{target}$"}
-RATES = {"flip_rate": "argmax moves to $i_{target}$", "follows_target": "prediction = $i_{target}$'s payload"}
+ATTENTION = {"attn_orig_after": "on $i_{orig}$ (= $i^*$)", "attn_target_after": "on $i_{target}$"}
+RATES = {"flip_rate": "argmax on $i_{target}$", "follows_target": "answer = its payload"}
 
 
 def condition_label(condition: str, rank: int) -> str:
@@ -43,7 +44,7 @@ def plot_causal_swaps(result: SwapResult):
     order = list(dict.fromkeys(rows["label"]))
     n_random = sum(label.startswith("random") for label in order)
     colours = palette(4)
-    fig, axes = plt.subplots(2, 1, figsize=(WIDTH, 6.4), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(2, 1, figsize=(COLUMN, 5.6), sharex=True, layout="constrained")
     panels = [
         (axes[0], ATTENTION, [colours[0], colours[3]], "mean attention after the swap"),
         (axes[1], RATES, [colours[2], colours[1]], "share of trials"),
@@ -80,8 +81,6 @@ def plot_causal_swaps(result: SwapResult):
         fontsize=9,
         color=colours[0],
     )
-    axes[0].set_title(
-        f"swapping the keys of $i_{{orig}}$ and $i_{{target}}$ inside a subspace ({result.n_trials} trials)"
-    )
-    axes[1].set_xlabel("subspace swapped (grey: random subspaces, mean ± sd over draws)")
+    axes[0].set_title(f"key swaps inside a subspace ({result.n_trials} trials)")
+    axes[1].set_xlabel("subspace swapped (grey: random, mean ± sd)")
     return fig

@@ -11,7 +11,8 @@ import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
 from qkcore.experiments.toy.cube import CubeResult, code_label, hypercube_edges
-from qkcore.plotting.style import SEQUENTIAL, WIDTH, palette
+from qkcore.plotting.style import SEQUENTIAL, palette
+from qkcore.plotting.toy import COLUMN
 
 
 def _code_colours(r: int):
@@ -35,7 +36,7 @@ def _axes3d(fig, position, result: CubeResult, elev: float, azim: float):
     ax.view_init(elev=elev, azim=azim)
     for i, axis in enumerate((ax.xaxis, ax.yaxis, ax.zaxis)):
         axis.set_ticklabels([])
-        axis.set_label_text(f"PC{i + 1} ({var[i]:.0%})", fontsize=10)
+        axis.set_label_text(f"PC{i + 1} ({var[i]:.0%})", fontsize=9)
         axis.labelpad = -8
     ax.set_box_aspect(None, zoom=0.92)
     return ax
@@ -59,7 +60,7 @@ def plot_cube_points(result: CubeResult, elev: float = 22, azim: float = -55):
     q_pts, k_pts = pts[:n], pts[n:]
     point_colours = [colours[c] for c in result.codes.tolist()]
     km = result.key_means_3d.numpy()
-    fig = plt.figure(figsize=(WIDTH * 0.85, 5.4))
+    fig = plt.figure(figsize=(COLUMN, 4.0))
     ax = _axes3d(fig, 111, result, elev, azim)
     ax.scatter(*q_pts.T, c=point_colours, marker="^", s=9, alpha=0.35, depthshade=False)
     ax.scatter(*k_pts.T, c=point_colours, marker="o", s=7, alpha=0.3, depthshade=False)
@@ -71,7 +72,7 @@ def plot_cube_points(result: CubeResult, elev: float = 22, azim: float = -55):
         Line2D([], [], marker="o", ls="-", ms=9, color="k", mfc="w", label="key mean"),
     ]
     _legend(fig, r, colours, extra)
-    fig.subplots_adjust(left=0.0, right=0.78, bottom=0.02, top=0.98)
+    fig.subplots_adjust(left=0.0, right=0.7, bottom=0.02, top=0.98)
     return fig
 
 
@@ -80,7 +81,7 @@ def plot_cube_means(result: CubeResult, elev: float = 22, azim: float = -55):
     r = result.r1
     colours = _code_colours(r)
     km, qm = result.key_means_3d.numpy(), result.query_means_3d.numpy()
-    fig = plt.figure(figsize=(WIDTH * 0.85, 5.4))
+    fig = plt.figure(figsize=(COLUMN, 4.0))
     ax = _axes3d(fig, 111, result, elev, azim)
     _draw_edges(ax, km, r, color="k", lw=1.5)
     _draw_edges(ax, qm, r, color="0.35", lw=1.1, ls="--")
@@ -91,5 +92,5 @@ def plot_cube_means(result: CubeResult, elev: float = 22, azim: float = -55):
         Line2D([], [], marker="^", ls="--", ms=8, color="0.35", mfc="w", label="query means"),
     ]
     _legend(fig, r, colours, extra)
-    fig.subplots_adjust(left=0.0, right=0.78, bottom=0.02, top=0.98)
+    fig.subplots_adjust(left=0.0, right=0.7, bottom=0.02, top=0.98)
     return fig

@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from qkcore.plotting.style import DIVERGING, MARKERS, WIDTH, palette
+from qkcore.plotting.style import DIVERGING, MARKERS, palette
+from qkcore.plotting.toy import COLUMN
 
 
 def plot_rank_heatmaps(table: pd.DataFrame):
@@ -24,13 +25,13 @@ def plot_rank_heatmaps(table: pd.DataFrame):
     off = (table.rank_z1 - table.r1) + (table.rank_z2 - table.r2)
     lim = max(1, int(off.abs().max()))
     n_rows, n_cols = len(kinds), len(d_heads)
-    cell = min(max(0.62, 2.0 / len(r2s)), (WIDTH - 2.8) / (n_cols * len(r2s)))  # inches; titles need 2 in
+    cell = min(0.6, (COLUMN - 1.4) / (n_cols * len(r2s)))  # inches per cell; the colour bar and labels need 1.4
     fig, axes = plt.subplots(
         n_rows,
         n_cols,
         squeeze=False,
         layout="constrained",
-        figsize=(min(WIDTH, cell * n_cols * len(r2s) + 2.8), cell * n_rows * len(r1s) + 1.0),
+        figsize=(COLUMN, max(2.4, cell * n_rows * len(r1s) + 0.9 * n_rows)),
     )
     for i, kind in enumerate(kinds):
         for j, dh in enumerate(d_heads):
@@ -46,9 +47,9 @@ def plot_rank_heatmaps(table: pd.DataFrame):
                 cmap=DIVERGING,
                 vmin=-lim,
                 vmax=lim,
-                annot=labels,
                 fmt="",
-                annot_kws={"fontsize": 10},
+                annot=labels if cell >= 0.4 else False,
+                annot_kws={"fontsize": 9},
                 cbar=False,
                 linewidths=0.5,
                 linecolor="0.85",
@@ -57,9 +58,9 @@ def plot_rank_heatmaps(table: pd.DataFrame):
                 square=True,
             )
             _fence(ax, planted > dh)
-            ax.set(title=f"{kind}, $d_{{head}}$ = {dh}", xlabel="$r_2$", ylabel="$r_1$")
+            ax.set(title=f"{kind}, $d_{{head}}$={dh}", xlabel="$r_2$", ylabel="$r_1$")
             ax.tick_params(rotation=0)
-    fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.6, label="recovered − planted (both factors)")
+    fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.6, label="recovered − planted")
     return fig
 
 
@@ -81,7 +82,7 @@ def plot_accuracy(table: pd.DataFrame):
     d_heads = list(dict.fromkeys(table.d_head))
     colours = palette(len(d_heads))
     fig, axes = plt.subplots(
-        len(kinds), 1, figsize=(WIDTH, 2.6 * len(kinds) + 0.4), squeeze=False, layout="constrained"
+        len(kinds), 1, figsize=(COLUMN, 2.4 * len(kinds) + 0.8), squeeze=False, layout="constrained"
     )
     for ax, kind in zip(axes[:, 0], kinds):
         sub = table[table.kind == kind]
@@ -97,11 +98,11 @@ def plot_accuracy(table: pd.DataFrame):
                 group.accuracy,
                 ls="",
                 marker=MARKERS[n % len(MARKERS)],
-                ms=7,
+                ms=6,
                 color=colours[n],
                 label=f"model, $d_{{head}}$ = {dh}",
             )
-        ax.set_xticks(x, [f"{a}, {b}" for a, b in zip(tasks.r1, tasks.r2)])
+        ax.set_xticks(x, [f"{a},{b}" for a, b in zip(tasks.r1, tasks.r2)])
         ax.set(xlabel="$r_1, r_2$", ylabel="held-out accuracy", title=f"{kind} task")
-    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=2 + len(d_heads))
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside upper center", ncol=2)
     return fig

@@ -13,7 +13,8 @@ import numpy as np
 import seaborn as sns
 import torch
 
-from qkcore.plotting.style import DIVERGING, WIDTH, palette, symmetric_limit
+from qkcore.plotting.style import DIVERGING, palette, symmetric_limit
+from qkcore.plotting.toy import COLUMN
 from qkcore.subspace import Decomposition
 
 
@@ -21,7 +22,7 @@ def plot_factor_spectra(decompositions: dict[str, Decomposition], energy: float,
     """Energy fractions σᵢ²/Σσ² of ΔC per factor on a log scale, the kept ones coloured, the largest discarded one
     marked: the gap between them is what makes the rank unambiguous."""
     fig, axes = plt.subplots(
-        1, len(decompositions), figsize=(WIDTH, 3.1), squeeze=False, sharey=True, layout="constrained"
+        1, len(decompositions), figsize=(COLUMN, 3.0), squeeze=False, sharey=True, layout="constrained"
     )
     kept_colour = palette(1)[0]
     for ax, (factor, dec) in zip(axes[0], decompositions.items()):
@@ -33,7 +34,7 @@ def plot_factor_spectra(decompositions: dict[str, Decomposition], energy: float,
         ax.text(
             0.97,
             0.95,
-            f"kept: the top {dec.rank} ({energy:.0%} rule)\n{note}",
+            f"kept: top {dec.rank}\n{note}",
             ha="right",
             va="top",
             transform=ax.transAxes,
@@ -54,7 +55,7 @@ def plot_angles(angles: dict[str, torch.Tensor], cross: dict[str, torch.Tensor] 
     """Principal angles (degrees, log scale) between each recovered basis and its analytic span (filled) and, for
     contrast, the other factor's span (hatched)."""
     own, other = palette(4)[0], palette(4)[3]
-    fig, ax = plt.subplots(figsize=(WIDTH, 3.3), layout="constrained")
+    fig, ax = plt.subplots(figsize=(COLUMN, 3.2), layout="constrained")
     labels, pos = [], 0.0
     for name, values in angles.items():
         xs = pos + np.arange(len(values))
@@ -70,13 +71,13 @@ def plot_angles(angles: dict[str, torch.Tensor], cross: dict[str, torch.Tensor] 
                 label="vs the other factor's span" if pos == 0 else None,
             )
         factor, side = name.split("/")
-        labels.append((pos + (len(values) - 1) / 2, f"$z_{factor[1:]}$, {side} basis"))
+        labels.append((pos + (len(values) - 1) / 2, f"$z_{factor[1:]}$\n{side}"))
         pos += len(values) + 1.5
     ax.set_xticks([p for p, _ in labels], [n for _, n in labels])
     ax.set(yscale="log", ylabel="principal angle (°, log)", ylim=(1e-3, 180))
     ax.set_yticks([1e-3, 1e-2, 1e-1, 1, 10, 90], ["0.001", "0.01", "0.1", "1", "10", "90"])
     ax.grid(axis="x", visible=False)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=1)
     return fig
 
 
@@ -86,7 +87,8 @@ def plot_interaction(G: torch.Tensor, r1: int):
     n = G.shape[0]
     names = [f"$z_1^{{({i + 1})}}$" for i in range(r1)] + [f"$z_2^{{({i + 1})}}$" for i in range(n - r1)]
     lim = symmetric_limit(G.numpy())
-    fig, ax = plt.subplots(figsize=(0.55 * n + 2.2, 0.5 * n + 1.2), layout="constrained")
+    cell = min(0.42, (COLUMN - 1.8) / n)  # inches per cell: the figure stays within the column
+    fig, ax = plt.subplots(figsize=(cell * n + 1.8, cell * n + 1.3), layout="constrained")
     labels = np.vectorize(lambda v: f"{round(v, 1) + 0.0:.1f}")(G.numpy())  # never "−0.0"
     sns.heatmap(
         G.numpy(),
@@ -94,7 +96,7 @@ def plot_interaction(G: torch.Tensor, r1: int):
         cmap=DIVERGING,
         vmin=-lim,
         vmax=lim,
-        annot=labels,
+        annot=labels if cell >= 0.33 else False,  # too small to write 9-pt numbers in: colour only
         fmt="",
         annot_kws={"fontsize": 9},
         xticklabels=names,
@@ -106,8 +108,8 @@ def plot_interaction(G: torch.Tensor, r1: int):
         line(r1, color="k", lw=1.5)
     ax.tick_params(rotation=0)
     ax.set(
-        xlabel="key latent $b$ (columns of $A$)",
-        ylabel="query latent $a$ (columns of $B$)",
+        xlabel="key latent $b$",
+        ylabel="query latent $a$",
         title="$G = (W_Q B)^\\top (W_K A)$",
     )
     return fig
