@@ -73,14 +73,25 @@ class View:
     umap: np.ndarray | None = None
 
 
-def collect(model, tokenizer, chat, prompts, head, batch_size, key_offset=0):
-    """q (n, d), k (n, P, d) and the answer clause (n,) of one head over prompts: what both views project."""
-    qs, ks, answers = [], [], []
+@dataclass(frozen=True)
+class Collected:
+    """q (n, d), k (n, P, d), the answer clause (n,) and each key's absolute token position in its prompt (n, P)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    answer: torch.Tensor
+    positions: torch.Tensor
+
+
+def collect(model, tokenizer, chat, prompts, head, batch_size, key_offset=0, answer_prefix="") -> Collected:
+    """One head's queries and box keys over prompts: what the views project."""
+    qs, ks, answers, pos = [], [], [], []
     for idx in iter_batches(len(prompts), batch_size):
-        enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
+        enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         vec = capture_binding(model, enc, [head])
         qs.append(vec.q[0]), ks.append(vec.k[0]), answers.append(enc.answer)
-    return torch.cat(qs), torch.cat(ks), torch.cat(answers)  # (n, d), (n, P, d), (n,)
+        pos.append(enc.keys - torch.as_tensor(enc.batch.offsets)[:, None])  # (b, P) position in the prompt
+    return Collected(torch.cat(qs), torch.cat(ks), torch.cat(answers), torch.cat(pos))
 
 
 def _view(
@@ -120,9 +131,9 @@ def order_view(
 ) -> View:
     """Every box's key (labelled by its clause index) and each query (labelled by the queried clause).
     collected: `collect(...)`'s output for these prompts, model and head, when already computed."""
-    q, k, answer = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
-    n, P, d = k.shape
-    return _view(decomposition, q, k.reshape(n * P, d), answer.numpy(), np.tile(np.arange(P), n))
+    c = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+    n, P, d = c.k.shape
+    return _view(decomposition, c.q, c.k.reshape(n * P, d), c.answer.numpy(), np.tile(np.arange(P), n))
 
 
 @torch.no_grad()
@@ -140,7 +151,42 @@ def lexical_view(
     collected=None,
 ) -> View:
     """The answer box's key and the query, both labelled by the queried object (index into OBJECTS)."""
-    q, k, answer = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+    c = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
     labels = np.array([OBJECTS.index(p.query_object) for p in prompts])
-    k_answer = k[torch.arange(len(prompts)), answer]  # (n, d)
-    return _view(decomposition, q, k_answer, labels, labels, umap_seed, umap_neighbours)
+    k_answer = c.k[torch.arange(len(prompts)), c.answer]  # (n, d)
+    return _view(decomposition, c.q, k_answer, labels, labels, umap_seed, umap_neighbours)
+
+
+@dataclass(frozen=True)
+class OrderBeyondPosition:
+    """On prompts with filler between clauses (clause index no longer fixed by position): kNN accuracy of the clause
+    from the keys' order coordinates (`keys`), from the absolute position alone (`position alone`, the most common
+    clause at each position, in sample) and from the keys with each position's mean removed (`beyond position`:
+    chance-level when the keys encode position, not order). chance = 1/n_pairs."""
+
+    keys: float
+    position_alone: float
+    beyond_position: float
+    chance: float
+    position_spread: float  # mean over clauses of the std of a clause's letter position (tokens)
+
+
+def order_beyond_position(decomposition: Decomposition, collected: Collected) -> OrderBeyondPosition:
+    """Decode the clause index from keys projected on the order subspace (first `rank` coordinates), with and
+    without the absolute position's information."""
+    from qkcore.experiments.binding.filler import position_alone_accuracy, remove_position_means
+
+    n, P, d = collected.k.shape
+    _, V = view_bases(decomposition)
+    r = max(decomposition.rank, 1)
+    x = (collected.k.reshape(n * P, d) @ V[:, :r]).numpy()
+    clauses = np.tile(np.arange(P), n)
+    pos = collected.positions.reshape(-1).numpy()
+    spread = float(collected.positions.double().std(0).mean())
+    return OrderBeyondPosition(
+        knn_accuracy(x, clauses),
+        position_alone_accuracy(pos, clauses),
+        knn_accuracy(remove_position_means(x, pos), clauses),
+        1 / P,
+        spread,
+    )
