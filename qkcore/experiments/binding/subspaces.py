@@ -30,7 +30,7 @@ from qkcore.lm import attention_layout
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import order_id_prompts, sample_prompt
 from qkcore.experiments.binding.gates import binding_gate
-from qkcore.experiments.verdicts import Verdict, rank_verdict
+from qkcore.experiments.verdicts import MATCHED, REPRODUCED, Verdict, rank_verdict
 from qkcore.params import require
 
 QUERY_CONCENTRATED = 0.99  # |q̄|²/E|q|² from which a rank-1 ΔC says nothing about the keys (issue 14)
@@ -47,7 +47,7 @@ class SubspaceParams(BindingParams):
     n_view_prompts: int = 200
     umap: bool = True
     umap_neighbours: int = 15
-    max_filler: int = 4
+    max_filler: int = 8
     QUICK: ClassVar[dict] = {"n_order_prompts": 200, "n_lexical_prompts": 200, "n_view_prompts": 100, "umap": False}
 
     def __post_init__(self):
@@ -182,6 +182,12 @@ def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
                     claim, model_label(a), name, int(decs["trained"].rank), d_head // 4,
                     conc >= QUERY_CONCENTRATED, numbers,
                 )
+                low = [c for c in ("shuffled-label rank", "random-init rank") if 1 <= numbers[c] <= d_head // 4]
+                if v.verdict == REPRODUCED and low:  # a control's ΔC is as low-rank: the rank singles out nothing
+                    v = Verdict(
+                        claim, v.model, name, MATCHED,
+                        v.rule + "; matched by a control when a control's ΔC is low rank too", v.numbers,
+                    )
             out.append(v)
     return out
 
