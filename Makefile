@@ -33,9 +33,13 @@ $(STAMP): pyproject.toml Makefile
 # Each chapter in _toc.yml order; a variant (book/variants.yml) is its source notebook run with other parameters.
 book: $(STAMP)
 	@$(PY) scripts/chapters.py --plan | while read nb src params; do \
-	  echo "executing $$nb $${src:+(from $$src with $$params)}"; \
-	  $(PY) -m papermill --cwd $$(dirname $$nb) -k python3 $${src:-$$nb} $$nb --log-level WARNING \
-	    $${src:+-y "$$params"} || exit 1; \
+	  if [ -n "$$src" ]; then \
+	    echo "executing $$nb (a variant of $$src with $$params)"; \
+	    $(PY) scripts/make_variant.py $$(basename $$nb .ipynb) || exit 1; \
+	  else \
+	    echo "executing $$nb"; \
+	    $(PY) -m papermill --cwd $$(dirname $$nb) -k python3 $$nb $$nb --log-level WARNING || exit 1; \
+	  fi; \
 	done
 	$(MAKE) html
 

@@ -26,7 +26,7 @@ def _files(node) -> list[str]:
     return out
 
 
-LAST = ("results",)  # pages that read what the other chapters recorded: executed after all of them
+LAST = ("compare_filter", "compare_binding", "results")  # pages that read what the other chapters recorded: last
 
 
 def chapters() -> list[Path]:

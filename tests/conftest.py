@@ -20,7 +20,7 @@ CHAT_TEMPLATE = (
 def one_thread():
     """The book's thread policy (one torch thread) for every test: the same numbers as the chapters, and no
     oversubscription of the 2-core machines."""
-    start_chapter()
+    start_chapter(cache=False)  # tests gather afresh; the chapters they execute cache as the book does
 
 
 @pytest.fixture(scope="session")

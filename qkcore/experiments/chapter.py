@@ -11,6 +11,7 @@ bigger machine may pass threads=None to keep torch's default.
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -23,10 +24,19 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 
-def start_chapter(threads: int | None = 1) -> None:
-    """Set torch's intra-op threads (None: leave them) and install the chapters' warning filter."""
+def start_chapter(threads: int | None = 1, cache: bool | None = None) -> None:
+    """Set torch's intra-op threads (None: leave them), install the chapters' warning filter, and cache what the
+    chapter gathers from a model (qkcore.lm.gather_cache: each identical gather_qk call runs once per machine;
+    identical numbers cold or warm). cache=None: from the environment's QKCORE_GATHER_CACHE ("0": off; a folder:
+    cache there; unset or "1": the default folder, $QKCORE_CACHE/gather)."""
     if threads is not None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         torch.set_num_threads(threads)
     quiet_warnings()
+    from qkcore.lm.gather_cache import enable_gather_cache
+
+    setting = os.environ.get("QKCORE_GATHER_CACHE", "1")
+    if cache is None:
+        cache = setting != "0"
+    enable_gather_cache((None if setting in ("", "1") else setting) if cache else False)

@@ -1,302 +1,143 @@
-"""The results at a glance (book/results.ipynb): one row per checkable claim of the paper (PAPER.md, "Claims"), with
-the numbers each executed chapter recorded (qkcore.experiments.results) and a verdict in plain words.
+"""The results at a glance (book/results.ipynb): one short row per claim of the paper and model, with the verdict each
+executed chapter recorded through qkcore.experiments.verdicts, the rule that chose it in words, the numbers that
+decided it and a link to the page. This module decides nothing: every verdict was decided by its chapter, by the
+one verdict module; nothing is read from notebook text.
 
-    table = claims_table(load_results("results"))      # pandas DataFrame, one row per claim
+    rows = glance_rows(load_results("results"))       # one dict per (claim, model, head) verdict
+    html = glance_html(rows)                           # the page's table, as wide as the column
 
-Verdicts: "reproduced"; "reproduced, but a control shows it too"; "not reproduced"; "not testable here". The toy
-claims' verdicts follow from the recorded numbers by the rules in each function's docstring; the language-model
-chapters record their own verdicts (their `verdict: …` keys), computed by rules their modules state. A chapter that
-has not recorded its numbers gives "not run".
+A claim of the paper that no page judged on a model the book runs gets no row; claim 11 (Qwen3-4B) is listed as
+"not testable here" (its weights cannot be fetched where the book is built).
 """
 
 from __future__ import annotations
 
-import re
+import html as _html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import pandas as pd
-
+from qkcore.experiments.verdicts import (
+    CLAIMS,
+    CONTROL_BETTER,
+    IMPLIED,
+    MATCHED,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    REPRODUCED,
+    UNDEFINED,
+)
 from qkcore.params import check_types
 
-REPRODUCED = "reproduced"
-SHOWN_BY_CONTROL = "reproduced, but a control shows it too"
-NOT_REPRODUCED = "not reproduced"
-NOT_TESTABLE = "not testable here"
-NOT_RUN = "not run"
+# The paper's claims (PAPER.md, "Claims a reproduction checks"): number → (short title, the paper's setting).
+PAPER_CLAIMS: dict[int, tuple[str, str]] = {
+    1: ("Toy rank recovery", "rank(ΔC_z1) = r1, rank(ΔC_z2) = r2 for r1, r2 ∈ {3, 5, 7}, d_head 16"),
+    2: ("Analytic form of ΔC", "U, V span W_Q B₁, W_K A₁ (App. B)"),
+    3: ("Toy geometry: a cube", "r1 = 3: the 8 codes' key means on a cube, queries at the matching corners"),
+    4: ("Interaction matrix", "G = (W_Q B)ᵀ(W_K A) is block-diagonal"),
+    5: ("Toy causal swap", "a swap in V₁ ⊕ V₂ moves attention; random subspaces do not"),
+    6: ("Filter heads: subspaces", "Llama-3.1-8B L16H19, L20H26, L20H14: rank 1 per category; keys cluster"),
+    7: ("Filter intervention", "a swap in the category key subspace moves attention; a random one does not"),
+    8: ("Binding subspaces", "L16H21, 9 pairs: order-ID and lexical ΔC low rank; views order and separate"),
+    9: ("Binding intervention", "L16H1, L16H19, L17H24: order, lexical, both move attention; random does not"),
+    10: ("Attribution", "L16H1, 4 boxes: order and lexical parts explain the answer box's logit"),
+    11: ("Generalisation", "the same findings on Qwen3-4B-Instruct"),
+}
+
+# Badge colours (background, text) by verdict: green only for a result that no control matches.
+BADGES = {
+    REPRODUCED: ("#1a7f37", "#ffffff"),
+    MATCHED: ("#bf8700", "#ffffff"),
+    CONTROL_BETTER: ("#bc4c00", "#ffffff"),
+    NOT_REPRODUCED: ("#cf222e", "#ffffff"),
+    NOT_TESTABLE: ("#6e7781", "#ffffff"),
+    UNDEFINED: ("#6e7781", "#ffffff"),
+    IMPLIED: ("#8250df", "#ffffff"),
+}
+
+GENERALISATION = {
+    "claim": "generalisation",
+    "number": 11,
+    "model": "Qwen3-4B-Instruct",
+    "head": None,
+    "verdict": NOT_TESTABLE,
+    "rule": "its weights cannot be fetched where the book is built; `-p model Qwen/Qwen3-4B-Instruct-2507` runs "
+    "every language-model chapter on it elsewhere",
+    "numbers": {},
+    "page": None,
+}
 
 
-def _get(results: dict, chapter: str, key: str, default=None):
-    return results.get(chapter, {}).get(key, default)
-
-
-def _fraction(text: str | None) -> tuple[int, int] | None:
-    if not isinstance(text, str) or "/" not in text:
-        return None
-    a, b = text.split("/")
-    return int(a), int(b)
-
-
-def _verdicts(results: dict, chapter: str, prefix: str) -> list[str]:
-    return [f"{v}" for k, v in results.get(chapter, {}).items() if k.startswith(f"verdict: {prefix}")]
-
-
-def _lm_cell(results: dict, chapter: str, keys: list[str]) -> str:
-    if chapter not in results:
-        return NOT_RUN
-    numbers = results[chapter]
-    parts = [f"{k}: {_show(numbers[k])}" for k in keys if k in numbers]
-    return "; ".join(parts) if parts else "see the chapter"
-
-
-def _show(value) -> str:
-    if isinstance(value, list):
-        return "(" + ", ".join(_show(v) for v in value) + ")"
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-def _lm_verdict(results: dict, chapters: list[str], prefix: str) -> str:
-    """ "organism: …, SmolLM2: …" from the chapters' recorded `verdict: <prefix>…` keys."""
-    found = [
-        f"{'SmolLM2' if name.endswith('_smollm2') else 'organism'}: {v}"
-        for name in chapters
-        for v in _verdicts(results, name, prefix)
-    ]
-    return ", ".join(found) if found else NOT_RUN
-
-
-def _heads_keys(results: dict, chapter: str, pattern: str) -> list[str]:
-    return [k for k in results.get(chapter, {}) if pattern in k]
-
-
-def page_verdicts(notebook: str | Path) -> list[str]:
-    """The verdicts an executed page states in bold ("**Verdict: …**", glued from its own numbers by the binding
-    chapters' rules): read from the notebook's outputs, so the glance page repeats them and never retypes them."""
-    path = Path(notebook)
-    if not path.is_file():
-        return []
-    return sorted(set(re.findall(r"\*\*Verdict: (.*?)\.\*\*", path.read_text())))
-
-
-def claims_table(results: dict, pages: str | Path | None = None) -> pd.DataFrame:
-    """One row per claim: paper (the paper's setting), book (where the book runs it), figure (the book's numbers),
-    controls, verdict, section (a link). Numbers come from `results` ({chapter: numbers}); nothing is retyped. The
-    binding chapters' verdicts are read from their executed pages in `pages` (book/) when given."""
+def glance_rows(results: dict[str, dict]) -> list[dict]:
+    """Every recorded verdict ({page: numbers} from load_results), ordered by claim number, claim, page, head; plus
+    claim 11. Each row: claim, number, model, head, verdict, rule, numbers, page (the page that recorded it)."""
     rows = []
+    for page, numbers in results.items():
+        for v in numbers.get("verdicts", []):
+            if v.get("claim") not in CLAIMS:
+                raise ValueError(f"{page}.json records a verdict on an unknown claim {v.get('claim')!r}")
+            rows.append({**v, "number": CLAIMS[v["claim"]], "page": page})
+    claim_order = {c: i for i, c in enumerate(CLAIMS)}
+    rows.sort(key=lambda r: (r["number"], claim_order[r["claim"]], r["page"], r["head"] or ""))
+    return rows + [GENERALISATION]
 
-    # 1. rank recovery: reproduced when every d_head 16 model recovers (r1, r2) exactly
-    exact16 = _fraction(_get(results, "rank_recovery", "d_head 16: exact rank recovery"))
-    rows.append(
-        {
-            "claim": "1. Toy rank recovery",
-            "paper": "single-head toy, r1, r2 ∈ {3, 5, 7}, both tasks, d_head 16 (and 8)",
-            "book": "the same 36 models (toy)",
-            "figure": _lm_cell(
-                results,
-                "rank_recovery",
-                ["d_head 16: exact rank recovery", "d_head 8, r1 + r2 <= 8: exact", "d_head 8, r1 + r2 > 8: exact"],
-            ),
-            "controls": "d_head 8 with r1 + r2 > 8 is expected to fail (the factors cannot both fit)",
-            "verdict": NOT_RUN if exact16 is None else REPRODUCED if exact16[0] == exact16[1] else NOT_REPRODUCED,
-            "section": "[Rank recovery](rank_recovery.ipynb)",
-        }
+
+def badge(verdict: str) -> str:
+    bg, fg = BADGES[verdict]
+    return (
+        f'<span class="verdict-badge" style="background:{bg};color:{fg};border-radius:0.6em;padding:0 0.45em;'
+        f'white-space:nowrap">{_html.escape(verdict)}</span>'
     )
 
-    # 2. analytic form: reproduced when the recovered spans lie within 5° of the analytic ones
-    angle = _get(results, "why_it_works", "largest principal angle to the analytic spans (deg)")
-    rows.append(
-        {
-            "claim": "2. Analytic form of ΔC (App. B)",
-            "paper": "ΔC(z1) ≈ W_Q B₁ Σ A₁ᵀ W_Kᵀ; U, V span W_Q B₁, W_K A₁",
-            "book": "toy, r1 = 3, r2 = 5, d_head 16",
-            "figure": _lm_cell(
-                results,
-                "why_it_works",
-                ["largest principal angle to the analytic spans (deg)", "relative error of ΔC vs closed form, z1"],
-            ),
-            "controls": _lm_cell(results, "why_it_works", ["smallest angle to the other factor's spans (deg)"]),
-            "verdict": NOT_RUN if angle is None else REPRODUCED if angle < 5 else NOT_REPRODUCED,
-            "section": "[Why it works](why_it_works.ipynb)",
-        }
-    )
 
-    # 3. cube: reproduced when each code's query mean is nearest its own key mean and the edges are even (< 1.5)
-    ratio = _get(results, "cube", "key means: edge ratio")
-    match = _get(results, "cube", "codes whose query mean is nearest their own key mean")
-    rows.append(
-        {
-            "claim": "3. Toy geometry: a cube",
-            "paper": "r1 = 3: key means of the 8 codes on a cube's vertices, queries at the matching vertices",
-            "book": "toy, r1 = 3, r2 = 5",
-            "figure": _lm_cell(
-                results,
-                "cube",
-                [
-                    "key means: edge ratio",
-                    "key means: corner angles (deg)",
-                    "codes whose query mean is nearest their own key mean",
-                ],
-            ),
-            "controls": "a perfect cube has edge ratio 1 and 90° corners",
-            "verdict": NOT_RUN if ratio is None else REPRODUCED if ratio < 1.5 and match == 1.0 else NOT_REPRODUCED,
-            "section": "[The cube](cube.ipynb)",
-        }
-    )
+def _numbers(numbers: dict, limit: int = 4) -> str:
+    """The deciding numbers, at most `limit`, one interval style: 0.412 [0.301, 0.520]."""
+    parts = [f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in list(numbers.items())[:limit]]
+    return _html.escape("; ".join(parts))
 
-    # 4. interaction matrix: reproduced when less than 5% of G's energy lies off the z1–z1, z2–z2 blocks
-    cross = _get(results, "why_it_works", "crosstalk of G")
-    rows.append(
-        {
-            "claim": "4. Interaction matrix G is block-diagonal",
-            "paper": "G = (W_Q B)ᵀ(W_K A): z1–z1 and z2–z2 blocks",
-            "book": "toy, r1 = 3, r2 = 5, d_head 16",
-            "figure": _lm_cell(results, "why_it_works", ["crosstalk of G"]),
-            "controls": "—",
-            "verdict": NOT_RUN if cross is None else REPRODUCED if cross < 0.05 else NOT_REPRODUCED,
-            "section": "[Why it works](why_it_works.ipynb)",
-        }
-    )
 
-    # 5. toy swap: reproduced when the z1+z2 swap flips more than twice as often as a random 8-d subspace
-    both = _get(results, "causal_swaps", "z1+z2 (rank 8): flip rate")
-    rand8 = _get(results, "causal_swaps", "random 8-d (rank 8): flip rate")
-    rows.append(
-        {
-            "claim": "5. Toy causal swap",
-            "paper": "swap in V₁ ⊕ V₂ moves attention; V₁, V₂ alone partly; random subspaces do not",
-            "book": "toy, r1 = 3, r2 = 5, d_head 16",
-            "figure": _lm_cell(
-                results,
-                "causal_swaps",
-                ["z1+z2 (rank 8): flip rate", "z1 (rank 3): flip rate", "z2 (rank 5): flip rate"],
-            ),
-            "controls": _lm_cell(
-                results, "causal_swaps", ["random 3-d (rank 3): flip rate", "random 8-d (rank 8): flip rate"]
-            ),
-            "verdict": NOT_RUN if both is None else REPRODUCED if both > 2 * rand8 else NOT_REPRODUCED,
-            "section": "[Causal swaps](causal_swaps.ipynb)",
-        }
-    )
+def glance_html(rows: list[dict]) -> str:
+    """The table: per claim a header row (the paper's claim and setting), then one row per verdict with its model
+    (and head), badge, deciding numbers and link; the rule in words once per claim where the pages share it."""
+    out = [
+        '<table class="glance" style="table-layout: fixed; width: 100%; overflow-wrap: anywhere; font-size: 0.85em">',
+        '<colgroup><col style="width: 24%"><col style="width: 20%"><col style="width: 56%"></colgroup>',
+        "<thead><tr><th>model, head</th><th>verdict</th><th>deciding numbers</th></tr></thead><tbody>",
+    ]
+    current, rule = None, None
+    for r in rows:
+        if (r["number"], r["claim"]) != current:
+            current = (r["number"], r["claim"])
+            title, setting = PAPER_CLAIMS[r["number"]]
+            rule = r["rule"]
+            out.append(
+                f'<tr><th colspan="3" style="text-align:left">{r["number"]}. {_html.escape(title)}: '
+                f"{_html.escape(r['claim'])}<br><small>paper: {_html.escape(setting)}</small><br>"
+                f"<small>rule: {_html.escape(rule)}</small></th></tr>"
+            )
+        who = _html.escape(r["model"]) + (f", {_html.escape(r['head'])}" if r["head"] else "")
+        if r["page"]:
+            who = f'<a href="{r["page"]}.html">{who}</a>'
+        detail = _numbers(r["numbers"])
+        if r["rule"] != rule:  # this page's rule differs from the claim's (a gate, a floor): say it on the row
+            detail = f"<em>{_html.escape(r['rule'])}</em>" + (f"; {detail}" if detail else "")
+        out.append(f"<tr><td>{who}</td><td>{badge(r['verdict'])}</td><td>{detail}</td></tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
 
-    lm_filter = ["filter_heads", "filter_heads_smollm2"]
-    rows.append(
-        {
-            "claim": "6. Filter heads: low-rank ΔC, keys cluster by category",
-            "paper": "Llama-3.1-8B-Instruct, L16H19, L20H26, L20H14; rank 1 per category; PCA clusters",
-            "book": "filter-5x5 organism; SmolLM2-135M-Instruct",
-            "figure": "; ".join(
-                f"{n}: " + _lm_cell(results, n, _heads_keys(results, n, "key η² (model)")) for n in lm_filter
-            ),
-            "controls": "; ".join(
-                f"{n}: " + _lm_cell(results, n, _heads_keys(results, n, "key η² (shuffled labels)")) for n in lm_filter
-            ),
-            "verdict": "rank 1 per category: "
-            + _lm_verdict(results, lm_filter, "rank 1")
-            + ". Keys cluster by category: "
-            + _lm_verdict(results, lm_filter, "keys cluster"),
-            "section": "[Filter heads](filter_heads.ipynb), [SmolLM2](filter_heads_smollm2.ipynb)",
-        }
-    )
-    rows.append(
-        {
-            "claim": "7. Filter intervention",
-            "paper": "swap in the category key subspace moves attention; random subspace does not",
-            "book": "filter-5x5 organism; SmolLM2-135M-Instruct",
-            "figure": "; ".join(
-                f"{n}: " + _lm_cell(results, n, _heads_keys(results, n, "(category subspace)")) for n in lm_filter
-            ),
-            "controls": "; ".join(
-                f"{n}: "
-                + _lm_cell(
-                    results, n, [k for k in results.get(n, {}) if "swap flip rate (" in k and "category" not in k]
-                )
-                for n in lm_filter
-            ),
-            "verdict": _lm_verdict(results, lm_filter, "swap"),
-            "section": "[Filter heads](filter_heads.ipynb), [SmolLM2](filter_heads_smollm2.ipynb)",
-        }
-    )
 
-    # 8–10: the binding chapters record their numbers and their own verdicts ("verdict: …" keys); the book's two
-    # binding models are the organism and SmolLM2 (a negative control: it binds at chance)
-    binding = (
-        (
-            8,
-            "Binding subspaces",
-            "L16H21, 9 pairs: ΔC_order and ΔC_lex low rank; views order keys by position and separate objects",
-            "binding_subspaces",
-            ("rank (trained", "kNN"),
-            ("rank (trained",),
-        ),
-        (
-            9,
-            "Binding intervention",
-            "L16H1, L16H19, L17H24: order, lexical, both move attention; random does not",
-            "binding_interventions",
-            ("flip rate, order", "flip rate, lexical"),
-            ("flip rate, random (", "flip rate, top key", "flip rate, shuffled"),
-        ),
-        (
-            10,
-            "Attribution",
-            "L16H1, 4 boxes: order + lexical + residual = logit; order and lexical explain most",
-            "attribution",
-            ("explained fraction, trained", "letter accuracy"),
-            ("explained fraction, shuffled", "explained fraction, random"),
-        ),
-    )
-    for number, claim, paper, chapter, shown, controls in binding:
-        names = [chapter, f"{chapter}_smollm2"]
-
-        def pick(name: str, patterns: tuple[str, ...]) -> str:
-            keys = [
-                k
-                for k in results.get(name, {})
-                if any(pat in k for pat in patterns)
-                and "shuffled" not in k
-                or any(pat in k for pat in patterns if "shuffled" in pat)
-            ]
-            return f"{name}: " + _lm_cell(results, name, keys[:3])  # the first studied head
-
-        rows.append(
-            {
-                "claim": f"{number}. {claim}",
-                "paper": paper,
-                "book": "binding organism (trained with attention hints); SmolLM2-135M-Instruct (binds at chance: a "
-                "negative control)",
-                "figure": "; ".join(pick(n, shown) for n in names),
-                "controls": "; ".join(pick(n, controls) for n in names),
-                "verdict": "; ".join(
-                    f"{'organism' if n == chapter else 'SmolLM2 (binds at chance)'}: {v}"
-                    for n in names
-                    for v in (page_verdicts(Path(pages) / f"{n}.ipynb") if pages is not None else [])
-                )
-                or _lm_verdict(results, names, ""),
-                "section": f"[{claim}]({chapter}.ipynb), [SmolLM2]({chapter}_smollm2.ipynb)",
-            }
-        )
-
-    rows.append(
-        {
-            "claim": "11. The same on Qwen3-4B-Instruct",
-            "paper": "Qwen3-4B-Instruct-2507",
-            "book": "—",
-            "figure": "—",
-            "controls": "—",
-            "verdict": NOT_TESTABLE,
-            "section": "its weights cannot be fetched where the book is built; `-p model Qwen/Qwen3-4B-Instruct-2507` "
-            "runs every language-model chapter on it where they can",
-        }
-    )
-    return pd.DataFrame(rows).set_index("claim")
+def verdict_counts(rows: list[dict]) -> dict[str, dict[str, int]]:
+    """{model: {verdict: count}} over all rows: the page's one-line summary per model."""
+    out: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts = out.setdefault(r["model"], {})
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    return out
 
 
 @dataclass(frozen=True)
 class GlanceParams:
-    """results_dir: where the chapters recorded their numbers (relative to book/)."""
+    """results_dir: where the chapters recorded their numbers (relative to book/); it must exist and hold them."""
 
     results_dir: str = "results"
     preset: Literal["full", "quick"] = "full"
@@ -304,23 +145,41 @@ class GlanceParams:
 
     def __post_init__(self):
         check_types(self)
+        path = Path(self.results_dir)
+        if not path.is_dir() or not any(path.glob("*.json")):
+            raise ValueError(
+                f"results_dir {self.results_dir!r} holds no recorded results (resolved to {path.resolve()}): give the "
+                "folder the chapters wrote with `record(...)` (book/results, relative to book/), or run the chapters"
+            )
 
 
-def as_html(table: pd.DataFrame) -> str:
-    """The table as HTML with the section column's markdown links turned into links to the built pages."""
-    out = table.copy()
-    if "section" not in out.columns:
-        return _fit(out.to_html(escape=False, classes="glance"))
-    out["section"] = out["section"].str.replace(
-        r"\[([^\]]+)\]\(([\w_]+)\.ipynb\)", r'<a href="\2.html">\1</a>', regex=True
-    )
-    return _fit(out.to_html(escape=False, classes="glance"))
+PARTS = {"filter": ("filter:",), "binding": ("binding:", "attribution:")}
 
 
-def _fit(html: str) -> str:
-    """A table as wide as the page's column, its long cells wrapped instead of pushing it sideways."""
-    return html.replace(
-        '<table border="1" class="dataframe glance">',
-        '<table border="1" class="dataframe glance" style="table-layout: fixed; width: 100%; '
-        'overflow-wrap: anywhere; font-size: 0.85em">',
-    )
+def comparison_html(rows: list[dict], part: str) -> str:
+    """One part of the book (filter or binding) with its models side by side: a row per claim, a column per model,
+    each cell the verdict of every head that model's pages studied with its first deciding numbers. Models in the
+    order their pages were recorded (organism, then the real models)."""
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {list(PARTS)}, got {part!r}")
+    mine = [r for r in rows if r["claim"].startswith(PARTS[part])]
+    models = list(dict.fromkeys(r["model"] for r in mine))
+    width = 76 // max(1, len(models))
+    out = [
+        '<table class="glance" style="table-layout: fixed; width: 100%; overflow-wrap: anywhere; font-size: 0.85em">',
+        '<colgroup><col style="width: 24%">' + f'<col style="width: {width}%">' * len(models) + "</colgroup>",
+        "<thead><tr><th>claim</th>" + "".join(f"<th>{_html.escape(m)}</th>" for m in models) + "</tr></thead><tbody>",
+    ]
+    for claim in dict.fromkeys(r["claim"] for r in mine):
+        cells = []
+        for m in models:
+            parts = []
+            for r in (r for r in mine if r["claim"] == claim and r["model"] == m):
+                head = f"{_html.escape(r['head'])}: " if r["head"] else ""
+                link = f'<a href="{r["page"]}.html">{head or "page"}</a> ' if r["page"] else head
+                parts.append(f"{link}{badge(r['verdict'])}<br><small>{_numbers(r['numbers'], 2)}</small>")
+            cells.append("<br>".join(parts) or "—")
+        number = CLAIMS[claim]
+        out.append(f"<tr><td>{number}. {_html.escape(claim)}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)

@@ -6,6 +6,7 @@ the binding contrasts, their views and the attribution.
     got.q (H, b, d) at last;  got.k (H, b, n, d) at items;  got.attn (H, b, n) last's attention on items
     got.output.logits      (the model's own output of the same pass)
 
+Inside `with qkcore.lm.gather_cache.gather_cache():` a call identical to an earlier one reads its result from disk.
 Columns index the padded batch (`EncodedBatch.padded`). Without `attn_cols` only the asked positions are kept; with
 them every position is captured so that the softmax can be rebuilt, which costs memory, not another pass.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from qkcore.lm import gather_cache
 from qkcore.lm.batching import EncodedBatch, run_model
 from qkcore.lm.capture import capture_qk
 from qkcore.lm.layout import HeadSpec, attention_layout
@@ -71,6 +73,12 @@ def gather_qk(
     kcol = None if key_cols is None else _columns(key_cols, batch, "key_cols", 2)
     acol = None if attn_cols is None else _columns(attn_cols, batch, "attn_cols", 2)
     full = acol is not None
+    key = None
+    if gather_cache.active_directory() is not None:  # inside `with gather_cache():` — read it, or write it below
+        key = gather_cache.cache_key(model, batch, heads, qcol, kcol, acol, dtype, forward_kwargs)
+        cached = gather_cache.load(key)
+        if cached is not None:
+            return cached
     rows = torch.arange(batch.size)
     with capture_qk(
         model,
@@ -90,7 +98,9 @@ def gather_qk(
             q, k = cap.q(*h)[:, 0], cap.k(*h)
         qs.append(q.to(dtype).cpu()), ks.append(k.to(dtype).cpu())
     scaling = tuple(float(cap.scaling(h[0])) for h in heads)
-    return GatheredQK(heads, torch.stack(qs), torch.stack(ks), torch.stack(attns) if full else None, out, scaling)
+    got = GatheredQK(heads, torch.stack(qs), torch.stack(ks), torch.stack(attns) if full else None, out, scaling)
+    gather_cache.store(key, got)
+    return got
 
 
 def last_columns(batch: EncodedBatch) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """environment.yml and pyproject.toml declare the same pins; the chapter list comes from _toc.yml."""
 
+import json
 import re
 import subprocess
 import sys
@@ -47,3 +48,21 @@ def test_every_variant_has_a_source_chapter_and_a_toc_entry():
         assert (ROOT / "book" / f"{variant['source']}.ipynb").exists(), f"{name}: no source {variant['source']}"
         assert f"book/{name}\n" in toc, f"variant {name} is not in _toc.yml"
         assert toc.index(f"book/{variant['source']}\n") < toc.index(f"book/{name}\n"), f"{name} before its source"
+        assert variant.get("model_name") and variant.get("runtime", "").startswith("about "), name
+
+
+def test_every_variant_page_reads_as_its_own():
+    """make_variant.py's dressing: the title names the model, a banner lists the parameters, the source's default
+    parameters cell is hidden, and the runtime line is the variant's."""
+    variants = yaml.safe_load((ROOT / "book" / "variants.yml").read_text())
+    for name, v in variants.items():
+        nb = json.loads((ROOT / "book" / f"{name}.ipynb").read_text())
+        cells = nb["cells"]
+        assert "".join(cells[0]["source"]).splitlines()[0].endswith(f": {v['model_name']}"), name
+        assert "variant-banner" in cells[1]["metadata"].get("tags", []), name
+        for key in v["parameters"]:
+            assert f"`{key}`" in "".join(cells[1]["source"]), (name, key)
+        params = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
+        assert params and "remove-input" in params[0]["metadata"]["tags"], name
+        text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        assert f"**Runtime:** {v['runtime']}" in text, name

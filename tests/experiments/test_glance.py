@@ -1,56 +1,90 @@
-"""The results-at-a-glance table: one row per claim, verdicts from the recorded numbers by the stated rules."""
+"""The results-at-a-glance page: it prints the verdicts the chapters recorded, grouped by the paper's claims, with
+each rule in words; it decides nothing and reads no notebook text."""
 
 import json
 from pathlib import Path
 
-from qkcore.experiments.glance import (
-    NOT_REPRODUCED,
-    NOT_RUN,
-    NOT_TESTABLE,
-    REPRODUCED,
-    as_html,
-    claims_table,
-)
+import pytest
+
+from qkcore.experiments import verdicts as V
+from qkcore.experiments.glance import GlanceParams, glance_html, glance_rows, verdict_counts
 
 BOOK_RESULTS = Path(__file__).resolve().parents[2] / "book" / "results"
 
 
-def _toy(exact="18/18", angle=1.2, ratio=1.1, match=1.0, cross=0.01, both=0.97, rand8=0.3) -> dict:
-    return {
-        "rank_recovery": {"d_head 16: exact rank recovery": exact},
-        "why_it_works": {"largest principal angle to the analytic spans (deg)": angle, "crosstalk of G": cross},
-        "cube": {"key means: edge ratio": ratio, "codes whose query mean is nearest their own key mean": match},
-        "causal_swaps": {"z1+z2 (rank 8): flip rate": both, "random 8-d (rank 8): flip rate": rand8},
+def _v(claim, verdict, model="organism", head="L2H0", rule="rule A", **numbers):
+    return V.Verdict(claim, model, head, verdict, rule, numbers).to_dict()
+
+
+def test_rows_are_grouped_by_claim_and_end_with_generalisation():
+    results = {
+        "filter_heads_smollm2": {"verdicts": [_v("filter: swap", V.MATCHED, "SmolLM2-135M", "L22H4")]},
+        "cube": {"verdicts": [_v("toy: cube", V.REPRODUCED, "toy", None, edge_ratio=1.02)]},
+        "filter_heads": {"verdicts": [_v("filter: low rank", V.IMPLIED), _v("filter: swap", V.REPRODUCED)]},
     }
+    rows = glance_rows(results)
+    assert [(r["number"], r["page"]) for r in rows] == [
+        (3, "cube"),
+        (6, "filter_heads"),
+        (7, "filter_heads"),
+        (7, "filter_heads_smollm2"),
+        (11, None),
+    ]
+    assert rows[-1]["verdict"] == V.NOT_TESTABLE
+    assert verdict_counts(rows)["organism"] == {V.IMPLIED: 1, V.REPRODUCED: 1}
 
 
-def test_eleven_claims_and_the_toy_rules():
-    table = claims_table(_toy())
-    assert len(table) == 11
-    assert list(table.verdict[:5]) == [REPRODUCED] * 5
-    assert table.verdict.iloc[-1] == NOT_TESTABLE
-    bad = claims_table(_toy(exact="17/18", angle=9.0, ratio=2.0, cross=0.2, both=0.5, rand8=0.3))
-    assert list(bad.verdict[:5]) == [NOT_REPRODUCED] * 5
+def test_html_has_badges_rules_numbers_and_links():
+    rows = glance_rows(
+        {
+            "binding_interventions_smollm2": {
+                "verdicts": [
+                    _v("binding: swap, order", V.NOT_TESTABLE, "SmolLM2-135M", None, rule="letter accuracy at chance"),
+                ]
+            },
+            "binding_interventions": {
+                "verdicts": [_v("binding: swap, order", V.MATCHED, effect=V.Estimate(0.41, 0.3, 0.5, 100))]
+            },
+        }
+    )
+    html = glance_html(rows)
+    assert html.count('class="verdict-badge"') == 3
+    assert "rule: rule A" in html and "<em>letter accuracy at chance</em>" in html  # a gate's rule on its own row
+    assert "effect: 0.410 [0.300, 0.500]" in html
+    assert '<a href="binding_interventions.html">' in html and ".ipynb" not in html
+    assert "table-layout: fixed; width: 100%" in html
 
 
-def test_missing_chapters_are_not_run_and_lm_verdicts_are_read_not_made():
-    table = claims_table({"filter_heads": {"verdict: swap moves attention (Figure 7)": "not reproduced (at L2H0)"}})
-    assert table.verdict.iloc[0] == NOT_RUN
-    assert table.loc["7. Filter intervention", "verdict"] == "organism: not reproduced (at L2H0)"
+def test_unknown_claims_and_missing_results_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown claim"):
+        glance_rows({"x": {"verdicts": [{"claim": "filter swaps", "verdict": V.REPRODUCED}]}})
+    with pytest.raises(ValueError, match="holds no recorded results"):
+        GlanceParams(results_dir=str(tmp_path / "missing"))
 
 
-def test_links_point_at_built_pages():
-    html = as_html(claims_table(_toy())[["verdict", "section"]])
-    assert '<a href="rank_recovery.html">Rank recovery</a>' in html and ".ipynb" not in html
-
-
-def test_the_committed_results_give_every_toy_claim_a_verdict():
+def test_the_committed_results_carry_only_known_claims_and_words():
     results = {p.stem: json.loads(p.read_text()) for p in BOOK_RESULTS.glob("*.json")}
-    assert NOT_RUN not in set(claims_table(results).verdict[:5])
+    for r in glance_rows(results):
+        assert r["verdict"] in V.VOCABULARY and r["claim"] in V.CLAIMS
 
 
-def test_binding_verdicts_are_read_from_the_executed_pages(tmp_path):
-    page = {"cells": [{"outputs": [{"data": {"text/markdown": "**Verdict: not reproduced.** The swap ..."}}]}]}
-    (tmp_path / "attribution_smollm2.ipynb").write_text(json.dumps(page))
-    table = claims_table({}, pages=tmp_path)
-    assert table.loc["10. Attribution", "verdict"] == "SmolLM2 (binds at chance): not reproduced"
+def test_comparison_sets_models_side_by_side():
+    from qkcore.experiments.glance import comparison_html
+
+    rows = glance_rows(
+        {
+            "binding_interventions": {"verdicts": [_v("binding: swap, order", V.MATCHED, "organism", "L1H0")]},
+            "binding_interventions_qwen": {
+                "verdicts": [
+                    _v("binding: swap, order", V.REPRODUCED, "Qwen2.5-Coder-0.5B", "L15H3"),
+                    _v("binding: swap, order", V.MATCHED, "Qwen2.5-Coder-0.5B", "L16H1"),
+                ]
+            },
+            "filter_heads": {"verdicts": [_v("filter: swap", V.MATCHED)]},
+        }
+    )
+    html = comparison_html(rows, "binding")
+    assert "<th>organism</th><th>Qwen2.5-Coder-0.5B</th>" in html and "filter: swap" not in html
+    assert html.count('class="verdict-badge"') == 3 and '<a href="binding_interventions_qwen.html">L16H1: </a>' in html
+    with pytest.raises(ValueError, match="part must be one of"):
+        comparison_html(rows, "toy")
