@@ -28,22 +28,22 @@ def test_a_model_at_chance_is_not_testable():
     at_chance = torch.rand(150, generator=g) < 0.25  # SmolLM2 at 4 pairs: 0.27 where chance is 0.25
     ev = model_evidence(at_chance, 4)
     assert not ev["ok"] and ev["binomial p"] > 0.05
-    v = binding_gate("binding swap", "SmolLM2", "L20H6", ev, None)
+    v = binding_gate("binding: swap, both", "SmolLM2", "L20H6", ev, None)
     assert v.verdict == NOT_TESTABLE and "cannot do the task" in v.rule and "0.250" in v.rule
     binds = torch.rand(150, generator=g) < 0.98  # Qwen at 9 pairs
     assert model_evidence(binds, 9)["ok"]
-    assert binding_gate("binding swap", "Qwen", None, model_evidence(binds, 9), None) is None
+    assert binding_gate("binding: swap, both", "Qwen", None, model_evidence(binds, 9), None) is None
 
 
 def test_a_head_that_does_not_select_the_answer_is_not_testable():
     g = torch.Generator().manual_seed(1)
     ok_model = model_evidence(torch.ones(100, dtype=torch.bool), 9)
     picky = head_evidence(torch.rand(100, generator=g) < 0.9, 3 + torch.randn(100, generator=g), 9)
-    assert picky["ok"] and binding_gate("c", "m", "L1H1", ok_model, picky) is None
+    assert picky["ok"] and binding_gate("binding: swap, order", "m", "L1H1", ok_model, picky) is None
     # the answer on top about as often as any letter, the logit gap centred on 0
     flat = head_evidence(torch.rand(100, generator=g) < 1 / 9, torch.randn(100, generator=g), 9)
     assert not flat["ok"]
-    v = binding_gate("c", "m", "L1H1", ok_model, flat)
+    v = binding_gate("binding: swap, order", "m", "L1H1", ok_model, flat)
     assert v.verdict == NOT_TESTABLE and "does not select" in v.rule
     # selective by the argmax but a logit-gap interval reaching 0: still not testable
     gapless = head_evidence(torch.ones(100, dtype=torch.bool), torch.randn(100, generator=g) - 0.5, 9)
@@ -104,6 +104,6 @@ def test_key_side_split_and_mean_query_baseline():
 
 def test_verdict_markdown_states_each_rule_once():
     ev = model_evidence(torch.zeros(50, dtype=torch.bool), 4)
-    vs = [binding_gate("c1", "m", "L1H1", ev, None), binding_gate("c2", "m", "L1H1", ev, None)]
+    vs = [binding_gate("binding: swap, order", "m", "L1H1", ev, None), binding_gate("binding: swap, lexical", "m", "L1H1", ev, None)]
     md = verdict_markdown(vs)
     assert md.count("**not testable here**") == 2 and md.count("* Rule:") == 1

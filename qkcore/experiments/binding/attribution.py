@@ -286,13 +286,17 @@ def attribution_verdicts(result: AttributionResult) -> list[Verdict]:
     a = result.analysis
     gates = chapter_gates(a)
     name = head_name(result.head)
-    claim = "the order and lexical query subspaces explain the head's logits"
-    v = binding_gate(claim, model_label(a), name, gates["model"], gates[name])
-    if v is not None:
-        return [v]
+    claim, split = "attribution: explained fraction", "attribution: key-side split"
+    gated = [binding_gate(c, model_label(a), name, gates["model"], gates[name]) for c in (claim, split)]
+    if gated[0] is not None:
+        return gated
     f = {c: torch.tensor(result.fractions[c].to_numpy().copy()) for c in result.fractions.columns}
     controls = {c: f[c] for c in ("mean query direction", "random subspaces", "shuffled labels", "random init")}
-    return [effect_vs_controls(claim, model_label(a), name, f["trained"], controls)]
+    k = {c: torch.tensor(result.key_fractions[c].to_numpy().copy()) for c in result.key_fractions.columns}
+    return [
+        effect_vs_controls(claim, model_label(a), name, f["trained"], controls),
+        effect_vs_controls(split, model_label(a), name, k["trained"], {c: k[c] for c in ("shuffled labels", "random init")}),
+    ]
 
 
 def summary(result: AttributionResult) -> dict[str, object]:

@@ -39,6 +39,7 @@ from qkcore.params import require
 from qkcore.subspace import combine_bases
 
 SUBSPACES = ("order", "lexical", "order+lexical")
+CLAIM_OF = {"order": "binding: swap, order", "lexical": "binding: swap, lexical", "order+lexical": "binding: swap, both"}
 METRICS = ("flip", "flip_candidates", "delta_p", "gap_fraction")
 
 
@@ -201,7 +202,7 @@ def swap_verdicts(analysis: BindingAnalysis, per_head: dict, sets: dict) -> tupl
     for head in analysis.heads:
         label = head_name(head)
         for name in SUBSPACES:
-            claim = f"binding swap in the {name} subspace moves the head's attention"
+            claim = CLAIM_OF[name]
             v = binding_gate(claim, model, label, gates["model"], gates[label])
             if v is None:
                 per = per_head[label]

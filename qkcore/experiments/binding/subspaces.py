@@ -30,7 +30,9 @@ from qkcore.lm import attention_layout
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import order_id_prompts, sample_prompt
 from qkcore.experiments.binding.gates import binding_gate
-from qkcore.experiments.verdicts import MATCHED, REPRODUCED, Verdict, rank_verdict
+import numpy as np
+
+from qkcore.experiments.verdicts import MATCHED, REPRODUCED, Verdict, effect_vs_controls, rank_verdict
 from qkcore.params import require
 
 QUERY_CONCENTRATED = 0.99  # |q̄|²/E|q|² from which a rank-1 ΔC says nothing about the keys (issue 14)
@@ -165,7 +167,7 @@ def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
     for head in a.heads:
         name = head_name(head)
         for which in ("order", "lexical"):
-            claim = f"the {which}-ID ΔC is low rank"
+            claim = f"binding: {which}-ID low rank"
             v = binding_gate(claim, model_label(a), name, gates["model"], gates[name])
             if v is None:
                 c = a.trained.get(which)
@@ -189,6 +191,43 @@ def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
                         v.rule + "; matched by a control when a control's ΔC is low rank too", v.numbers,
                     )
             out.append(v)
+    out += view_verdicts(result, gates)
+    return out
+
+
+def view_verdicts(result: SubspaceResult, gates: dict) -> list[Verdict]:
+    """The two views at the view head, gated like every binding claim. Order-ID view: on the filler prompts, the
+    share of a prompt's keys whose clause kNN reads from the order coordinates, minus chance, against the clause
+    read from absolute position alone, the shuffled-label subspace and the random-init copy (per prompt, paired).
+    Lexical-ID view: whether kNN reads the queried object from the answer's key in the lexical coordinates, minus
+    chance, against the shuffled-label subspace and the random-init copy."""
+    from qkcore.experiments.binding.interventions import model_label
+
+    a, name = result.analysis, head_name(result.view_head)
+    out = []
+    for which in ("order", "lexical"):
+        claim = f"binding: {which}-ID view"
+        v = binding_gate(claim, model_label(a), name, gates["model"], gates.get(name))
+        if v is None and which == "order" and not result.beyond_position:
+            continue  # max_filler = 0: the order view is not judged (clause and position are one label)
+        if v is None:
+            if which == "order":
+                b = result.beyond_position
+                chance = b["trained"].chance
+                effect = torch.tensor(b["trained"].per_prompt_keys) - chance
+                controls = {
+                    "position alone": torch.tensor(b["trained"].per_prompt_position) - chance,
+                    "shuffled labels": torch.tensor(b["shuffled labels"].per_prompt_keys) - chance,
+                    "random init": torch.tensor(b["random init"].per_prompt_keys) - chance,
+                }
+            else:
+                views = result.lexical_views
+                chance = 1 / len(np.unique(views["trained"].key_labels))
+                effect = torch.tensor(views["trained"].key_correct) - chance
+                controls = {c: torch.tensor(views[c].key_correct) - chance for c in ("shuffled labels", "random init")}
+            v = effect_vs_controls(claim, model_label(a), name, effect, controls)
+            v.numbers["chance"] = chance
+        out.append(v)
     return out
 
 

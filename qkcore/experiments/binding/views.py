@@ -37,6 +37,20 @@ def knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
     return float(cross_val_score(clf, x, labels, cv=StratifiedKFold(folds)).mean())
 
 
+def knn_correct(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, whether the same 10-nearest-neighbour classifier (5 stratified folds) predicts its label when it is
+    held out: knn_accuracy's per-row hits, for paired tests over prompts. NaN where it cannot be computed."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    _, counts = np.unique(labels, return_counts=True)
+    folds = min(KNN_FOLDS, int(counts.min()))
+    if folds < 2 or x.shape[1] == 0:
+        return np.full(len(labels), np.nan)
+    clf = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(x) - len(x) // folds))
+    return (cross_val_predict(clf, x, labels, cv=StratifiedKFold(folds)) == labels).astype(float)
+
+
 def umap_2d(x: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
     """Seeded single-threaded UMAP to 2-D. umap-learn's numba kernels change the process's OpenMP thread count (it
     then slows torch down many times over on a busy CPU), so torch's thread count is put back afterwards."""
@@ -71,6 +85,7 @@ class View:
     key_knn: float
     query_knn: float
     umap: np.ndarray | None = None
+    key_correct: np.ndarray | None = None  # per key, whether kNN reads its label held out (knn_correct)
 
 
 @dataclass(frozen=True)
@@ -114,6 +129,7 @@ def _view(
         knn_accuracy(kc[:, :r], np.asarray(k_labels)),
         knn_accuracy(qc[:, :r], np.asarray(q_labels)),
         emb,
+        knn_correct(kc[:, :r], np.asarray(k_labels)),
     )
 
 
@@ -169,6 +185,8 @@ class OrderBeyondPosition:
     beyond_position: float
     chance: float
     position_spread: float  # mean over clauses of the std of a clause's letter position (tokens)
+    per_prompt_keys: np.ndarray  # (n,) share of a prompt's keys whose clause kNN reads (held out)
+    per_prompt_position: np.ndarray  # (n,) share whose clause is the most common clause at its position
 
 
 def order_beyond_position(decomposition: Decomposition, collected: Collected) -> OrderBeyondPosition:
@@ -183,10 +201,14 @@ def order_beyond_position(decomposition: Decomposition, collected: Collected) ->
     clauses = np.tile(np.arange(P), n)
     pos = collected.positions.reshape(-1).numpy()
     spread = float(collected.positions.double().std(0).mean())
+    majority = {p: np.bincount(clauses[pos == p]).argmax() for p in np.unique(pos)}
+    by_position = np.array([majority[p] for p in pos]) == clauses
     return OrderBeyondPosition(
         knn_accuracy(x, clauses),
         position_alone_accuracy(pos, clauses),
         knn_accuracy(remove_position_means(x, pos), clauses),
         1 / P,
         spread,
+        knn_correct(x, clauses).reshape(n, P).mean(1),
+        by_position.reshape(n, P).mean(1).astype(float),
     )
