@@ -202,7 +202,7 @@ def plot_explained(result):
         axes, ((result.fractions, "all key positions"), (result.fractions_keys, "boxes' keys only"))
     ):
         data = [frame[c].to_numpy() for c in frame.columns]
-        ax.boxplot(data, vert=False, showfliers=True, flierprops={"markersize": 3})
+        ax.boxplot(data, orientation="horizontal", showfliers=True, flierprops={"markersize": 3})
         ax.set_yticks(np.arange(1, len(data) + 1), list(frame.columns))
         ax.axvline(0, color="k", lw=0.6)
         ax.axvline(1, color="k", lw=0.6, ls=":")

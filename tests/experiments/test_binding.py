@@ -23,6 +23,8 @@ from qkcore.experiments.binding.subspaces import SubspaceParams, run_subspaces
 from qkcore.lm import edit_attention, run_model
 from qkcore.organisms.binding_task import VOCABULARY, lexical_pairs, order_id_prompts, sample_prompt
 from qkcore.params import from_namespace
+from qkcore.plotting import binding as binding_plots
+from qkcore.plotting.style import use_book_style
 from qkcore.subspace import random_orthonormal
 
 SMALL = dict(n_order_prompts=24, n_lexical_prompts=24, batch_size=16, n_heads=2)
@@ -30,6 +32,7 @@ SMALL = dict(n_order_prompts=24, n_lexical_prompts=24, batch_size=16, n_heads=2)
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "chat-template"])
 def tiny(request, tmp_path_factory, save_tiny_llama):
+    use_book_style()
     path = save_tiny_llama(tmp_path_factory.mktemp("tiny"), VOCABULARY, chat=request.param)
     lm = load_binding_lm(BindingParams(model=str(path)))
     assert lm.chat == request.param
@@ -145,6 +148,13 @@ def test_subspaces_end_to_end(tiny):
     assert (pt["clause from position alone"] < 1).all()  # the filler moved the clauses
     # the random-init copy is a different model with the same architecture
     assert not torch.equal(a.random_model.lm_head.weight, lm.model.lm_head.weight)
+    _check_figures(
+        {
+            "scan": binding_plots.plot_scan(a),
+            "spectra": binding_plots.plot_contrast_spectra(a, r.view_head),
+            "order views": binding_plots.plot_views(r.order_views, "clause index", "order ID"),
+        }
+    )
 
 
 def test_interventions_and_attribution_end_to_end(tiny):
@@ -177,6 +187,30 @@ def test_interventions_and_attribution_end_to_end(tiny):
     assert list(ra.key_fractions.columns) == ["trained", "shuffled labels", "random init"]
     sel = ra.key_selectivity.loc["trained"]
     assert abs(sel["order"] + sel["lexical"] + sel["residual"] - sel["total"]) < 1e-6
+    _check_figures(
+        {
+            "swaps": binding_plots.plot_binding_swaps(t, ["L1H0", "L1H1"]),
+            "attribution": binding_plots.plot_attribution(ra),
+            "explained": binding_plots.plot_explained(ra),
+        }
+    )
+
+
+def _check_figures(figures: dict) -> None:
+    """Issue 18: at most the column (6.5 in at 150 dpi), no text under 9 pt."""
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    for name, fig in figures.items():
+        assert fig.get_figwidth() <= binding_plots.FIG_WIDTH + 1e-9, name
+        fig.canvas.draw()
+        small = [
+            (t.get_text(), t.get_fontsize())
+            for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and t.get_fontsize() < 9
+        ]
+        assert not small, f"{name}: {small[:5]}"
+    plt.close("all")
 
 
 # -- params ----------------------------------------------------------------------------------------------------------

@@ -242,9 +242,10 @@ def summary(result: InterventionResult) -> dict[str, object]:
         out[f"{h} sink share"] = r3(float(result.sink_share[h].mean()))
         for c in SUMMARY_CONDITIONS:
             row = t.loc[(h, c)]
+            n = int(row["flip n"])
             out[f"{h} flip, {c}"] = (
-                f"{row['flip']:.3f} [{row['flip lo']:.3f}, {row['flip hi']:.3f}] n={int(row['flip n'])}"
-                if row["flip n"] else "undefined (n=0)"
+                f"{row['flip']:.3f} [{row['flip lo']:.3f}, {row['flip hi']:.3f}] n={n}"
+                if n >= MIN_DEFINED else f"undefined (floor): defined on {n} prompts"
             )
             out[f"{h} Δp, {c}"] = r3(row["delta_p"])
     out["verdicts"] = [f"{v.head}, {v.claim}: {v.verdict}" for v in result.verdicts]
