@@ -52,7 +52,7 @@ def plot_scan(analysis: BindingAnalysis):
     for col, (title, cmap, f) in enumerate(cols):
         grids = [analysis.grid(f(src).float()).numpy() for src, _ in srcs]
         lim = max(float(np.abs(np.concatenate([g.ravel() for g in grids])).max()), 1e-9)
-        for row, ((src, label), v) in enumerate(zip(srcs, grids)):
+        for row, ((_src, label), v) in enumerate(zip(srcs, grids)):
             im = _heatmap(axes[row, col], v, f"{label}:\n{title}", analysis.heads, cmap, -lim, lim)
         fig.colorbar(im, ax=axes[:, col], shrink=0.6)
     fig.suptitle(f"head scan of {analysis.lm.name}")

@@ -182,7 +182,11 @@ def test_interventions_and_attribution_end_to_end(tiny):
     torch.testing.assert_close(ex.order + ex.lexical + ex.residual, ex.total, rtol=0, atol=1e-9)
     assert len(ra.example_tokens) == len(ex.total) and ra.example_tokens[-1] == "Box"
     assert list(ra.explained_table().index) == [
-        "trained", "shuffled labels", "random init", "random subspaces", "mean query direction"
+        "trained",
+        "shuffled labels",
+        "random init",
+        "random subspaces",
+        "mean query direction",
     ]
     assert list(ra.key_fractions.columns) == ["trained", "shuffled labels", "random init"]
     sel = ra.key_selectivity.loc["trained"]

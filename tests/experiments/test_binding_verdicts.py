@@ -104,6 +104,9 @@ def test_key_side_split_and_mean_query_baseline():
 
 def test_verdict_markdown_states_each_rule_once():
     ev = model_evidence(torch.zeros(50, dtype=torch.bool), 4)
-    vs = [binding_gate("binding: swap, order", "m", "L1H1", ev, None), binding_gate("binding: swap, lexical", "m", "L1H1", ev, None)]
+    vs = [
+        binding_gate("binding: swap, order", "m", "L1H1", ev, None),
+        binding_gate("binding: swap, lexical", "m", "L1H1", ev, None),
+    ]
     md = verdict_markdown(vs)
     assert md.count("**not testable here**") == 2 and md.count("* Rule:") == 1

@@ -19,16 +19,16 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.binding.analysis import BindingAnalysis, BindingParams, analyse_binding, control_decompositions
+from qkcore.experiments.binding.gates import binding_gate
 from qkcore.experiments.binding.prompts import encode_binding_prompts
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.tables import r3
+from qkcore.experiments.verdicts import Verdict, effect_vs_controls
 from qkcore.lm import iter_batches
 from qkcore.lm.chat import model_text
 from qkcore.lm.gather import gather_qk
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import INSTRUCTION, BindingPrompt, sample_prompt
-from qkcore.experiments.binding.gates import binding_gate
-from qkcore.experiments.verdicts import Verdict, effect_vs_controls
 from qkcore.params import require
 from qkcore.subspace import project, random_orthonormal
 
@@ -76,9 +76,7 @@ def split_keys(q: torch.Tensor, K: torch.Tensor, V_order: torch.Tensor, V_lex: t
     the three contributions q·k_ord, q·k_lex, q·k_rest (order / lexical / residual fields), which add up exactly."""
     k_ord, k_lex, k_res = split_query(K, V_order, V_lex)
     q = q.double()[..., None, :]  # (…, 1, d)
-    return LogitParts(
-        (K.double() * q).sum(-1), (k_ord * q).sum(-1), (k_lex * q).sum(-1), (k_res * q).sum(-1)
-    )
+    return LogitParts((K.double() * q).sum(-1), (k_ord * q).sum(-1), (k_lex * q).sum(-1), (k_res * q).sum(-1))
 
 
 def mean_query_basis(q: torch.Tensor) -> torch.Tensor:
@@ -133,11 +131,19 @@ class Captured:
 
 @torch.no_grad()
 def capture_head(
-    model, tokenizer, chat: bool, prompts: list[BindingPrompt], head, batch_size: int, key_offset: int = 0,
+    model,
+    tokenizer,
+    chat: bool,
+    prompts: list[BindingPrompt],
+    head,
+    batch_size: int,
+    key_offset: int = 0,
     answer_prefix: str = "",
 ) -> Captured:
     """The query and all keys of one head, prompts padded to a common length (left padding)."""
-    enc = encode_binding_prompts(tokenizer, prompts, chat, key_offset, answer_prefix)  # one batch layout for all prompts
+    enc = encode_binding_prompts(
+        tokenizer, prompts, chat, key_offset, answer_prefix
+    )  # one batch layout for all prompts
     qs, ks = [], []
     for idx in iter_batches(len(prompts), batch_size):
         sub = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
@@ -251,7 +257,11 @@ def run_attribution(
         cond: (decs["order"][cond].key_basis, decs["lexical"][cond].key_basis)
         for cond in ("trained", "shuffled labels", "random init")
     }
-    for cond, cap in (("trained", caps["trained"]), ("shuffled labels", caps["trained"]), ("random init", caps["random init"])):
+    for cond, cap in (
+        ("trained", caps["trained"]),
+        ("shuffled labels", caps["trained"]),
+        ("random init", caps["random init"]),
+    ):
         kp = split_keys(cap.q, cap.K, *kbases[cond])
         kfr[cond] = explained_fraction(kp, cap.valid).numpy()
         ksel[cond] = selectivity(kp, cap)
@@ -295,7 +305,9 @@ def attribution_verdicts(result: AttributionResult) -> list[Verdict]:
     k = {c: torch.tensor(result.key_fractions[c].to_numpy().copy()) for c in result.key_fractions.columns}
     return [
         effect_vs_controls(claim, model_label(a), name, f["trained"], controls),
-        effect_vs_controls(split, model_label(a), name, k["trained"], {c: k[c] for c in ("shuffled labels", "random init")}),
+        effect_vs_controls(
+            split, model_label(a), name, k["trained"], {c: k[c] for c in ("shuffled labels", "random init")}
+        ),
     ]
 
 

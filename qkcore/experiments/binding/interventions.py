@@ -39,7 +39,11 @@ from qkcore.params import require
 from qkcore.subspace import combine_bases
 
 SUBSPACES = ("order", "lexical", "order+lexical")
-CLAIM_OF = {"order": "binding: swap, order", "lexical": "binding: swap, lexical", "order+lexical": "binding: swap, both"}
+CLAIM_OF = {
+    "order": "binding: swap, order",
+    "lexical": "binding: swap, lexical",
+    "order+lexical": "binding: swap, both",
+}
 METRICS = ("flip", "flip_candidates", "delta_p", "gap_fraction")
 
 
@@ -80,9 +84,7 @@ def swap_tasks(analysis: BindingAnalysis, prompts: list[BindingPrompt]) -> list:
     box letters' keys; labels: clause indices)."""
     p, lm = analysis.params, analysis.lm
     return [
-        encode_binding_prompts(
-            lm.tokenizer, [prompts[i] for i in idx], lm.chat, p.key_offset, p.answer_prefix
-        ).task
+        encode_binding_prompts(lm.tokenizer, [prompts[i] for i in idx], lm.chat, p.key_offset, p.answer_prefix).task
         for idx in iter_batches(len(prompts), p.batch_size)
     ]
 
@@ -170,8 +172,9 @@ def run_interventions(
                     "answer is argmax (row)": float(s.orig_on_top.double().mean()),
                     "answer is argmax (letters)": float(s.orig_on_top_of_candidates.double().mean()),
                     "sink share": float(s.sink_share.mean()),
-                    "attn on answer": float(torch.cat([c["attn"].gather(1, c["cand"]) for c in s.chunks])
-                    .gather(1, orig[:, None]).mean()),
+                    "attn on answer": float(
+                        torch.cat([c["attn"].gather(1, c["cand"]) for c in s.chunks]).gather(1, orig[:, None]).mean()
+                    ),
                 }
             )
     verdicts, gates = swap_verdicts(analysis, per_head, sets)
@@ -245,7 +248,8 @@ def summary(result: InterventionResult) -> dict[str, object]:
             n = int(row["flip n"])
             out[f"{h} flip, {c}"] = (
                 f"{row['flip']:.3f} [{row['flip lo']:.3f}, {row['flip hi']:.3f}] n={n}"
-                if n >= MIN_DEFINED else f"undefined (floor): defined on {n} prompts"
+                if n >= MIN_DEFINED
+                else f"undefined (floor): defined on {n} prompts"
             )
             out[f"{h} Δp, {c}"] = r3(row["delta_p"])
     out["verdicts"] = [f"{v.head}, {v.claim}: {v.verdict}" for v in result.verdicts]

@@ -84,7 +84,9 @@ def encode_binding_prompts(
     texts, shifts = zip(*(model_text(tokenizer, p.text, chat, answer_text(answer_prefix, p)) for p in prompts))
     batch = encode_batch(tokenizer, list(texts), padding_side="left", add_special_tokens=not chat)
     letters, ids = [], []
-    answer_ids = {x: answer_token_id(tokenizer, x, chat, answer_prefix) for x in sorted({x for p in prompts for x in p.letters})}
+    answer_ids = {
+        x: answer_token_id(tokenizer, x, chat, answer_prefix) for x in sorted({x for p in prompts for x in p.letters})
+    }
     for r, p in enumerate(prompts):
         spans = [
             char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r])

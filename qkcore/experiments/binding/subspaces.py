@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -23,16 +24,14 @@ from qkcore.experiments.binding.analysis import (
     load_binding_lm,
 )
 from qkcore.experiments.binding.filler import filler_prompts
+from qkcore.experiments.binding.gates import binding_gate
 from qkcore.experiments.binding.views import collect, lexical_view, order_beyond_position, order_view
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.tables import r3
+from qkcore.experiments.verdicts import MATCHED, REPRODUCED, Verdict, effect_vs_controls, rank_verdict
 from qkcore.lm import attention_layout
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import order_id_prompts, sample_prompt
-from qkcore.experiments.binding.gates import binding_gate
-import numpy as np
-
-from qkcore.experiments.verdicts import MATCHED, REPRODUCED, Verdict, effect_vs_controls, rank_verdict
 from qkcore.params import require
 
 QUERY_CONCENTRATED = 0.99  # |q̄|²/E|q|² from which a rank-1 ΔC says nothing about the keys (issue 14)
@@ -118,7 +117,16 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
     def got(model, which):
         key = (id(model), which)
         if key not in vectors:
-            vectors[key] = collect(model, tok, chat, order if which == "order" else plain, head, bs, params.key_offset, params.answer_prefix)
+            vectors[key] = collect(
+                model,
+                tok,
+                chat,
+                order if which == "order" else plain,
+                head,
+                bs,
+                params.key_offset,
+                params.answer_prefix,
+            )
         return vectors[key]
 
     for which, views in (("order", order_views), ("lexical", lexical_views)):
@@ -181,14 +189,23 @@ def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
                     "random-init rank": int(a.decomposition(head, which, "random init").rank),
                 }
                 v = rank_verdict(
-                    claim, model_label(a), name, int(decs["trained"].rank), d_head // 4,
-                    conc >= QUERY_CONCENTRATED, numbers,
+                    claim,
+                    model_label(a),
+                    name,
+                    int(decs["trained"].rank),
+                    d_head // 4,
+                    conc >= QUERY_CONCENTRATED,
+                    numbers,
                 )
                 low = [c for c in ("shuffled-label rank", "random-init rank") if 1 <= numbers[c] <= d_head // 4]
                 if v.verdict == REPRODUCED and low:  # a control's ΔC is as low-rank: the rank singles out nothing
                     v = Verdict(
-                        claim, v.model, name, MATCHED,
-                        v.rule + "; matched by a control when a control's ΔC is low rank too", v.numbers,
+                        claim,
+                        v.model,
+                        name,
+                        MATCHED,
+                        v.rule + "; matched by a control when a control's ΔC is low rank too",
+                        v.numbers,
                     )
             out.append(v)
     out += view_verdicts(result, gates)
