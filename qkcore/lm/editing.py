@@ -62,6 +62,9 @@ class LogitEdit:
             ) from None
         if not cells or any(c is None or len(c) != 3 for c in cells):
             raise ValueError(f"cells must be a non-empty list of (row, query_column, key_column), got {self.cells!r}")
+        if len(set(cells)) != len(cells):
+            twice = next(c for i, c in enumerate(cells) if c in cells[:i])
+            raise ValueError(f"cells names {twice} more than once: give each (row, query_column, key_column) one value")
         try:
             values = torch.as_tensor(self.values)
         except (TypeError, ValueError, RuntimeError):

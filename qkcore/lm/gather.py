@@ -4,7 +4,8 @@ the binding contrasts, their views and the attribution.
 
     got = gather_qk(model, batch, heads=[(2, 1)], query_cols=last, key_cols=items, attn_cols=items)
     got.q (H, b, d) at last;  got.k (H, b, n, d) at items;  got.attn (H, b, n) last's attention on items
-    got.output.logits      (the model's own output of the same pass)
+    got.output.logits      (the model's own output of the same pass; logits=False: None, and the pass stops after
+                            the deepest head's layer: qkcore.lm.early_exit)
 
 Inside `with qkcore.lm.gather_cache.gather_cache():` a call identical to an earlier one reads its result from disk.
 Columns index the padded batch (`EncodedBatch.padded`). Without `attn_cols` only the asked positions are kept; with
@@ -22,7 +23,8 @@ from torch import nn
 
 from qkcore.lm import gather_cache
 from qkcore.lm.batching import EncodedBatch, run_model
-from qkcore.lm.capture import capture_qk
+from qkcore.lm.capture import capture_qk, check_not_padding
+from qkcore.lm.early_exit import run_until
 from qkcore.lm.layout import HeadSpec, attention_layout
 
 
@@ -61,11 +63,19 @@ def gather_qk(
     key_cols=None,
     attn_cols=None,
     dtype: torch.dtype = torch.float32,
+    logits: bool = True,
     **forward_kwargs,
 ) -> GatheredQK:
     """Post-rotary q of `heads` at query_cols (b,) and k at key_cols (b, n) (None: every column), on the CPU in
     `dtype`; with attn_cols (b, m), also the query's attention on those columns. `heads` keeps its order ("all":
-    layer-major)."""
+    layer-major). logits=False: the model's output is not wanted (got.output is None), so the pass stops after the
+    deepest head's attention layer (qkcore.lm.early_exit.run_until; the same vectors, bit for bit)."""
+    if not isinstance(batch, EncodedBatch):
+        raise TypeError(f"batch must be an EncodedBatch (from encode_batch or pad_batch), got {type(batch).__name__}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch.dtype (torch.float32, torch.float64), got {dtype!r}")
+    if isinstance(heads, torch.Tensor):
+        raise TypeError('heads must be "all" or a list of (layer, head) pairs, not a tensor: pass heads.tolist()')
     layout = attention_layout(model)
     layout.select(heads)  # validates: known layers and heads, no repeats
     heads = layout.all_heads() if isinstance(heads, str) else tuple(tuple(h) for h in heads)
@@ -73,9 +83,13 @@ def gather_qk(
     kcol = None if key_cols is None else _columns(key_cols, batch, "key_cols", 2)
     acol = None if attn_cols is None else _columns(attn_cols, batch, "attn_cols", 2)
     full = acol is not None
+    if full:  # with attn_cols every column is captured, so check here what capture_qk checks for positions
+        check_not_padding(qcol[:, None], batch.attention_mask, "query_cols")
+        if kcol is not None:
+            check_not_padding(kcol, batch.attention_mask, "key_cols")
     key = None
     if gather_cache.active_directory() is not None:  # inside `with gather_cache():` — read it, or write it below
-        key = gather_cache.cache_key(model, batch, heads, qcol, kcol, acol, dtype, forward_kwargs)
+        key = gather_cache.cache_key(model, batch, heads, qcol, kcol, acol, dtype, forward_kwargs, logits)
         cached = gather_cache.load(key)
         if cached is not None:
             return cached
@@ -87,7 +101,11 @@ def gather_qk(
         key_positions=None if full else kcol,
         keep_masks=full,
     ) as cap:
-        out = run_model(model, batch, **forward_kwargs)
+        if logits:
+            out = run_model(model, batch, **forward_kwargs)
+        else:
+            forward_kwargs.pop("logits_to_keep", None)  # no LM head runs
+            out = run_until(model, batch, max(layer for layer, _ in heads), **forward_kwargs)
     qs, ks, attns = [], [], []
     for h in heads:
         if full:

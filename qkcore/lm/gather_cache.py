@@ -113,10 +113,12 @@ def code_version() -> str:
     return h.hexdigest()
 
 
-def cache_key(model: nn.Module, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs) -> str | None:
-    """The result's key, or None when the call is not cached: forward arguments beyond CACHEABLE_KWARGS, or no
-    `logits_to_keep` (the whole vocabulary's logits at every position are too large to keep)."""
-    if set(forward_kwargs) - CACHEABLE_KWARGS or "logits_to_keep" not in forward_kwargs:
+def cache_key(
+    model: nn.Module, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits: bool = True
+) -> str | None:
+    """The result's key, or None when the call is not cached: forward arguments beyond CACHEABLE_KWARGS, or logits
+    wanted without `logits_to_keep` (the whole vocabulary's logits at every position are too large to keep)."""
+    if set(forward_kwargs) - CACHEABLE_KWARGS or (logits and "logits_to_keep" not in forward_kwargs):
         return None
     h = hashlib.sha256()
     parts = {
@@ -126,6 +128,7 @@ def cache_key(model: nn.Module, batch, heads, query_cols, key_cols, attn_cols, d
         "heads": [list(h_) for h_ in heads],
         "dtype": str(dtype),
         "kwargs": sorted((k, repr(v)) for k, v in forward_kwargs.items()),
+        "logits": logits,
         "padding_side": batch.padding_side,
     }
     h.update(json.dumps(parts, sort_keys=True).encode())

