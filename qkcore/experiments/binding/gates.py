@@ -19,6 +19,11 @@ import torch
 from qkcore.experiments.verdicts import ALPHA, Estimate, Verdict, binomial_above_chance, gate
 
 
+def fmt_p(p: float) -> str:
+    """A p-value for a reader: two significant digits, "< 1e-300" where it underflows to 0."""
+    return "< 1e-300" if p == 0 else f"{p:.2g}"
+
+
 def model_evidence(correct: torch.Tensor, n_pairs: int) -> dict[str, object]:
     """Does the model bind? correct (n,) bool: its top letter (among the prompt's) is the answer."""
     correct = torch.as_tensor(correct).bool().flatten()
@@ -48,13 +53,13 @@ def gate_reason(model: dict[str, object], head: dict[str, object] | None) -> str
     if not model["ok"]:
         parts.append(
             f"the model cannot do the task: letter accuracy {model['letter accuracy']:.3f} over {model['prompts']} "
-            f"prompts against chance {model['chance']:.3f} (binomial p = {model['binomial p']:.2g})"
+            f"prompts against chance {model['chance']:.3f} (binomial p = {fmt_p(model['binomial p'])})"
         )
     if head is not None and not head["ok"]:
         parts.append(
             f"the head does not select the answer's box: top-attended letter is the answer in "
             f"{head['answer is top-attended letter']:.3f} of prompts (chance {head['chance']:.3f}, binomial p = "
-            f"{head['binomial p']:.2g}), logit gap {head['logit gap']}"
+            f"{fmt_p(head['binomial p'])}), logit gap {head['logit gap']}"
         )
     return "; ".join(parts)
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.binding.analysis import BindingAnalysis, BindingParams, analyse_binding, control_decompositions
-from qkcore.experiments.binding.gates import binding_gate, head_evidence, model_evidence
+from qkcore.experiments.binding.gates import binding_gate, fmt_p, head_evidence, model_evidence
 from qkcore.experiments.binding.prompts import encode_binding_prompts
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.swap_engine import SwapResult, gather_swap_sets, swap_conditions, top_key_variance
@@ -235,7 +235,7 @@ def summary(result: InterventionResult) -> dict[str, object]:
         "model": model_label(a),
         "letter accuracy (order prompts)": r3(g["letter accuracy"]),
         "chance": r3(g["chance"]),
-        "letter accuracy binomial p": float(f"{g['binomial p']:.3g}"),
+        "letter accuracy binomial p": fmt_p(g["binomial p"]),
     }
     t = result.table
     for h in result.per_head:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from qkcore.experiments.binding.gates import model_evidence
+from qkcore.experiments.binding.gates import fmt_p, model_evidence
 from qkcore.experiments.verdicts import ALPHA, Verdict
 
 
@@ -19,7 +19,7 @@ def accuracy_sentence(evidence: dict, organism: bool) -> str:
     e = evidence
     head = (
         f"it picks the right box in {e['letter accuracy']:.2f} of {e['prompts']} prompts, where chance is "
-        f"{e['chance']:.2f} (exact binomial p = {e['binomial p']:.2g})"
+        f"{e['chance']:.2f} (exact binomial p = {fmt_p(e['binomial p'])})"
     )
     if not e["ok"]:
         return (
