@@ -20,8 +20,8 @@ from qkcore.experiments.verdicts import ALPHA, Estimate, Verdict, binomial_above
 
 
 def fmt_p(p: float) -> str:
-    """A p-value for a reader: two significant digits, "< 1e-300" where it underflows to 0."""
-    return "< 1e-300" if p == 0 else f"{p:.2g}"
+    """A p-value for a reader: "p = 0.054", or "p < 1e-300" where it underflows to 0."""
+    return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
 
 
 def model_evidence(correct: torch.Tensor, n_pairs: int) -> dict[str, object]:
@@ -53,12 +53,12 @@ def gate_reason(model: dict[str, object], head: dict[str, object] | None) -> str
     if not model["ok"]:
         parts.append(
             f"the model cannot do the task: letter accuracy {model['letter accuracy']:.3f} over {model['prompts']} "
-            f"prompts against chance {model['chance']:.3f} (binomial p = {fmt_p(model['binomial p'])})"
+            f"prompts against chance {model['chance']:.3f} (binomial {fmt_p(model['binomial p'])})"
         )
     if head is not None and not head["ok"]:
         parts.append(
             f"the head does not select the answer's box: top-attended letter is the answer in "
-            f"{head['answer is top-attended letter']:.3f} of prompts (chance {head['chance']:.3f}, binomial p = "
+            f"{head['answer is top-attended letter']:.3f} of prompts (chance {head['chance']:.3f}, binomial "
             f"{fmt_p(head['binomial p'])}), logit gap {head['logit gap']}"
         )
     return "; ".join(parts)

@@ -19,7 +19,7 @@ def accuracy_sentence(evidence: dict, organism: bool) -> str:
     e = evidence
     head = (
         f"it picks the right box in {e['letter accuracy']:.2f} of {e['prompts']} prompts, where chance is "
-        f"{e['chance']:.2f} (exact binomial p = {fmt_p(e['binomial p'])})"
+        f"{e['chance']:.2f} (exact binomial {fmt_p(e['binomial p'])})"
     )
     if not e["ok"]:
         return (
