@@ -14,36 +14,54 @@ import pandas as pd
 
 from qkcore.experiments.binding.analysis import CONDITIONS, BindingAnalysis
 from qkcore.lm.layout import head_name
-from qkcore.plotting.heads import head_heatmap
 
-PART_COLOURS = {"order": "#1f77b4", "lexical": "#ff7f0e", "residual": "#2ca02c"}
+PART_COLOURS = {"order": "#0173b2", "lexical": "#de8f05", "residual": "#029e73"}  # the colour-blind palette
+FIG_WIDTH = 6.5  # inches: the rendered column at 150 dpi (issue 18: every figure at most this wide)
+
+
+def _heatmap(ax, values: np.ndarray, title: str, chosen, cmap: str, vmin: float, vmax: float):
+    """values (n_layers, n_heads) on ax with a shared colour scale (vmin, vmax); numbers in the cells of a small
+    grid (9 pt); each studied head boxed."""
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    n_layers, n_heads = values.shape
+    if n_layers * n_heads <= 32:
+        for (i, j), v in np.ndenumerate(values):
+            r, g, b, _ = im.cmap(im.norm(v))
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=9, color=ink)
+    for layer, head in chosen:
+        ax.add_patch(plt.Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, ec="k", lw=1.5))
+    ax.set(title=title, xlabel="head", ylabel="layer")
+    ax.set_xticks(range(0, n_heads, max(1, n_heads // 6)))
+    ax.set_yticks(range(0, n_layers, max(1, n_layers // 6)))
+    ax.grid(False)
+    return im
 
 
 def plot_scan(analysis: BindingAnalysis):
     """Layer × head, trained model (top) and its random-init copy (bottom): the order-ID logit gap
-    E[q·k|answer box] − E[q·k|other box], the last token's attention on the answer box's key and on another box's
-    key, and the lexical logit gap. Boxes: the studied heads."""
-    fig, axes = plt.subplots(2, 4, figsize=(17, 7), gridspec_kw={"hspace": 0.45, "wspace": 0.35})
-    for row, (src, label) in enumerate(((analysis.trained, "trained"), (analysis.random, "random init"))):
-        for col, (values, title, cmap) in enumerate(
-            (
-                (src.order.logit_gap(), "order logit gap", "RdBu_r"),
-                (src.scan.attn_answer, "attention on answer key", "viridis"),
-                (src.scan.attn_other, "attention on another key", "viridis"),
-                (src.lexical.logit_gap(), "lexical logit gap", "RdBu_r"),
-            )
-        ):
-            v = analysis.grid(values.float()).numpy()
-            lim = max(float(np.abs(v).max()), 1e-9)
-            lo, hi = (-lim, lim) if cmap == "RdBu_r" else (0, max(lim, 1e-3))
-            head_heatmap(axes[row, col], v, f"{label}: {title}", analysis.heads, cmap, lo, hi)
-    fig.suptitle(f"head scan of {analysis.lm.name}", fontsize=10)
+    E[q·k|answer box] − E[q·k|other box], and the scan score (the last token's attention on the answer box's key
+    minus that on another box's key). One colour scale per column, shared by the model and its copy. Boxes: the
+    studied heads."""
+    fig, axes = plt.subplots(2, 2, figsize=(FIG_WIDTH, 5.6), layout="constrained")
+    srcs = ((analysis.trained, "trained"), (analysis.random, "random init"))
+    cols = (
+        ("order logit gap", "RdBu_r", lambda s: s.order.logit_gap()),
+        ("attention: answer − other key", "RdBu_r", lambda s: s.scan.attn_answer - s.scan.attn_other),
+    )
+    for col, (title, cmap, f) in enumerate(cols):
+        grids = [analysis.grid(f(src).float()).numpy() for src, _ in srcs]
+        lim = max(float(np.abs(np.concatenate([g.ravel() for g in grids])).max()), 1e-9)
+        for row, ((_src, label), v) in enumerate(zip(srcs, grids)):
+            im = _heatmap(axes[row, col], v, f"{label}:\n{title}", analysis.heads, cmap, -lim, lim)
+        fig.colorbar(im, ax=axes[:, col], shrink=0.6)
+    fig.suptitle(f"head scan of {analysis.lm.name}")
     return fig
 
 
 def plot_contrast_spectra(analysis: BindingAnalysis, head, n_values: int = 12):
     """σᵢ²/Σσ² of the order and lexical ΔC at one head (log scale) for the three conditions; dashed: 1 − energy."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(FIG_WIDTH, 3.4), sharey=True, layout="constrained")
     for ax, which in zip(axes, ("order", "lexical")):
         for cond, style in zip(CONDITIONS, ("o-", "s--", "^:")):
             dec = analysis.decomposition(head, which, cond)
@@ -51,17 +69,15 @@ def plot_contrast_spectra(analysis: BindingAnalysis, head, n_values: int = 12):
             frac = dec.energy_fractions[:k].clamp_min(1e-12).numpy()
             ax.plot(np.arange(1, k + 1), frac, style, ms=4, label=f"{cond} (rank {dec.rank})")
         ax.axhline(1 - analysis.params.energy, color="k", ls="--", lw=0.8)
-        ax.set(
-            yscale="log", xlabel="singular value index i", ylabel="σᵢ² / Σσ²", title=f"{head_name(head)}: {which} ΔC"
-        )
-        ax.legend(fontsize=8)
+        ax.set(yscale="log", xlabel="index i", ylabel="σᵢ² / Σσ²", title=f"{head_name(head)}: {which} ΔC")
+        ax.legend(fontsize=9, loc="upper right")
     return fig
 
 
 def plot_views(views: dict, label_name: str, title: str, label_names=None):
     """3-D PCA of keys (dots) and queries (crosses) projected on a subspace, one panel per condition, coloured by
     label (clause index for the order view, queried object for the lexical view)."""
-    fig = plt.figure(figsize=(16, 4.8))
+    fig = plt.figure(figsize=(FIG_WIDTH, 3.2))
     for i, cond in enumerate(CONDITIONS):
         v = views[cond]
         ax = fig.add_subplot(1, 3, i + 1, projection="3d")
@@ -71,12 +87,13 @@ def plot_views(views: dict, label_name: str, title: str, label_names=None):
         ax.scatter(*v.pca[:n_k].T, c=cmap(vals[:n_k]), s=6, alpha=0.6, depthshade=False)
         ax.scatter(*v.pca[n_k:].T, c=cmap(vals[n_k:]), s=30, marker="x", depthshade=False)
         ax.set(
-            title=f"{title}, {cond} (rank {v.rank})\nkNN {label_name}: keys {v.key_knn:.2f}, queries {v.query_knn:.2f}",
+            title=f"{cond} (rank {v.rank})\nkNN keys {v.key_knn:.2f}\nqueries {v.query_knn:.2f}",
             xticklabels=[],
             yticklabels=[],
             zticklabels=[],
         )
         ax.title.set_fontsize(9)
+    fig.suptitle(f"{title}: keys (dots) and queries (crosses) by {label_name}", fontsize=10)
     _legend(fig, labels, label_names, label_name)
     return fig
 
@@ -102,17 +119,17 @@ def _legend(fig, labels, names, label_name):
     fig.legend(
         handles=handles,
         loc="lower center",
-        ncol=min(len(handles), 12),
-        fontsize=8,
+        ncol=min(len(handles), 6),
+        fontsize=9,
         title=label_name,
-        title_fontsize=8,
-        bbox_to_anchor=(0.5, -0.08),
+        title_fontsize=9,
+        bbox_to_anchor=(0.5, -0.25),
     )
 
 
 def plot_umap(view, label_names=None, title: str = "lexical subspace, UMAP"):
     """2-D UMAP of keys and queries in the lexical subspace coloured by the queried object."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = plt.subplots(figsize=(4.8, 4.0))
     n_k = len(view.keys)
     labels = np.concatenate([view.key_labels, view.query_labels])
     cmap, vals = _colours(labels)
@@ -123,71 +140,72 @@ def plot_umap(view, label_names=None, title: str = "lexical subspace, UMAP"):
     return fig
 
 
-def plot_binding_swaps(table: pd.DataFrame, head: str):
-    """One head: attention on orig (answer letter) and target after each swap, the unedited values as lines; right:
-    flip rate (argmax moves to the target) with its 95% bootstrap interval, and how often the model's answer
-    becomes the target's letter (absent when the swaps were recomputed without a forward pass)."""
-    t = table.loc[head]
-    fig, axes = plt.subplots(1, 2, figsize=(16, 4.2), gridspec_kw={"width_ratios": [2, 1.2]})
-    x = np.arange(len(t))
-    ax = axes[0]
-    ax.bar(x - 0.2, t["attn_orig_after"], 0.4, label="orig (answer) after", color="#1f77b4")
-    ax.bar(x + 0.2, t["attn_target_after"], 0.4, label="target after", color="#d62728")
-    ax.scatter(x - 0.2, t["attn_orig_before"], marker="_", s=300, color="k", label="before swap")
-    ax.scatter(x + 0.2, t["attn_target_before"], marker="_", s=300, color="k")
-    ax.set(ylabel="attention from the last token", title=f"{head}: key swaps")
-    ax.set_xticks(x, [f"{c}\n(r={r})" for c, r in zip(t.index, t["rank"])], rotation=60, ha="right", fontsize=8)
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    err = np.stack([t["flip_rate"] - t["flip_lo"], t["flip_hi"] - t["flip_rate"]]).clip(min=0)
-    ax.bar(
-        x - 0.2, t["flip_rate"], 0.4, yerr=err, capsize=2, label="attention flip rate (95% interval)", color="#9467bd"
+def plot_binding_swaps(table: pd.DataFrame, heads: list[str]):
+    """Horizontal bars, one row per condition and one panel per head: the authors' flip (the answer's key is the
+    head's argmax before and the target's after) with its 95% interval, "undefined" where no prompt could flip;
+    open markers: Δp (the target's share of the attention on {answer, target}, after − before). One x scale (0–1)
+    for every panel."""
+    heads = [heads] if isinstance(heads, str) else list(heads)
+    conds = list(dict.fromkeys(table.loc[heads[0]].index))
+    fig, axes = plt.subplots(
+        1, len(heads), figsize=(FIG_WIDTH, 0.32 * len(conds) + 1.4), sharey=True, squeeze=False, layout="constrained"
     )
-    if t["answer_to_target"].notna().any():
-        ax.bar(x + 0.2, t["answer_to_target"], 0.4, label="model answers target's letter", color="#8c564b")
-    ax.set(ylim=(0, 1), title="flip rates")
-    ax.set_xticks(x, list(t.index), rotation=60, ha="right", fontsize=8)
-    ax.legend(fontsize=8)
+    y = np.arange(len(conds))[::-1]
+    for ax, head in zip(axes[0], heads):
+        t = table.loc[head].loc[conds]
+        flip = t["flip"].to_numpy(dtype=float)
+        err = np.stack([flip - t["flip lo"], t["flip hi"] - flip]).clip(min=0)
+        ax.barh(y, np.nan_to_num(flip), 0.6, xerr=np.nan_to_num(err), capsize=2, color="#0173b2", label="flip")
+        ax.scatter(t["delta_p"], y, marker="o", facecolors="none", edgecolors="#d55e00", label="Δp", zorder=3)
+        for yi, f in zip(y, flip):
+            if np.isnan(f):
+                ax.text(0.02, yi, "undefined", va="center", fontsize=9, color="#555555")
+        ax.set(xlim=(-0.05, 1.1), title=head, xlabel="rate")
+        ax.axvline(0, color="k", lw=0.6)
+    axes[0, 0].set_yticks(y, [f"{c} (r={r})" for c, r in zip(conds, table.loc[heads[0]].loc[conds, "rank"])])
+    axes[0, -1].legend(loc="lower right", fontsize=9)
     return fig
 
 
 def plot_attribution(result):
-    """Per-token stacked contributions of the order, lexical and residual query parts to one prompt's raw logits
-    k·q at the studied head (positive parts stacked up, negative down); black: the total logit."""
+    """Per-token contributions of the order, lexical and residual query parts to one prompt's raw logits k·q at the
+    studied head (horizontal bars, tokens top to bottom; positive parts stacked right, negative left); black: the
+    total logit."""
     ex = result.example
     n = len(result.example_tokens)
-    x = np.arange(n)
-    fig, ax = plt.subplots(figsize=(max(10, 0.32 * n), 3.6))
-    up, down = np.zeros(n), np.zeros(n)
+    y = np.arange(n)[::-1]
+    fig, ax = plt.subplots(figsize=(FIG_WIDTH, 0.2 * n + 1.2), layout="constrained")
+    right, left = np.zeros(n), np.zeros(n)
     for name in ("order", "lexical", "residual"):
         vals = getattr(ex, name).numpy()
         pos, neg = np.clip(vals, 0, None), np.clip(vals, None, 0)
-        ax.bar(x, pos, bottom=up, color=PART_COLOURS[name], label=name)
-        ax.bar(x, neg, bottom=down, color=PART_COLOURS[name])
-        up, down = up + pos, down + neg
-    ax.plot(x, ex.total.numpy(), "o-", color="k", ms=3, lw=0.8, label="raw logit q·k")
-    ax.axhline(0, color="k", lw=0.6)
-    ax.set_xticks(x, result.example_tokens, rotation=60, ha="right")
+        ax.barh(y, pos, left=right, color=PART_COLOURS[name], label=name)
+        ax.barh(y, neg, left=left, color=PART_COLOURS[name])
+        right, left = right + pos, left + neg
+    ax.plot(ex.total.numpy(), y, "o", color="k", ms=3, label="raw logit q·k")
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_yticks(y, result.example_tokens, fontsize=9)
     ax.set(
-        xlim=(-0.5, n - 0.5),
-        ylabel="logit contribution",
-        title=f"{head_name(result.head)}: where the attention logits come from "
-        f"(order rank {result.ranks[0]}, lexical rank {result.ranks[1]})",
+        ylim=(-0.7, n - 0.3),
+        xlabel="logit contribution",
+        title=f"{head_name(result.head)}: order rank {result.ranks[0]}, lexical rank {result.ranks[1]}",
     )
-    ax.legend(ncol=4, fontsize=8, frameon=False)
+    ax.legend(ncol=2, fontsize=9, loc="lower right")
     return fig
 
 
 def plot_explained(result):
-    """Distribution over prompts of the explained fraction 1 − ‖res‖²/‖total‖², per condition; left: over all key
-    positions, right: over the boxes' keys only."""
-    fig, axes = plt.subplots(1, 2, figsize=(13, 3.6), sharey=True)
+    """Distribution over prompts of the explained fraction 1 − ‖res‖²/‖total‖², per condition (outliers shown);
+    top: over all key positions, bottom: over the boxes' keys only. One x scale for both."""
+    fig, axes = plt.subplots(2, 1, figsize=(FIG_WIDTH, 4.6), sharex=True, layout="constrained")
     for ax, (frame, where) in zip(
         axes, ((result.fractions, "all key positions"), (result.fractions_keys, "boxes' keys only"))
     ):
         data = [frame[c].to_numpy() for c in frame.columns]
-        ax.boxplot(data, vert=False, showfliers=False)
+        ax.boxplot(data, orientation="horizontal", showfliers=True, flierprops={"markersize": 3})
         ax.set_yticks(np.arange(1, len(data) + 1), list(frame.columns))
         ax.axvline(0, color="k", lw=0.6)
-        ax.set(xlabel="explained fraction", title=f"{head_name(result.head)}, {where}", xlim=(-0.5, 1.02))
+        ax.axvline(1, color="k", lw=0.6, ls=":")
+        ax.set(title=f"{head_name(result.head)}, {where}")
+    axes[-1].set_xlabel("explained fraction 1 − ‖res‖²/‖total‖²")
     return fig

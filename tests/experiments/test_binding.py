@@ -17,12 +17,14 @@ from qkcore.experiments.binding.attribution import (
     split_query,
 )
 from qkcore.experiments.binding.contrasts import lexical_contrast, order_contrast
-from qkcore.experiments.binding.interventions import InterventionParams, _Batches, _swap, run_interventions
+from qkcore.experiments.binding.interventions import InterventionParams, run_interventions
 from qkcore.experiments.binding.prompts import capture_binding, encode_binding_prompts
 from qkcore.experiments.binding.subspaces import SubspaceParams, run_subspaces
 from qkcore.lm import edit_attention, run_model
 from qkcore.organisms.binding_task import VOCABULARY, lexical_pairs, order_id_prompts, sample_prompt
 from qkcore.params import from_namespace
+from qkcore.plotting import binding as binding_plots
+from qkcore.plotting.style import use_book_style
 from qkcore.subspace import random_orthonormal
 
 SMALL = dict(n_order_prompts=24, n_lexical_prompts=24, batch_size=16, n_heads=2)
@@ -30,6 +32,7 @@ SMALL = dict(n_order_prompts=24, n_lexical_prompts=24, batch_size=16, n_heads=2)
 
 @pytest.fixture(scope="module", params=[False, True], ids=["plain", "chat-template"])
 def tiny(request, tmp_path_factory, save_tiny_llama):
+    use_book_style()
     path = save_tiny_llama(tmp_path_factory.mktemp("tiny"), VOCABULARY, chat=request.param)
     lm = load_binding_lm(BindingParams(model=str(path)))
     assert lm.chat == request.param
@@ -98,28 +101,31 @@ def test_order_and_lexical_delta_match_stored_pairs(tiny):
     torch.testing.assert_close(lex.delta[0], expected, rtol=1e-6, atol=1e-8)
 
 
-# -- swaps: the full-space swap exchanges the two logits exactly ---------------------------------------------------
+# -- swaps: the binding encoder hands the engine its task; a full-space swap exchanges the two logits -------------
 
 
-def test_full_space_swap_exchanges_orig_and_target(tiny):
+def test_binding_task_on_the_swap_engine(tiny):
     _, lm = tiny
+    from qkcore.experiments.swap_engine import gather_swap_sets, recomputed_metrics
+
     prompts = [sample_prompt(5, torch.Generator().manual_seed(s)) for s in range(6)]
     targets = torch.tensor([(p.query + 1) % 5 for p in prompts])
+    orig = torch.tensor([p.query for p in prompts])
     head = (1, 1)
-    batches = _Batches(lm.model, lm.tokenizer, lm.chat, prompts, targets, [head], batch_size=4)
-    for enc, orig, target, _, clause in batches.items:  # the swapped columns hold the answer's and target's letters
-        for r, p in enumerate(enc.prompts):
-            ids = enc.batch.input_ids[r]
-            assert (
-                lm.tokenizer.convert_ids_to_tokens([int(ids[orig[r]]), int(ids[target[r]])])
-                == [p.answer, p.letters[clause[r]]]
-                and clause[r] != p.query
-            )
-    m = _swap(lm.model, batches, [(head, torch.eye(16))])
-    assert abs(m["attn_orig_after"] - m["attn_target_before"]) < 1e-5
-    assert abs(m["attn_target_after"] - m["attn_orig_before"]) < 1e-5
-    same = _swap(lm.model, batches, [(head, torch.zeros(16, 0))])  # an empty subspace changes nothing
-    assert abs(same["target_shift"]) < 1e-6 and abs(same["attn_orig_after"] - same["attn_orig_before"]) < 1e-6
+    enc = encode_binding_prompts(lm.tokenizer, prompts, lm.chat)
+    task = enc.task
+    assert torch.equal(task.candidates, enc.keys) and torch.equal(task.query, enc.last)
+    assert torch.equal(task.labels[0], torch.arange(5))
+    for r, p in enumerate(prompts):  # the candidate columns hold the box letters, in clause order
+        assert lm.tokenizer.convert_ids_to_tokens(task.batch.input_ids[r, task.candidates[r]].tolist()) == list(
+            p.letters
+        )
+    s = gather_swap_sets(lm.model, [task], [head], orig, targets)[head]
+    full = recomputed_metrics(s, torch.eye(16, dtype=torch.float64))
+    torch.testing.assert_close(full["attn_orig_after"], full["attn_target_before"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(full["attn_target_after"], full["attn_orig_before"], rtol=0, atol=1e-6)
+    none = recomputed_metrics(s, torch.zeros(16, 0, dtype=torch.float64))
+    assert none["delta_p"].abs().max() < 1e-9  # an empty subspace changes nothing
 
 
 # -- the three experiments end to end on a saved tiny model ---------------------------------------------------------
@@ -137,8 +143,18 @@ def test_subspaces_end_to_end(tiny):
     assert len(table) == 2 * 3 and (table["order rank"] >= 0).all()
     assert r.lexical_views["trained"].umap is None and r.lexical_views["trained"].pca.shape == (40, 3)
     assert set(r.view_table().index) == {"trained", "shuffled labels", "random init"}
+    pt = r.position_table()  # filler prompts: the clause apart from absolute position
+    assert set(pt.index) == {"trained", "shuffled labels", "random init"} and (pt["chance"] == 1 / 9).all()
+    assert (pt["clause from position alone"] < 1).all()  # the filler moved the clauses
     # the random-init copy is a different model with the same architecture
     assert not torch.equal(a.random_model.lm_head.weight, lm.model.lm_head.weight)
+    _check_figures(
+        {
+            "scan": binding_plots.plot_scan(a),
+            "spectra": binding_plots.plot_contrast_spectra(a, r.view_head),
+            "order views": binding_plots.plot_views(r.order_views, "clause index", "order ID"),
+        }
+    )
 
 
 def test_interventions_and_attribution_end_to_end(tiny):
@@ -147,23 +163,58 @@ def test_interventions_and_attribution_end_to_end(tiny):
         InterventionParams(model=str(path), heads=[[1, 0], [1, 1]], n_swap_prompts=10, n_random=2, **SMALL), lm
     )
     t = ri.table
-    assert t.index.get_level_values(0).unique().tolist() == ["L1H0", "L1H1", "all studied"]
-    ranks = t.loc[("all studied", "order+lexical"), "rank"]
-    assert ranks == t.loc[("L1H0", "order+lexical"), "rank"] + t.loc[("L1H1", "order+lexical"), "rank"]
+    assert t.index.get_level_values(0).unique().tolist() == ["L1H0", "L1H1"]
     assert {
         "order",
         "lexical",
         "order+lexical",
         "random (order rank)",
+        "top key variance (order+lexical rank)",
         "shuffled labels: order",
         "random init: order",
     } <= set(t.index.get_level_values(1))
-    assert ((t["flip_rate"].dropna() >= 0) & (t["flip_rate"].dropna() <= 1)).all()
+    for m in ("flip", "flip_candidates"):  # undefined where the answer is not on top: NaN, never 0
+        assert ((t[m].dropna() >= 0) & (t[m].dropna() <= 1)).all()
+        assert (t[f"{m} n"] <= 10).all()
+    assert len(ri.verdicts) == 2 * 3 and all(v.head in ("L1H0", "L1H1") for v in ri.verdicts)
     ra = run_attribution(AttributionParams(model=str(path), n_attr_prompts=6, n_random=2, **SMALL), lm)
     ex = ra.example
     torch.testing.assert_close(ex.order + ex.lexical + ex.residual, ex.total, rtol=0, atol=1e-9)
     assert len(ra.example_tokens) == len(ex.total) and ra.example_tokens[-1] == "Box"
-    assert list(ra.explained_table().index) == ["trained", "shuffled labels", "random init", "random subspaces"]
+    assert list(ra.explained_table().index) == [
+        "trained",
+        "shuffled labels",
+        "random init",
+        "random subspaces",
+        "mean query direction",
+    ]
+    assert list(ra.key_fractions.columns) == ["trained", "shuffled labels", "random init"]
+    sel = ra.key_selectivity.loc["trained"]
+    assert abs(sel["order"] + sel["lexical"] + sel["residual"] - sel["total"]) < 1e-6
+    _check_figures(
+        {
+            "swaps": binding_plots.plot_binding_swaps(t, ["L1H0", "L1H1"]),
+            "attribution": binding_plots.plot_attribution(ra),
+            "explained": binding_plots.plot_explained(ra),
+        }
+    )
+
+
+def _check_figures(figures: dict) -> None:
+    """Issue 18: at most the column (6.5 in at 150 dpi), no text under 9 pt."""
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    for name, fig in figures.items():
+        assert fig.get_figwidth() <= binding_plots.FIG_WIDTH + 1e-9, name
+        fig.canvas.draw()
+        small = [
+            (t.get_text(), t.get_fontsize())
+            for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and t.get_fontsize() < 9
+        ]
+        assert not small, f"{name}: {small[:5]}"
+    plt.close("all")
 
 
 # -- params ----------------------------------------------------------------------------------------------------------
@@ -215,97 +266,17 @@ def test_heads_out_of_range_stop_before_any_forward_pass(tiny, monkeypatch):
     assert not calls
 
 
-# -- the recomputed swap path (swap_method="recompute") ---------------------------------------------------------------
-
-
-def test_recomputed_swap_equals_the_edited_forward_pass(tiny):
-    """Rows rebuilt from one gathered pass give the forward path's metrics and per-prompt flips, for a half-space
-    basis (the softmax's normaliser moves) and the whole key space (the two logits are exchanged)."""
-    _, lm = tiny
-    prompts = [sample_prompt(5, torch.Generator().manual_seed(s)) for s in range(10)]
-    targets = torch.tensor([(p.query + 2) % 5 for p in prompts])
-    head = (1, 1)
-    slow = _Batches(lm.model, lm.tokenizer, lm.chat, prompts, targets, [head], batch_size=4)
-    fast = _Batches(lm.model, lm.tokenizer, lm.chat, prompts, targets, [head], batch_size=4, recompute=True)
-    assert fast.correct == slow.correct and not slow.qk and len(fast.qk) == 3
-    torch.testing.assert_close(fast.letter_keys[head], slow.letter_keys[head], rtol=0, atol=1e-5)
-    for basis in (random_orthonormal(16, 8, torch.Generator().manual_seed(1)).float(), torch.eye(16)):
-        a, b = _swap(lm.model, slow, [(head, basis)]), _swap(lm.model, fast, [(head, basis)])
-        for key in ("attn_orig_after", "attn_target_after", "target_shift", "share_shift", "flip_rate"):
-            assert abs(a[key] - b[key]) < 1e-5, key
-        assert torch.equal(a["flips"], b["flips"])
-        assert b["answer_to_target"] != b["answer_to_target"]  # NaN: no edited forward pass, no answer
-    moved = _swap(lm.model, fast, [(head, random_orthonormal(16, 8, torch.Generator().manual_seed(1)).float())])
-    unmoved = _swap(lm.model, fast, [(head, torch.zeros(16, 0))])
-    assert abs(moved["target_shift"]) > 1e-4 and abs(unmoved["target_shift"]) < 1e-7  # the check can fail
-    with pytest.raises(ValueError, match="one head"):
-        _swap(lm.model, fast, [(head, torch.eye(16)), ((1, 0), torch.eye(16))])
-    top = fast.top_variance(head, 3)
-    torch.testing.assert_close(top.T @ top, torch.eye(3, dtype=top.dtype), rtol=0, atol=1e-10)
-
-
-def test_interventions_recompute_path_end_to_end(tiny):
+def test_answer_prefix_begins_the_answer(tiny):
+    """A chat model's answer begun "The tea is in Box": the query is that "Box", the answer letters follow it; a
+    plain model refuses the parameter when it loads, naming it."""
     path, lm = tiny
-    kw = dict(model=str(path), heads=[[1, 0], [1, 1]], n_swap_prompts=10, n_random=2, **SMALL)
-    fwd = run_interventions(InterventionParams(**kw), lm).table
-    rec = run_interventions(InterventionParams(swap_method="recompute", **kw), lm).table
-    assert "all studied" not in rec.index.get_level_values(0)
-    for row in (
-        "order",
-        "lexical",
-        "order+lexical",
-        "top key variance (order+lexical rank)",
-        "shuffled labels: order+lexical",
-    ):
-        for h in ("L1H0", "L1H1"):
-            assert abs(fwd.loc[(h, row), "flip_rate"] - rec.loc[(h, row), "flip_rate"]) < 1e-6, (h, row)
-            assert rec.loc[(h, row), "flip_lo"] <= rec.loc[(h, row), "flip_rate"] <= rec.loc[(h, row), "flip_hi"]
-
-
-# -- the verdicts' rules, on made-up numbers ------------------------------------------------------------------------
-
-
-def test_verdict_rules():
-    from qkcore.experiments.binding import report as r
-
-    assert r.at_chance(0.27, 4, 150) and not r.at_chance(0.45, 4, 150)
-    rnd = (0.05, 0.02, 0.08)
-    assert r.compare((0.9, 0.85, 0.95), {"random": rnd, "shuffled": (0.5, 0.4, 0.6)}, "random") == r.REPRODUCED
-    assert r.compare((0.9, 0.85, 0.95), {"random": rnd, "shuffled": (0.8, 0.7, 0.9)}, "random") == r.SHARED
-    assert r.compare((0.1, 0.07, 0.15), {"random": rnd, "shuffled": (0.0, 0.0, 0.0)}, "random") == r.NOT_REPRODUCED
-    nan = float("nan")
-    assert r.compare((nan, nan, nan), {"random": rnd}, "random") == r.NOT_REPRODUCED
-    near = {"random": rnd, "shuffled": (0.99, 0.985, 0.99)}  # above by less than the margin: not a difference
-    assert r.compare((0.996, 0.995, 0.996), near, "random") == r.SHARED
-    assert r.compare((0.1, 0.1, 0.12), {"random": rnd}, "random") == r.NOT_REPRODUCED  # 0.02 above: within it
-
-    def rows(both, shuffled):
-        return {
-            "random (order+lexical rank)": rnd,
-            "order+lexical": both,
-            "shuffled labels: order+lexical": shuffled,
-            "top key variance (order+lexical rank)": (0, 0, 0),
-        }
-
-    text = r.swap_verdict(
-        {"L1H1": rows((1, 0.99, 1), (0.6, 0.5, 0.7)), "L1H2": rows((1, 0.99, 1), (0.99, 0.98, 1))},
-        1.0,
-        9,
-        300,
-        organism=True,
-    )
-    assert text.startswith(f"**Verdict: {r.SHARED}.**") and "attention hints" not in text and "nudged" in text
-    chance = r.swap_verdict({"L20H6": rows((0.3, 0.25, 0.35), (0.3, 0.25, 0.35))}, 0.26, 4, 100, organism=False)
-    assert "negative control" in chance and r.SHARED in chance
-    fr = {
-        "trained": (0.8, 0.75, 0.85),
-        "random subspaces": (0.2, 0.18, 0.22),
-        "shuffled labels": (0.5, 0.45, 0.55),
-        "random init": (0.98, 0.97, 0.99),
-    }
-    assert f"Verdict: {r.SHARED}" in r.attribution_verdict(fr, 0.9, 4, 100, organism=False)
-    ranks = {"trained": (1, 3), "shuffled labels": (20, 30), "random init": (0, 30)}
-    knn = {"trained": 0.9, "shuffled labels": 0.3, "random init": 0.2}
-    assert f"order ID {r.REPRODUCED}" in r.subspace_verdict(ranks, knn, knn, 64, 0.9, 4, 100, False)
-    flat = {"trained": 0.42, "shuffled labels": 0.29, "random init": 0.35}
-    assert f"order ID {r.NOT_REPRODUCED}" in r.subspace_verdict(ranks, flat, knn, 64, 0.9, 4, 100, False)
+    prompts = [sample_prompt(3, torch.Generator().manual_seed(s)) for s in range(2)]
+    if not lm.chat:
+        with pytest.raises(ValueError, match="answer_prefix"):
+            load_binding_lm(BindingParams(model=str(path), answer_prefix="The {object} is in Box"))
+        return
+    enc = encode_binding_prompts(lm.tokenizer, prompts, lm.chat, answer_prefix="The {object} is in Box")
+    for r, p in enumerate(prompts):
+        toks = lm.tokenizer.convert_ids_to_tokens(enc.batch.input_ids[r, enc.last[r] - 4 : enc.last[r] + 1].tolist())
+        assert toks == ["The", p.query_object, "is", "in", "Box"]
+        assert lm.tokenizer.convert_ids_to_tokens(enc.letter_ids[r].tolist()) == list(p.letters)

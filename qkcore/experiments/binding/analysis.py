@@ -45,6 +45,7 @@ class BindingParams(LMChapterParams):
     n_heads: int = 3
     scan_by: Literal["attention", "logit_gap"] = "attention"
     key_offset: int = 0
+    answer_prefix: str = ""
     n_pairs: int = 9
     query_object: str = "tea"
     n_order_prompts: int = 1000
@@ -71,8 +72,14 @@ class BindingParams(LMChapterParams):
 
 
 def load_binding_lm(params: BindingParams) -> LoadedLM:
-    """The model of `params.model` ("organism": the binding organism)."""
-    return load_chapter_model(params.model, ORGANISM, params.dtype, params.device)
+    """The model of `params.model` ("organism": the binding organism); an answer_prefix needs a chat model."""
+    lm = load_chapter_model(params.model, ORGANISM, params.dtype, params.device)
+    require(
+        lm.chat or not params.answer_prefix,
+        f"answer_prefix={params.answer_prefix!r} begins the assistant's answer, but {params.model!r} reads plain "
+        'prompts (no chat template): leave answer_prefix = ""',
+    )
+    return lm
 
 
 def contrast_prompts(params: BindingParams) -> tuple[list[BindingPrompt], list[tuple[BindingPrompt, BindingPrompt]]]:
@@ -105,6 +112,7 @@ def stream_contrasts(model, tokenizer, chat: bool, params: BindingParams, order,
         weighting=params.weighting,
         generator=g,
         key_offset=params.key_offset,
+        answer_prefix=params.answer_prefix,
     )
     o, scan = order_contrast(model, tokenizer, order, **kw)
     return ModelContrasts(o, lexical_contrast(model, tokenizer, lexical, **kw), scan)

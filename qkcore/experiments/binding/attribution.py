@@ -19,9 +19,11 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.binding.analysis import BindingAnalysis, BindingParams, analyse_binding, control_decompositions
+from qkcore.experiments.binding.gates import binding_gate
 from qkcore.experiments.binding.prompts import encode_binding_prompts
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.tables import r3
+from qkcore.experiments.verdicts import Verdict, effect_vs_controls
 from qkcore.lm import iter_batches
 from qkcore.lm.chat import model_text
 from qkcore.lm.gather import gather_qk
@@ -66,6 +68,22 @@ def split_logits(q: torch.Tensor, K: torch.Tensor, U_order: torch.Tensor, U_lex:
         return (K @ x[..., :, None])[..., 0]  # (…, S)
 
     return LogitParts(dot(q.double()), dot(q_ord), dot(q_lex), dot(q_res))
+
+
+def split_keys(q: torch.Tensor, K: torch.Tensor, V_order: torch.Tensor, V_lex: torch.Tensor) -> LogitParts:
+    """The key-side split: each key (…, S, d) into its order-ID part P_{V_o} k, its lexical part beyond order
+    P_{V_l}(k − k_ord) and the rest, with orthonormal key bases (d, r_o), (d, r_l); the raw logits q·k (…, S) and
+    the three contributions q·k_ord, q·k_lex, q·k_rest (order / lexical / residual fields), which add up exactly."""
+    k_ord, k_lex, k_res = split_query(K, V_order, V_lex)
+    q = q.double()[..., None, :]  # (…, 1, d)
+    return LogitParts((K.double() * q).sum(-1), (k_ord * q).sum(-1), (k_lex * q).sum(-1), (k_res * q).sum(-1))
+
+
+def mean_query_basis(q: torch.Tensor) -> torch.Tensor:
+    """(d, 1) the direction of the mean query: the label-free baseline of the explained fraction (when the queries
+    barely vary, this one direction explains nearly every logit whatever the contrasts found)."""
+    m = q.double().mean(0)
+    return (m / m.norm().clamp_min(1e-300))[:, None]
 
 
 def explained_fraction(parts: LogitParts, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -113,13 +131,22 @@ class Captured:
 
 @torch.no_grad()
 def capture_head(
-    model, tokenizer, chat: bool, prompts: list[BindingPrompt], head, batch_size: int, key_offset: int = 0
+    model,
+    tokenizer,
+    chat: bool,
+    prompts: list[BindingPrompt],
+    head,
+    batch_size: int,
+    key_offset: int = 0,
+    answer_prefix: str = "",
 ) -> Captured:
     """The query and all keys of one head, prompts padded to a common length (left padding)."""
-    enc = encode_binding_prompts(tokenizer, prompts, chat, key_offset)  # one batch layout for all prompts
+    enc = encode_binding_prompts(
+        tokenizer, prompts, chat, key_offset, answer_prefix
+    )  # one batch layout for all prompts
     qs, ks = [], []
     for idx in iter_batches(len(prompts), batch_size):
-        sub = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
+        sub = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         got = gather_qk(model, sub.batch, [head], sub.last, key_cols=None, dtype=torch.float64)  # every key
         pad = enc.batch.input_ids.shape[1] - sub.batch.input_ids.shape[1]  # extra left padding of the full batch
         qs.append(got.q[0])  # (b, d)
@@ -154,7 +181,9 @@ def shown_positions(tokenizer, prompt: BindingPrompt, chat: bool) -> tuple[list[
 class AttributionResult:
     """analysis; head; ranks (order, lexical); example: the plotted prompt's parts at its shown tokens; fractions:
     explained fraction per prompt and condition (DataFrame); fractions_keys: the same over the boxes' keys only;
-    selectivity: answer-vs-other-letter contribution per part and condition."""
+    selectivity: answer-vs-other-letter contribution per part and condition; "mean query direction" is the label-free
+    baseline (the mean query's direction alone as the order part, nothing as lexical). key_fractions /
+    key_selectivity: the same from the key-side split (order keys, lexical beyond order, rest) per condition."""
 
     analysis: BindingAnalysis
     head: tuple[int, int]
@@ -165,6 +194,8 @@ class AttributionResult:
     fractions: pd.DataFrame
     fractions_keys: pd.DataFrame
     selectivity: pd.DataFrame
+    key_fractions: pd.DataFrame
+    key_selectivity: pd.DataFrame
 
     def explained_table(self) -> pd.DataFrame:
         """Mean, spread and quartiles of the explained fraction per condition (all key positions)."""
@@ -182,8 +213,8 @@ def run_attribution(
     prompts = [sample_prompt(params.n_pairs, g) for _ in range(params.n_attr_prompts)]
     tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
     ko = params.key_offset
-    caps = {"trained": capture_head(analysis.lm.model, tok, chat, prompts, head, bs, ko)}
-    caps["random init"] = capture_head(analysis.random_model, tok, chat, prompts, head, bs, ko)
+    caps = {"trained": capture_head(analysis.lm.model, tok, chat, prompts, head, bs, ko, params.answer_prefix)}
+    caps["random init"] = capture_head(analysis.random_model, tok, chat, prompts, head, bs, ko, params.answer_prefix)
     decs = {w: control_decompositions(analysis, head, w) for w in ("order", "lexical")}
     bases = {
         cond: (decs["order"][cond].query_basis, decs["lexical"][cond].query_basis)
@@ -219,6 +250,21 @@ def run_attribution(
         fr["random subspaces"].numpy(),
         fr_keys["random subspaces"].numpy(),
     )
+    mean_dir = mean_query_basis(caps["trained"].q)
+    record("mean query direction", caps["trained"], mean_dir, torch.zeros(d, 0, dtype=torch.float64))
+    kfr, ksel = {}, {}
+    kbases = {
+        cond: (decs["order"][cond].key_basis, decs["lexical"][cond].key_basis)
+        for cond in ("trained", "shuffled labels", "random init")
+    }
+    for cond, cap in (
+        ("trained", caps["trained"]),
+        ("shuffled labels", caps["trained"]),
+        ("random init", caps["random init"]),
+    ):
+        kp = split_keys(cap.q, cap.K, *kbases[cond])
+        kfr[cond] = explained_fraction(kp, cap.valid).numpy()
+        ksel[cond] = selectivity(kp, cap)
     draw_sel = [selectivity(p, caps["trained"]) for p in draw_parts]
     sel["random subspaces"] = {k: sum(s[k] for s in draw_sel) / len(draw_sel) for k in draw_sel[0]}
     ex = params.example
@@ -235,7 +281,34 @@ def run_attribution(
         pd.DataFrame(fr),
         pd.DataFrame(fr_keys),
         pd.DataFrame(sel).T,
+        pd.DataFrame(kfr),
+        pd.DataFrame(ksel).T,
     )
+
+
+def attribution_verdicts(result: AttributionResult) -> list[Verdict]:
+    """The Figure 10 claim at the head: gated on the model binding and the head selecting the answer's box; else the
+    per-prompt explained fraction of the order and lexical query subspaces against the label-free mean-query
+    direction, random subspaces of the same ranks, the shuffled-label subspaces and the random-init copy, by paired
+    bootstrap on the same prompts (verdicts.effect_vs_controls)."""
+    from qkcore.experiments.binding.interventions import chapter_gates, model_label
+
+    a = result.analysis
+    gates = chapter_gates(a)
+    name = head_name(result.head)
+    claim, split = "attribution: explained fraction", "attribution: key-side split"
+    gated = [binding_gate(c, model_label(a), name, gates["model"], gates[name]) for c in (claim, split)]
+    if gated[0] is not None:
+        return gated
+    f = {c: torch.tensor(result.fractions[c].to_numpy().copy()) for c in result.fractions.columns}
+    controls = {c: f[c] for c in ("mean query direction", "random subspaces", "shuffled labels", "random init")}
+    k = {c: torch.tensor(result.key_fractions[c].to_numpy().copy()) for c in result.key_fractions.columns}
+    return [
+        effect_vs_controls(claim, model_label(a), name, f["trained"], controls),
+        effect_vs_controls(
+            split, model_label(a), name, k["trained"], {c: k[c] for c in ("shuffled labels", "random init")}
+        ),
+    ]
 
 
 def summary(result: AttributionResult) -> dict[str, object]:
@@ -257,4 +330,8 @@ def summary(result: AttributionResult) -> dict[str, object]:
     sel = result.selectivity.loc["trained"]
     for part in ("total", "order", "lexical", "residual"):
         out[f"answer-vs-other-letter logit difference, {part}"] = r3(sel[part])
+    ksel = result.key_selectivity.loc["trained"]
+    for part, label in (("order", "order keys"), ("lexical", "lexical keys beyond order"), ("residual", "rest")):
+        out[f"answer-vs-other-letter logit difference, key side: {label}"] = r3(ksel[part])
+    out["verdicts"] = [f"{v.head}, {v.claim}: {v.verdict}" for v in attribution_verdicts(result)]
     return out

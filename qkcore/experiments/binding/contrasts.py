@@ -70,11 +70,16 @@ class Contrast:
 class ScanStats:
     """Mean attention from the last token on the answer box's key and on one other box's key (averaged over the
     other boxes), per head (H,); clause_attn (H, 6): on the answer clause's tokens at letter offsets CLAUSE_OFFSETS.
-    Over the order prompts."""
+    Over the order prompts. Per prompt, the evidence of the gates (qkcore.experiments.binding.gates): correct (n,)
+    whether the model's top letter is the answer; top_is_answer (H, n) whether the answer's key is the
+    most-attended box key; gap (H, n) the raw logit q·k at the answer's key minus the mean at the other boxes'."""
 
     attn_answer: torch.Tensor
     attn_other: torch.Tensor
     clause_attn: torch.Tensor
+    correct: torch.Tensor
+    top_is_answer: torch.Tensor
+    gap: torch.Tensor
 
 
 class _Pair:
@@ -130,6 +135,7 @@ def order_contrast(
     weighting: Weighting = "pair_mean",
     generator: torch.Generator | None = None,
     key_offset: int = 0,
+    answer_prefix: str = "",
 ) -> tuple[Contrast, ScanStats]:
     """Order-ID ΔC (and its null) at `heads` over order-ID prompts, plus the attention scan statistics."""
     heads = _heads(model, heads)
@@ -141,9 +147,9 @@ def order_contrast(
     attn_answer = torch.zeros(len(heads), dtype=torch.float64)
     attn_other = torch.zeros(len(heads), dtype=torch.float64)
     clause = torch.zeros(len(heads), len(CLAUSE_OFFSETS), dtype=torch.float64)
-    correct = 0
+    correct, top, gaps = [], [], []
     for idx in iter_batches(len(prompts), batch_size):
-        enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
+        enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         vec = capture_binding(model, enc, heads, attention=True)
         if acc is None:
             acc = _Pair(len(heads), vec.q.shape[-1], weighting)
@@ -156,10 +162,16 @@ def order_contrast(
         attn_answer += on_answer.double().sum(1)
         attn_other += ((vec.attn.sum(-1) - on_answer) / (n_pairs - 1)).double().sum(1)
         clause += vec.clause_attn.double().sum(1)
-        correct += int((vec.choice == enc.answer).sum())
+        correct.append(vec.choice == enc.answer)
+        top.append(vec.attn.argmax(-1) == enc.answer)  # (H, b)
+        logits = torch.einsum("hbd,hbpd->hbp", vec.q.float(), vec.k.float())  # (H, b, P) raw q·k at the boxes
+        at = logits[:, rows, enc.answer]  # (H, b)
+        gaps.append(at - (logits.sum(-1) - at) / (n_pairs - 1))
     n = len(prompts)
-    contrast = acc.contrast("order", heads, {"order prompts": correct / n}, n)
-    return contrast, ScanStats(attn_answer / n, attn_other / n, clause / n)
+    correct = torch.cat(correct)
+    contrast = acc.contrast("order", heads, {"order prompts": float(correct.double().mean())}, n)
+    stats = ScanStats(attn_answer / n, attn_other / n, clause / n, correct, torch.cat(top, 1), torch.cat(gaps, 1))
+    return contrast, stats
 
 
 @torch.no_grad()
@@ -173,6 +185,7 @@ def lexical_contrast(
     weighting: Weighting = "pair_mean",
     generator: torch.Generator | None = None,
     key_offset: int = 0,
+    answer_prefix: str = "",
 ) -> Contrast:
     """Lexical-ID ΔC (and its null) at `heads` over (prompt, counterfactual) pairs."""
     heads = _heads(model, heads)
@@ -180,8 +193,8 @@ def lexical_contrast(
     acc = None
     correct = {"prompts": 0, "counterfactuals": 0}
     for idx in iter_batches(len(pairs), batch_size):
-        enc_p = encode_binding_prompts(tokenizer, [pairs[i][0] for i in idx], chat, key_offset)
-        enc_c = encode_binding_prompts(tokenizer, [pairs[i][1] for i in idx], chat, key_offset)
+        enc_p = encode_binding_prompts(tokenizer, [pairs[i][0] for i in idx], chat, key_offset, answer_prefix)
+        enc_c = encode_binding_prompts(tokenizer, [pairs[i][1] for i in idx], chat, key_offset, answer_prefix)
         vp = capture_binding(model, enc_p, heads)
         vc = capture_binding(model, enc_c, heads)
         if acc is None:

@@ -1,25 +1,24 @@
 """Binding interventions (paper Figure 9): at a head, swap the answer box letter's key with another box letter's
-key inside the order-ID subspace, the lexical-ID subspace, both, or random subspaces of the same ranks; overwrite
-the head's logits at the last token (qkcore.lm.edit_attention with a KeySwap) and read where its attention goes.
+key inside the order-ID subspace, the lexical-ID subspace, both, or controls of the same ranks, and read where the
+head's attention goes. The swaps run on the book's one swap engine (qkcore.experiments.swap_engine): this module only
+chooses the prompts (the authors' set: an unused queried object), orig (the answer's box) and target (a random other
+box), and the bases compared.
 
-Controls: the same swaps inside random subspaces and inside the span of the keys' top principal directions (the
-label-free top-variance subspace), both of the same ranks; inside the shuffled-label subspaces (at the trained ranks)
-on the trained model, and inside the randomly initialised copy's own subspaces (at the trained ranks) on that copy.
-Every flip rate comes with its 95% bootstrap interval over prompts (flip_lo, flip_hi).
+Conditions per studied head: order / lexical / order+lexical; random subspaces of each rank (`n_random` draws,
+averaged per prompt); the top key-variance subspace (label-free); the shuffled-label subspaces at the trained ranks;
+and the random-init copy's own subspaces on that copy. Metrics per prompt (the engine's): the authors' flip
+(undefined where the answer's key is not the head's argmax before the swap), the flip among the box letters, Δp,
+the gap fraction; and the baseline sink share. Verdicts (qkcore.experiments.verdicts): gated on the model binding
+and the head selecting the answer's box (qkcore.experiments.binding.gates), then the authors' flip in each of the
+three subspaces against its controls by paired bootstrap on the same prompts.
 
-swap_method="forward" edits the head in a forward pass per condition (and reads the model's answer);
-"recompute" gathers each prompt's query, keys and unedited attention row once per model and rebuilds the edited row
-with qkcore.interventions.swapped_attention (exact for one edited head, nothing upstream of it moves; no answer is
-read, and there is no "all studied" row): what makes a 135M-parameter model affordable on a CPU.
-
-    P = InterventionParams()                  # swap_method="forward"; "recompute" for a real model on a CPU
-    result = run_interventions(P)             # result.table: one row per (head, condition)
-    result.table.loc[("L2H1", "order"), "flip_rate"]
+    P = InterventionParams()                  # the authors' swap set; n_random random draws per rank
+    result = run_interventions(P)             # result.table: one row per (head, condition); result.verdicts
+    result.table.loc[("L1H3", "order+lexical"), "flip"]
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -27,42 +26,36 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.binding.analysis import BindingAnalysis, BindingParams, analyse_binding, control_decompositions
-from qkcore.experiments.binding.prompts import capture_binding, encode_binding_prompts
+from qkcore.experiments.binding.gates import binding_gate, fmt_p, head_evidence, model_evidence
+from qkcore.experiments.binding.prompts import encode_binding_prompts
 from qkcore.experiments.models import LoadedLM
+from qkcore.experiments.swap_engine import SwapResult, gather_swap_sets, swap_conditions, top_key_variance
 from qkcore.experiments.tables import r3
-from qkcore.interventions import bootstrap_interval, swap_metrics, swapped_attention
-from qkcore.lm import KeySwap, edit_attention, iter_batches, run_model
-from qkcore.lm.gather import gather_qk
+from qkcore.experiments.verdicts import MIN_DEFINED, Estimate, Verdict, effect_vs_controls
+from qkcore.lm import iter_batches
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import EXTRA_OBJECTS, BindingPrompt, counterfactual, sample_prompt
 from qkcore.params import require
-from qkcore.subspace import combine_bases, random_orthonormal
+from qkcore.subspace import combine_bases
 
-METRICS = (
-    "attn_orig_before",
-    "attn_target_before",
-    "attn_orig_after",
-    "attn_target_after",
-    "target_shift",
-    "flip_rate",
-    "share_shift",
-    "flip_from_orig",
-    "answer_to_target",
-)
-BOOTSTRAP_SEED = 0  # the bootstrap's own generator: intervals never shift the conditions' random draws
+SUBSPACES = ("order", "lexical", "order+lexical")
+CLAIM_OF = {
+    "order": "binding: swap, order",
+    "lexical": "binding: swap, lexical",
+    "order+lexical": "binding: swap, both",
+}
+METRICS = ("flip", "flip_candidates", "delta_p", "gap_fraction")
 
 
 @dataclass(frozen=True)
 class InterventionParams(BindingParams):
     """BindingParams, plus: n_swap_prompts fresh prompts (paper: 1,000); n_random random subspaces per rank (their
-    metrics are averaged); swap_prompts: "plain" (the paper's objects) or "unused query" (the queried object is an
-    unused one, as in the authors' intervention set); swap_method: "forward" (an edited forward pass per condition)
-    or "recompute" (rows rebuilt from one gathered pass per model; one head at a time). preset="quick": QUICK."""
+    per-prompt metrics are averaged); swap_prompts: "unused query" (the queried object is one the prompt does not
+    use, as in the authors' intervention set) or "plain" (the paper's objects). preset="quick": QUICK."""
 
     n_swap_prompts: int = 300
-    n_random: int = 3
-    swap_prompts: Literal["plain", "unused query"] = "plain"
-    swap_method: Literal["forward", "recompute"] = "forward"
+    n_random: int = 10
+    swap_prompts: Literal["plain", "unused query"] = "unused query"
     QUICK: ClassVar[dict] = {"n_order_prompts": 200, "n_lexical_prompts": 200, "n_swap_prompts": 100}
 
     def __post_init__(self):
@@ -86,285 +79,181 @@ def swap_prompt_set(params: InterventionParams) -> tuple[list[BindingPrompt], to
     return prompts, (answer + shift) % params.n_pairs  # (n,) never the answer
 
 
-class _Batches:
-    """Encoded swap prompts, their orig/target/last columns, the unedited attention of the heads (items), the keys
-    of every box letter per head (letter_keys[h]: (n, n_pairs, d), for the top-variance control) and, when
-    `recompute`, per batch and head the query, the orig and target keys and the logit scale (qk)."""
-
-    def __init__(
-        self, model, tokenizer, chat, prompts, targets, heads, batch_size, key_offset=0, recompute: bool = False
-    ):
-        self.items, self.qk = [], []
-        self.correct = 0  # prompts whose top letter (among the prompt's letters) is the answer
-        keys = {h: [] for h in heads}
-        for idx in iter_batches(len(prompts), batch_size):
-            enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
-            rows = torch.arange(enc.size)
-            orig, target = enc.keys[rows, enc.answer], enc.keys[rows, targets[list(idx)]]  # (b,) columns
-            if recompute:
-                cols = torch.arange(enc.batch.input_ids.shape[1]).expand(enc.size, -1)  # (b, S) every column
-                got = gather_qk(
-                    model, enc.batch, list(heads), enc.last, key_cols=None, attn_cols=cols, logits_to_keep=1
-                )
-                before = {h: got.attn[i] for i, h in enumerate(heads)}  # (b, S)
-                self.qk.append(
-                    {
-                        h: (got.q[i], got.k[i][rows, orig], got.k[i][rows, target], got.scaling[i])
-                        for i, h in enumerate(heads)
-                    }
-                )
-                for i, h in enumerate(heads):
-                    keys[h].append(got.k[i][rows[:, None], enc.keys])  # (b, n_pairs, d)
-                logits = got.output.logits[:, -1].float().cpu()  # left padding: the last column is the query
-            else:
-                with edit_attention(model, [], read=list(heads)) as ed:
-                    out = run_model(model, enc.batch)
-                before = {h: ed.attention(*h)[rows, enc.last].float().cpu() for h in heads}  # (b, kv_len)
-                logits = out.logits[rows, enc.last].float().cpu()
-                vec = capture_binding(model, enc, heads)
-                for i, h in enumerate(heads):
-                    keys[h].append(vec.k[i])  # (b, n_pairs, d)
-            letters = logits.gather(1, enc.letter_ids)  # (b, n_pairs)
-            self.correct += int((letters.argmax(-1) == enc.answer).sum())
-            self.items.append((enc, orig, target, before, targets[list(idx)]))
-        self.letter_keys = {h: torch.cat(v) for h, v in keys.items()}
-
-    def top_variance(self, head, rank: int) -> torch.Tensor:
-        """(d, rank) the top principal directions (centred) of every box letter's key at `head`: label-free."""
-        k = self.letter_keys[head].double().flatten(0, 1)  # (n·n_pairs, d)
-        return torch.linalg.svd(k - k.mean(0), full_matrices=False).Vh[:rank].T
+def swap_tasks(analysis: BindingAnalysis, prompts: list[BindingPrompt]) -> list:
+    """The swap prompts encoded in batches as the engine's EncodedTasks (query: the last token; candidates: the
+    box letters' keys; labels: clause indices)."""
+    p, lm = analysis.params, analysis.lm
+    return [
+        encode_binding_prompts(lm.tokenizer, [prompts[i] for i in idx], lm.chat, p.key_offset, p.answer_prefix).task
+        for idx in iter_batches(len(prompts), p.batch_size)
+    ]
 
 
-def _attention_metrics(a0: torch.Tensor, a1: torch.Tensor, orig: torch.Tensor, target: torch.Tensor) -> dict:
-    """swap_metrics plus the authors' Δp (target's share of {orig, target}) and the flip from orig to target."""
-    rows = torch.arange(a0.shape[0])
-    m = swap_metrics(a0, a1, orig, target)
-    p0 = a0[rows, target] / (a0[rows, target] + a0[rows, orig]).clamp_min(1e-12)
-    p1 = a1[rows, target] / (a1[rows, target] + a1[rows, orig]).clamp_min(1e-12)
-    m["share_shift"] = (p1 - p0).mean().item()
-    m["flip_from_orig"] = ((a0.argmax(-1) == orig) & (a1.argmax(-1) == target)).double().mean().item()
-    return m
+def head_bases(analysis: BindingAnalysis, head, condition: str) -> dict[str, torch.Tensor]:
+    """The order, lexical and order+lexical key bases (d, r) of `head` under a condition of CONDITIONS (the controls
+    at the trained ranks); "order+lexical" is the two bases' union, orthonormalised."""
+    decs = {w: control_decompositions(analysis, head, w)[condition] for w in ("order", "lexical")}
+    o, l = decs["order"].key_basis.double(), decs["lexical"].key_basis.double()
+    both = combine_bases([o, l]).double() if o.shape[1] + l.shape[1] > 0 else o
+    return {"order": o, "lexical": l, "order+lexical": both}
 
 
-@torch.no_grad()
-def _swap(model, batches: _Batches, swaps: Sequence[tuple[tuple[int, int], torch.Tensor]]) -> dict:
-    """Metrics of one swap condition over all prompts (means weighted by batch size), and "flips": per prompt
-    whether the argmax moved to the target (averaged over the heads). swaps: (head, key basis) pairs edited in the
-    same forward pass; attention metrics are averaged over those heads. With batches gathered for `recompute`, one
-    head's rows are rebuilt from the gathered q and k instead (answer_to_target is then NaN)."""
-    if batches.qk:
-        return _recomputed_swap(batches, swaps)
-    totals, n, flips = dict.fromkeys(METRICS, 0.0), 0, []
-    for enc, orig, target, before, target_clause in batches.items:
-        rows = torch.arange(enc.size)
-        edits = [KeySwap(h[0], h[1], b.float(), orig.tolist(), target.tolist(), enc.last.tolist()) for h, b in swaps]
-        with edit_attention(model, edits) as ed:
-            out = run_model(model, enc.batch)
-        after = {h: ed.attention(*h)[rows, enc.last].float().cpu() for h, _ in swaps}  # (b, kv_len) per head
-        per_head = [_attention_metrics(before[h], after[h], orig, target) for h, _ in swaps]
-        m = {k: sum(x[k] for x in per_head) / len(per_head) for k in per_head[0]}
-        flips.append(sum((after[h].argmax(-1) == target).double() for h, _ in swaps) / len(swaps))
-        letters = out.logits[rows, enc.last].float().cpu().gather(1, enc.letter_ids)  # (b, n_pairs)
-        m["answer_to_target"] = (letters.argmax(-1) == target_clause).double().mean().item()
-        for k in METRICS:
-            totals[k] += m[k] * enc.size
-        n += enc.size
-    return {**{k: v / n for k, v in totals.items()}, "flips": torch.cat(flips)}
-
-
-def _recomputed_swap(batches: _Batches, swaps) -> dict:
-    """_swap for one head from the gathered pass: qkcore.interventions.swapped_attention per batch."""
-    if len(swaps) != 1:
-        raise ValueError(
-            "swap_method='recompute' edits one head at a time (heads in different layers change "
-            "each other's inputs, which only a forward pass shows)"
-        )
-    ((head, basis),) = swaps
-    totals, n, flips = dict.fromkeys(METRICS, 0.0), 0, []
-    for (enc, orig, target, before, _), qk in zip(batches.items, batches.qk):
-        q, k_o, k_t, scale = qk[head]
-        after = swapped_attention(before[head], q, k_o, k_t, basis, scale, orig, target).float()  # (b, S)
-        m = _attention_metrics(before[head], after, orig, target)
-        flips.append((after.argmax(-1) == target).double())
-        for k in METRICS[:-1]:
-            totals[k] += m[k] * enc.size
-        n += enc.size
-    return {**{k: v / n for k, v in totals.items()}, "answer_to_target": float("nan"), "flips": torch.cat(flips)}
-
-
-def _interval(flips: torch.Tensor) -> dict[str, float]:
-    lo, hi = bootstrap_interval(flips, torch.Generator().manual_seed(BOOTSTRAP_SEED))
-    return {"flip_lo": lo, "flip_hi": hi}
-
-
-def _row(head_label: str, condition: str, model_name: str, swaps, model, batches) -> dict:
-    """One table row; swaps: [(head, basis or None)]; an empty subspace at any head gives NaN metrics. The row
-    keeps the per-prompt flips under "flips" (popped by _finish)."""
-    row = {
-        "head": head_label,
-        "condition": condition,
-        "model": model_name,
-        "rank": sum(0 if b is None else b.shape[1] for _, b in swaps),
-    }
-    if any(b is None or b.shape[1] == 0 for _, b in swaps):
-        return {**row, **dict.fromkeys(METRICS, float("nan")), "flips": None}
-    return {**row, **_swap(model, batches, swaps)}
-
-
-def _mean_of_draws(draws: list[dict]) -> dict:
-    """Rows of random draws → one row: metrics and per-prompt flips averaged over the draws."""
-    out = {**draws[0], **{k: sum(x[k] for x in draws) / len(draws) for k in METRICS}}
-    out["flips"] = None if draws[0]["flips"] is None else torch.stack([x["flips"] for x in draws]).mean(0)
-    return out
-
-
-def _finish(row: dict) -> dict:
-    """The row with its bootstrap interval of the flip rate in place of the per-prompt flips."""
-    flips = row.pop("flips")
-    return {**row, **(_interval(flips) if flips is not None else {"flip_lo": float("nan"), "flip_hi": float("nan")})}
+def _controls_of(name: str) -> tuple[str, ...]:
+    return (
+        f"random ({name} rank)",
+        f"top key variance ({name} rank)",
+        f"shuffled labels: {name}",
+        f"random init: {name}",
+    )
 
 
 @dataclass
 class InterventionResult:
-    """analysis (subspaces, controls), table (one row per head and condition), baseline (unedited attention on
-    the answer and the target letters, per head)."""
+    """analysis; per_head: head → condition → metric → (n,) per-prompt values (NaN = undefined); ranks: head →
+    condition → rank; sink_share: head → (n,) baseline attention outside the box letters (trained model); baseline
+    (per head: attention on the answer and target, how often the answer's key is the argmax); verdicts: one per head
+    and subspace; gates: the model's and each head's gate evidence."""
 
     analysis: BindingAnalysis
-    table: pd.DataFrame
+    per_head: dict
+    ranks: dict
+    sink_share: dict
     baseline: pd.DataFrame
+    verdicts: list[Verdict]
+    gates: dict
 
-
-def head_swaps(
-    analysis: BindingAnalysis, head, trained: _Batches, control: _Batches, n_random: int, generator: torch.Generator
-) -> list[dict]:
-    """Rows of one head: order / lexical / both, random subspaces of the three ranks, and the controls."""
-    model, rnd = analysis.lm.model, analysis.random_model
-    decs = {w: control_decompositions(analysis, head, w) for w in ("order", "lexical")}
-
-    def bases(cond):
-        o, l = decs["order"][cond].key_basis.float(), decs["lexical"][cond].key_basis.float()
-        both = combine_bases([o, l]) if o.shape[1] + l.shape[1] > 0 else o
-        return {"order": o, "lexical": l, "order+lexical": both}
-
-    rows = []
-    real = bases("trained")
-    label = head_name(head)
-    for name, b in real.items():
-        rows.append(_row(label, name, "trained", [(head, b)], model, trained))
-    d = real["order"].shape[0]
-    for name, b in real.items():
-        r = b.shape[1]
-        draws = [
-            _row(
-                label,
-                f"random ({name} rank)",
-                "trained",
-                [(head, random_orthonormal(d, r, generator).float() if r else None)],
-                model,
-                trained,
-            )
-            for _ in range(n_random)
-        ]
-        rows.append(_mean_of_draws(draws))
-    for name, b in real.items():
-        top = trained.top_variance(head, b.shape[1]).float() if b.shape[1] else None
-        rows.append(_row(label, f"top key variance ({name} rank)", "trained", [(head, top)], model, trained))
-    for name, b in bases("shuffled labels").items():
-        rows.append(_row(label, f"shuffled labels: {name}", "trained", [(head, b)], model, trained))
-    for name, b in bases("random init").items():
-        rows.append(_row(label, f"random init: {name}", "random init", [(head, b)], rnd, control))
-    return rows
-
-
-def all_head_swaps(
-    analysis: BindingAnalysis, trained: _Batches, n_random: int, generator: torch.Generator
-) -> list[dict]:
-    """Rows "all studied": every studied head swapped in the same pass, each in its own order+lexical subspace;
-    then random subspaces of the same ranks and the shuffled-label subspaces (metrics averaged over the heads)."""
-
-    def both(head, cond):
-        decs = control_decompositions(analysis, head, "order"), control_decompositions(analysis, head, "lexical")
-        o, l = decs[0][cond].key_basis.float(), decs[1][cond].key_basis.float()
-        return combine_bases([o, l]) if o.shape[1] + l.shape[1] > 0 else o
-
-    label, model = "all studied", analysis.lm.model
-    real = [(h, both(h, "trained")) for h in analysis.heads]
-    rows = [_row(label, "order+lexical", "trained", real, model, trained)]
-    draws = [
-        _row(
-            label,
-            "random (order+lexical rank)",
-            "trained",
-            [
-                (h, random_orthonormal(b.shape[0], b.shape[1], generator).float() if b.shape[1] else None)
-                for h, b in real
-            ],
-            model,
-            trained,
-        )
-        for _ in range(n_random)
-    ]
-    rows.append(_mean_of_draws(draws))
-    rows.append(
-        _row(
-            label,
-            "shuffled labels: order+lexical",
-            "trained",
-            [(h, both(h, "shuffled labels")) for h in analysis.heads],
-            model,
-            trained,
-        )
-    )
-    return rows
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per (head, condition): rank, and each metric's mean, 95% interval and defined-prompt count."""
+        rows = []
+        for h, conds in self.per_head.items():
+            for cond, per in conds.items():
+                row = {"head": h, "condition": cond, "rank": self.ranks[h][cond]}
+                for m in METRICS:
+                    e = Estimate.of(per[m])
+                    row.update({m: e.value, f"{m} lo": e.lo, f"{m} hi": e.hi, f"{m} n": e.n})
+                rows.append(row)
+        return pd.DataFrame(rows).set_index(["head", "condition"])
 
 
 def run_interventions(
     params: InterventionParams, lm: LoadedLM | None = None, analysis: BindingAnalysis | None = None
 ) -> InterventionResult:
-    """The Figure 9 chapter: subspaces (with controls), then every swap at every studied head."""
+    """The Figure 9 chapter: subspaces (with controls), then every swap at every studied head on the swap engine."""
     analysis = analysis if analysis is not None else analyse_binding(params, lm)
     prompts, targets = swap_prompt_set(params)
-    tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
-    recompute = params.swap_method == "recompute"
-    trained = _Batches(analysis.lm.model, tok, chat, prompts, targets, analysis.heads, bs, params.key_offset, recompute)
-    control = _Batches(
-        analysis.random_model, tok, chat, prompts, targets, analysis.heads, bs, params.key_offset, recompute
-    )
+    orig = torch.tensor([p.query for p in prompts])  # (n,) candidate index of the answer's box
+    tasks = swap_tasks(analysis, prompts)
+    heads = analysis.heads
+    sets = gather_swap_sets(analysis.lm.model, tasks, heads, orig, targets)
+    rsets = gather_swap_sets(analysis.random_model, tasks, heads, orig, targets)
     g = torch.Generator().manual_seed(params.seed + 4)
-    rows = [r for head in analysis.heads for r in head_swaps(analysis, head, trained, control, params.n_random, g)]
-    if len(analysis.heads) > 1 and not recompute:
-        rows += all_head_swaps(analysis, trained, params.n_random, g)
-    table = pd.DataFrame([_finish(r) for r in rows]).set_index(["head", "condition"])
-    return InterventionResult(
-        analysis, table, baseline_table(analysis.heads, {"trained": trained, "random init": control})
-    )
-
-
-def baseline_table(heads: Sequence[tuple[int, int]], batches: dict[str, _Batches]) -> pd.DataFrame:
-    """Unedited attention from the last token on the answer box's key and on the target's, how often the answer's
-    key is the head's argmax, and the model's letter accuracy on the swap prompts."""
-    rows = []
-    for name, b in batches.items():
-        for head in heads:
-            on_o, on_t, top, n = 0.0, 0.0, 0.0, 0
-            for enc, orig, target, before, _ in b.items:
-                rows_ = torch.arange(enc.size)
-                a = before[head]
-                on_o += a[rows_, orig].sum().item()
-                on_t += a[rows_, target].sum().item()
-                top += (a.argmax(-1) == orig).sum().item()
-                n += enc.size
-            rows.append(
+    per_head, ranks, sinks, base = {}, {}, {}, []
+    for head in heads:
+        real, shuffled, rnd = (head_bases(analysis, head, c) for c in ("trained", "shuffled labels", "random init"))
+        bases: dict = {}
+        for name in SUBSPACES:
+            r = real[name].shape[1]
+            bases[name] = real[name]
+            bases[f"random ({name} rank)"] = r
+            bases[f"top key variance ({name} rank)"] = top_key_variance(sets[head], r) if r else None
+            bases[f"shuffled labels: {name}"] = shuffled[name]
+        res: SwapResult = swap_conditions(sets[head], bases, g, params.n_random)
+        ctrl = swap_conditions(rsets[head], {f"random init: {n}": rnd[n] for n in SUBSPACES}, g, params.n_random)
+        label = head_name(head)
+        per_head[label] = {**res.per_prompt, **ctrl.per_prompt}
+        ranks[label] = {**res.ranks, **ctrl.ranks}
+        sinks[label] = sets[head].sink_share
+        for model, s in (("trained", sets[head]), ("random init", rsets[head])):
+            base.append(
                 {
-                    "head": head_name(head),
-                    "model": name,
-                    "attn on answer": on_o / n,
-                    "attn on target": on_t / n,
-                    "answer is argmax": top / n,
-                    "model accuracy": b.correct / n,
+                    "head": label,
+                    "model": model,
+                    "answer is argmax (row)": float(s.orig_on_top.double().mean()),
+                    "answer is argmax (letters)": float(s.orig_on_top_of_candidates.double().mean()),
+                    "sink share": float(s.sink_share.mean()),
+                    "attn on answer": float(
+                        torch.cat([c["attn"].gather(1, c["cand"]) for c in s.chunks]).gather(1, orig[:, None]).mean()
+                    ),
                 }
             )
-    return pd.DataFrame(rows).set_index(["head", "model"])
+    verdicts, gates = swap_verdicts(analysis, per_head, sets)
+    baseline = pd.DataFrame(base).set_index(["head", "model"])
+    return InterventionResult(analysis, per_head, ranks, sinks, baseline, verdicts, gates)
+
+
+def model_label(analysis: BindingAnalysis) -> str:
+    return analysis.lm.description.split(" (")[0]
+
+
+def chapter_gates(analysis: BindingAnalysis) -> dict:
+    """The model's gate evidence (letter accuracy on the order prompts) and each studied head's (selectivity on
+    them), from the scan's per-prompt records."""
+    scan, n_pairs = analysis.trained.scan, analysis.params.n_pairs
+    out = {"model": model_evidence(scan.correct, n_pairs)}
+    for head in analysis.heads:
+        i = analysis.trained.order.index(head)
+        out[head_name(head)] = head_evidence(scan.top_is_answer[i], scan.gap[i], n_pairs)
+    return out
+
+
+def swap_verdicts(analysis: BindingAnalysis, per_head: dict, sets: dict) -> tuple[list[Verdict], dict]:
+    """One verdict per studied head and subspace: gated, else the authors' flip against its four controls."""
+    gates = chapter_gates(analysis)
+    model = model_label(analysis)
+    out = []
+    for head in analysis.heads:
+        label = head_name(head)
+        for name in SUBSPACES:
+            claim = CLAIM_OF[name]
+            v = binding_gate(claim, model, label, gates["model"], gates[label])
+            if v is None:
+                per = per_head[label]
+                n_top = int(sets[head].orig_on_top.sum())
+                controls = {c: per[c]["flip"] for c in _controls_of(name)}
+                floors = {c: x for c, x in controls.items() if int((~torch.isnan(x)).sum()) < MIN_DEFINED}
+                v = effect_vs_controls(
+                    claim,
+                    model,
+                    label,
+                    per[name]["flip"],
+                    {c: x for c, x in controls.items() if c not in floors},
+                    floor_reason=f"the answer's key is the head's argmax in {n_top} of {sets[head].n} prompts",
+                )
+                for c, x in floors.items():  # a control whose flip cannot be measured is reported, not compared
+                    v.numbers[c] = f"undefined (floor): defined on {int((~torch.isnan(x)).sum())} prompts"
+            out.append(v)
+    return out, gates
+
+
+def summary(result: InterventionResult) -> dict[str, object]:
+    """The chapter's closing numbers: the gates, and per head and condition the authors' flip, Δp and the flip among
+    the box letters with their 95% intervals (n = prompts where defined); the verdicts."""
+    a = result.analysis
+    g = result.gates["model"]
+    out: dict[str, object] = {
+        "model": model_label(a),
+        "letter accuracy (order prompts)": r3(g["letter accuracy"]),
+        "chance": r3(g["chance"]),
+        "letter accuracy binomial p": fmt_p(g["binomial p"]),
+    }
+    t = result.table
+    for h in result.per_head:
+        he = result.gates[h]
+        out[f"{h} answer is top-attended letter (order prompts)"] = r3(he["answer is top-attended letter"])
+        out[f"{h} logit gap"] = str(he["logit gap"])
+        out[f"{h} sink share"] = r3(float(result.sink_share[h].mean()))
+        for c in SUMMARY_CONDITIONS:
+            row = t.loc[(h, c)]
+            n = int(row["flip n"])
+            out[f"{h} flip, {c}"] = (
+                f"{row['flip']:.3f} [{row['flip lo']:.3f}, {row['flip hi']:.3f}] n={n}"
+                if n >= MIN_DEFINED
+                else f"undefined (floor): defined on {n} prompts"
+            )
+            out[f"{h} Δp, {c}"] = r3(row["delta_p"])
+    out["verdicts"] = [f"{v.head}, {v.claim}: {v.verdict}" for v in result.verdicts]
+    return out
 
 
 SUMMARY_CONDITIONS = (
@@ -376,21 +265,3 @@ SUMMARY_CONDITIONS = (
     "shuffled labels: order+lexical",
     "random init: order+lexical",
 )
-
-
-def summary(result: InterventionResult) -> dict[str, object]:
-    """The chapter's closing numbers, one line per head and condition: the flip rate with its 95% bootstrap interval
-    under each subspace and control, and (when the forward path read it) how often the model's answer moves to the
-    target's letter; plus the model's letter accuracy on the swap prompts."""
-    t = result.table
-    out: dict[str, object] = {"model": result.analysis.lm.description.split(" (")[0]}
-    out["letter accuracy on the swap prompts"] = r3(result.baseline["model accuracy"].iloc[0])
-    for h in t.index.get_level_values(0).unique():
-        for c in [c for c in SUMMARY_CONDITIONS if (h, c) in t.index]:
-            row = t.loc[(h, c)]
-            out[f"{h} flip rate, {c}"] = (
-                f"{r3(row['flip_rate']):.3f} [{r3(row['flip_lo']):.3f}, {r3(row['flip_hi']):.3f}]"
-            )
-            if row["answer_to_target"] == row["answer_to_target"]:  # not NaN: read by the forward path
-                out[f"{h} answer moves, {c}"] = r3(row["answer_to_target"])
-    return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from qkcore.experiments.swap_engine import EncodedTask
 from qkcore.lm import encode_batch
 from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.chat import model_text
@@ -47,28 +48,45 @@ class EncodedPrompts:
     def size(self) -> int:
         return len(self.prompts)
 
+    @property
+    def task(self) -> EncodedTask:
+        """The shared encoded task (qkcore.experiments.swap_engine): query = the last token, candidates = the box
+        keys, labels = each box's clause index."""
+        labels = torch.arange(self.keys.shape[1]).expand_as(self.keys).clone()  # (b, n_pairs)
+        return EncodedTask(self.batch, self.last, self.keys, labels)
 
-def answer_token_id(tokenizer, letter: str, chat: bool) -> int:
+
+def answer_token_id(tokenizer, letter: str, chat: bool, answer_prefix: str = "") -> int:
     """The first token of the model's answer `letter`: "A" right after a chat template's generation prompt, " A"
-    after the plain prompt's final "Box" (the word-level organism tokenizer reads both as "A")."""
-    ids = tokenizer((letter if chat else " " + letter), add_special_tokens=False)["input_ids"]
+    after a final "Box" (the plain prompt's, or an answer begun "The tea is in Box"; the word-level organism
+    tokenizer reads both as "A")."""
+    spaced = not chat or bool(answer_prefix)
+    ids = tokenizer((" " + letter if spaced else letter), add_special_tokens=False)["input_ids"]
     if not ids or ids[0] == getattr(tokenizer, "unk_token_id", None):
         raise ValueError(f"the tokenizer has no token for the box letter {letter!r}")
     return int(ids[0])
 
 
+def answer_text(answer_prefix: str, prompt: BindingPrompt) -> str:
+    """The assistant's answer begun: `answer_prefix` with "{object}" replaced by the queried object ("" = none)."""
+    return answer_prefix.replace("{object}", prompt.query_object)
+
+
 def encode_binding_prompts(
-    tokenizer, prompts: Sequence[BindingPrompt], chat: bool, key_offset: int = 0
+    tokenizer, prompts: Sequence[BindingPrompt], chat: bool, key_offset: int = 0, answer_prefix: str = ""
 ) -> EncodedPrompts:
-    """Tokenize prompts (inside the chat template when chat) and locate their box letters' tokens and keys."""
+    """Tokenize prompts (inside the chat template when chat, the answer begun with `answer_prefix`, e.g. "The
+    {object} is in Box") and locate their box letters' tokens and keys."""
     if not prompts:
         raise ValueError("no prompts to encode")
     if len({p.n_pairs for p in prompts}) != 1:
         raise ValueError("all prompts of a batch must have the same number of pairs")
-    texts, shifts = zip(*(model_text(tokenizer, p.text, chat) for p in prompts))
+    texts, shifts = zip(*(model_text(tokenizer, p.text, chat, answer_text(answer_prefix, p)) for p in prompts))
     batch = encode_batch(tokenizer, list(texts), padding_side="left", add_special_tokens=not chat)
     letters, ids = [], []
-    answer_ids = {x: answer_token_id(tokenizer, x, chat) for x in sorted({x for p in prompts for x in p.letters})}
+    answer_ids = {
+        x: answer_token_id(tokenizer, x, chat, answer_prefix) for x in sorted({x for p in prompts for x in p.letters})
+    }
     for r, p in enumerate(prompts):
         spans = [
             char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r])

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -22,31 +23,39 @@ from qkcore.experiments.binding.analysis import (
     control_decompositions,
     load_binding_lm,
 )
-from qkcore.experiments.binding.views import collect, lexical_view, order_view
+from qkcore.experiments.binding.filler import filler_prompts
+from qkcore.experiments.binding.gates import binding_gate
+from qkcore.experiments.binding.views import collect, lexical_view, order_beyond_position, order_view
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.tables import r3
+from qkcore.experiments.verdicts import MATCHED, REPRODUCED, Verdict, effect_vs_controls, rank_verdict
 from qkcore.lm import attention_layout
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import order_id_prompts, sample_prompt
 from qkcore.params import require
+
+QUERY_CONCENTRATED = 0.99  # |q̄|²/E|q|² from which a rank-1 ΔC says nothing about the keys (issue 14)
 
 
 @dataclass(frozen=True)
 class SubspaceParams(BindingParams):
     """BindingParams, plus: view_head (None → the first studied head), n_view_prompts fresh prompts for the
     PCA/UMAP views, umap (False skips the UMAP view: its first fit compiles numba kernels for ~20 s),
-    umap_neighbours."""
+    umap_neighbours; max_filler: 0…max_filler filler words in each gap between clauses of a second set of order
+    prompts, so that the clause index is decoded apart from absolute position (0: no such test)."""
 
     view_head: tuple[int, int] | None = None
     n_view_prompts: int = 200
     umap: bool = True
     umap_neighbours: int = 15
+    max_filler: int = 8
     QUICK: ClassVar[dict] = {"n_order_prompts": 200, "n_lexical_prompts": 200, "n_view_prompts": 100, "umap": False}
 
     def __post_init__(self):
         super().__post_init__()
         require(self.n_view_prompts >= 10, f"n_view_prompts must be ≥ 10, got {self.n_view_prompts}")
         require(self.umap_neighbours >= 2, f"umap_neighbours must be ≥ 2, got {self.umap_neighbours}")
+        require(0 <= self.max_filler <= 12, f"max_filler must be in [0, 12], got {self.max_filler}")
 
 
 @dataclass
@@ -58,6 +67,7 @@ class SubspaceResult:
     view_head: tuple[int, int]
     order_views: dict
     lexical_views: dict
+    beyond_position: dict  # condition → OrderBeyondPosition on the filler prompts ({} when max_filler = 0)
 
     def view_table(self) -> pd.DataFrame:
         """kNN accuracy of the clause index (order keys and queries) and of the queried object (lexical)."""
@@ -71,6 +81,20 @@ class SubspaceResult:
                 "lexical: object from queries": self.lexical_views[cond].query_knn,
             }
             for cond in CONDITIONS
+        }
+        return pd.DataFrame(rows).T
+
+    def position_table(self) -> pd.DataFrame:
+        """Per condition, on prompts with filler between clauses: the clause from the order keys, from position
+        alone, and from the keys with position removed (chance 1/n_pairs)."""
+        rows = {
+            cond: {
+                "clause from keys": b.keys,
+                "clause from position alone": b.position_alone,
+                "clause from keys, position removed": b.beyond_position,
+                "chance": b.chance,
+            }
+            for cond, b in self.beyond_position.items()
         }
         return pd.DataFrame(rows).T
 
@@ -93,7 +117,16 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
     def got(model, which):
         key = (id(model), which)
         if key not in vectors:
-            vectors[key] = collect(model, tok, chat, order if which == "order" else plain, head, bs, params.key_offset)
+            vectors[key] = collect(
+                model,
+                tok,
+                chat,
+                order if which == "order" else plain,
+                head,
+                bs,
+                params.key_offset,
+                params.answer_prefix,
+            )
         return vectors[key]
 
     for which, views in (("order", order_views), ("lexical", lexical_views)):
@@ -117,7 +150,102 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
                     key_offset=params.key_offset,
                     collected=got(net, which),
                 )
-    return SubspaceResult(analysis, head, order_views, lexical_views)
+    beyond = {}
+    if params.max_filler > 0:
+        spaced = filler_prompts(order, params.max_filler, g)
+        for cond, dec in control_decompositions(analysis, head, "order").items():
+            net = models[cond]
+            key = (id(net), "filler")
+            if key not in vectors:
+                vectors[key] = collect(net, tok, chat, spaced, head, bs, params.key_offset, params.answer_prefix)
+            beyond[cond] = order_beyond_position(dec, vectors[key])
+    return SubspaceResult(analysis, head, order_views, lexical_views, beyond)
+
+
+def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
+    """One verdict per studied head and contrast (order ID, lexical ID): gated on the model binding and the head
+    selecting the answer's box; else verdicts.rank_verdict, with rank 1 "implied by query concentration" where the
+    queries barely vary (|q̄|²/E|q|² ≥ QUERY_CONCENTRATED) and the controls' ranks and σ₂²/Σσ² beside it."""
+    from qkcore.experiments.binding.interventions import chapter_gates, model_label
+
+    a = result.analysis
+    gates = chapter_gates(a)
+    d_head = a.trained.order.delta.shape[-1]
+    out = []
+    for head in a.heads:
+        name = head_name(head)
+        for which in ("order", "lexical"):
+            claim = f"binding: {which}-ID low rank"
+            v = binding_gate(claim, model_label(a), name, gates["model"], gates[name])
+            if v is None:
+                c = a.trained.get(which)
+                decs = control_decompositions(a, head, which)
+                S2 = decs["trained"].S.double() ** 2
+                conc = float(c.query_concentration[c.index(head)])
+                numbers = {
+                    "σ₂²/Σσ²": float(S2[1] / S2.sum()) if len(S2) > 1 else 0.0,
+                    "|q̄|²/E|q|²": conc,
+                    "shuffled-label rank": int(a.decomposition(head, which, "shuffled labels").rank),
+                    "random-init rank": int(a.decomposition(head, which, "random init").rank),
+                }
+                v = rank_verdict(
+                    claim,
+                    model_label(a),
+                    name,
+                    int(decs["trained"].rank),
+                    d_head // 4,
+                    conc >= QUERY_CONCENTRATED,
+                    numbers,
+                )
+                low = [c for c in ("shuffled-label rank", "random-init rank") if 1 <= numbers[c] <= d_head // 4]
+                if v.verdict == REPRODUCED and low:  # a control's ΔC is as low-rank: the rank singles out nothing
+                    v = Verdict(
+                        claim,
+                        v.model,
+                        name,
+                        MATCHED,
+                        v.rule + "; matched by a control when a control's ΔC is low rank too",
+                        v.numbers,
+                    )
+            out.append(v)
+    out += view_verdicts(result, gates)
+    return out
+
+
+def view_verdicts(result: SubspaceResult, gates: dict) -> list[Verdict]:
+    """The two views at the view head, gated like every binding claim. Order-ID view: on the filler prompts, the
+    share of a prompt's keys whose clause kNN reads from the order coordinates, minus chance, against the clause
+    read from absolute position alone, the shuffled-label subspace and the random-init copy (per prompt, paired).
+    Lexical-ID view: whether kNN reads the queried object from the answer's key in the lexical coordinates, minus
+    chance, against the shuffled-label subspace and the random-init copy."""
+    from qkcore.experiments.binding.interventions import model_label
+
+    a, name = result.analysis, head_name(result.view_head)
+    out = []
+    for which in ("order", "lexical"):
+        claim = f"binding: {which}-ID view"
+        v = binding_gate(claim, model_label(a), name, gates["model"], gates.get(name))
+        if v is None and which == "order" and not result.beyond_position:
+            continue  # max_filler = 0: the order view is not judged (clause and position are one label)
+        if v is None:
+            if which == "order":
+                b = result.beyond_position
+                chance = b["trained"].chance
+                effect = torch.tensor(b["trained"].per_prompt_keys) - chance
+                controls = {
+                    "position alone": torch.tensor(b["trained"].per_prompt_position) - chance,
+                    "shuffled labels": torch.tensor(b["shuffled labels"].per_prompt_keys) - chance,
+                    "random init": torch.tensor(b["random init"].per_prompt_keys) - chance,
+                }
+            else:
+                views = result.lexical_views
+                chance = 1 / len(np.unique(views["trained"].key_labels))
+                effect = torch.tensor(views["trained"].key_correct) - chance
+                controls = {c: torch.tensor(views[c].key_correct) - chance for c in ("shuffled labels", "random init")}
+            v = effect_vs_controls(claim, model_label(a), name, effect, controls)
+            v.numbers["chance"] = chance
+        out.append(v)
+    return out
 
 
 def summary(result: SubspaceResult) -> dict[str, object]:
@@ -149,4 +277,11 @@ def summary(result: SubspaceResult) -> dict[str, object]:
         out[f"{view} kNN {label} (trained, shuffled, random init)"] = tuple(
             round(float(views.loc[c, col]), 2) + 0.0 for c in conds
         )
+    if result.beyond_position:
+        pt = result.position_table()
+        for col in ("clause from keys", "clause from position alone", "clause from keys, position removed"):
+            out[f"{view} filler prompts: {col} (trained, shuffled, random init)"] = tuple(
+                round(float(pt.loc[c, col]), 2) + 0.0 for c in conds
+            )
+    out["verdicts"] = [f"{v.head}, {v.claim}: {v.verdict}" for v in subspace_verdicts(result)]
     return out

@@ -37,6 +37,20 @@ def knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
     return float(cross_val_score(clf, x, labels, cv=StratifiedKFold(folds)).mean())
 
 
+def knn_correct(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per row, whether the same 10-nearest-neighbour classifier (5 stratified folds) predicts its label when it is
+    held out: knn_accuracy's per-row hits, for paired tests over prompts. NaN where it cannot be computed."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neighbors import KNeighborsClassifier
+
+    _, counts = np.unique(labels, return_counts=True)
+    folds = min(KNN_FOLDS, int(counts.min()))
+    if folds < 2 or x.shape[1] == 0:
+        return np.full(len(labels), np.nan)
+    clf = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(x) - len(x) // folds))
+    return (cross_val_predict(clf, x, labels, cv=StratifiedKFold(folds)) == labels).astype(float)
+
+
 def umap_2d(x: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
     """Seeded single-threaded UMAP to 2-D. umap-learn's numba kernels change the process's OpenMP thread count (it
     then slows torch down many times over on a busy CPU), so torch's thread count is put back afterwards."""
@@ -71,16 +85,28 @@ class View:
     key_knn: float
     query_knn: float
     umap: np.ndarray | None = None
+    key_correct: np.ndarray | None = None  # per key, whether kNN reads its label held out (knn_correct)
 
 
-def collect(model, tokenizer, chat, prompts, head, batch_size, key_offset=0):
-    """q (n, d), k (n, P, d) and the answer clause (n,) of one head over prompts: what both views project."""
-    qs, ks, answers = [], [], []
+@dataclass(frozen=True)
+class Collected:
+    """q (n, d), k (n, P, d), the answer clause (n,) and each key's absolute token position in its prompt (n, P)."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    answer: torch.Tensor
+    positions: torch.Tensor
+
+
+def collect(model, tokenizer, chat, prompts, head, batch_size, key_offset=0, answer_prefix="") -> Collected:
+    """One head's queries and box keys over prompts: what the views project."""
+    qs, ks, answers, pos = [], [], [], []
     for idx in iter_batches(len(prompts), batch_size):
-        enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset)
+        enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         vec = capture_binding(model, enc, [head])
         qs.append(vec.q[0]), ks.append(vec.k[0]), answers.append(enc.answer)
-    return torch.cat(qs), torch.cat(ks), torch.cat(answers)  # (n, d), (n, P, d), (n,)
+        pos.append(enc.keys - torch.as_tensor(enc.batch.offsets)[:, None])  # (b, P) position in the prompt
+    return Collected(torch.cat(qs), torch.cat(ks), torch.cat(answers), torch.cat(pos))
 
 
 def _view(
@@ -103,6 +129,7 @@ def _view(
         knn_accuracy(kc[:, :r], np.asarray(k_labels)),
         knn_accuracy(qc[:, :r], np.asarray(q_labels)),
         emb,
+        knn_correct(kc[:, :r], np.asarray(k_labels)),
     )
 
 
@@ -120,9 +147,9 @@ def order_view(
 ) -> View:
     """Every box's key (labelled by its clause index) and each query (labelled by the queried clause).
     collected: `collect(...)`'s output for these prompts, model and head, when already computed."""
-    q, k, answer = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
-    n, P, d = k.shape
-    return _view(decomposition, q, k.reshape(n * P, d), answer.numpy(), np.tile(np.arange(P), n))
+    c = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+    n, P, d = c.k.shape
+    return _view(decomposition, c.q, c.k.reshape(n * P, d), c.answer.numpy(), np.tile(np.arange(P), n))
 
 
 @torch.no_grad()
@@ -140,7 +167,48 @@ def lexical_view(
     collected=None,
 ) -> View:
     """The answer box's key and the query, both labelled by the queried object (index into OBJECTS)."""
-    q, k, answer = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
+    c = collected or collect(model, tokenizer, chat, prompts, head, batch_size, key_offset)
     labels = np.array([OBJECTS.index(p.query_object) for p in prompts])
-    k_answer = k[torch.arange(len(prompts)), answer]  # (n, d)
-    return _view(decomposition, q, k_answer, labels, labels, umap_seed, umap_neighbours)
+    k_answer = c.k[torch.arange(len(prompts)), c.answer]  # (n, d)
+    return _view(decomposition, c.q, k_answer, labels, labels, umap_seed, umap_neighbours)
+
+
+@dataclass(frozen=True)
+class OrderBeyondPosition:
+    """On prompts with filler between clauses (clause index no longer fixed by position): kNN accuracy of the clause
+    from the keys' order coordinates (`keys`), from the absolute position alone (`position alone`, the most common
+    clause at each position, in sample) and from the keys with each position's mean removed (`beyond position`:
+    chance-level when the keys encode position, not order). chance = 1/n_pairs."""
+
+    keys: float
+    position_alone: float
+    beyond_position: float
+    chance: float
+    position_spread: float  # mean over clauses of the std of a clause's letter position (tokens)
+    per_prompt_keys: np.ndarray  # (n,) share of a prompt's keys whose clause kNN reads (held out)
+    per_prompt_position: np.ndarray  # (n,) share whose clause is the most common clause at its position
+
+
+def order_beyond_position(decomposition: Decomposition, collected: Collected) -> OrderBeyondPosition:
+    """Decode the clause index from keys projected on the order subspace (first `rank` coordinates), with and
+    without the absolute position's information."""
+    from qkcore.experiments.binding.filler import position_alone_accuracy, remove_position_means
+
+    n, P, d = collected.k.shape
+    _, V = view_bases(decomposition)
+    r = max(decomposition.rank, 1)
+    x = (collected.k.reshape(n * P, d) @ V[:, :r]).numpy()
+    clauses = np.tile(np.arange(P), n)
+    pos = collected.positions.reshape(-1).numpy()
+    spread = float(collected.positions.double().std(0).mean())
+    majority = {p: np.bincount(clauses[pos == p]).argmax() for p in np.unique(pos)}
+    by_position = np.array([majority[p] for p in pos]) == clauses
+    return OrderBeyondPosition(
+        knn_accuracy(x, clauses),
+        position_alone_accuracy(pos, clauses),
+        knn_accuracy(remove_position_means(x, pos), clauses),
+        1 / P,
+        spread,
+        knn_correct(x, clauses).reshape(n, P).mean(1),
+        by_position.reshape(n, P).mean(1).astype(float),
+    )
