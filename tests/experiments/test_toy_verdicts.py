@@ -45,7 +45,8 @@ def test_crosstalk_cube_and_swap_verdicts():
 def test_records_use_the_shared_words_and_state_their_rule():
     found = v.crosstalk_verdict(0.007, {"untrained": 0.55})
     record = found.as_record()
-    assert set(record) == {"claim", "verdict", "rule", "numbers"}
+    assert set(record) == {"claim", "model", "head", "verdict", "rule", "numbers"}
+    assert record["claim"] == "toy: interaction matrix"  # the registry's key: the glance page groups by it
     assert record["verdict"] in v.VERDICTS and "control" in record["rule"]
     with pytest.raises(ValueError, match="verdict must be one of"):
         v.Verdict("c", "reproduced, but a control shows it too", "r")

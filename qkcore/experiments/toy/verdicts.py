@@ -4,7 +4,7 @@ A toy claim is *reproduced* only when the trained head meets the claim's criteri
 same head at initialisation ("untrained") and after its first optimiser steps ("early-stopped", see
 `qkcore.toy.train.train_grid`). When a control meets it too, the claim says something about the estimator or the
 task's maps, not about what training built, and the verdict says so. The words are the book's shared vocabulary
-(the lead's `qkcore/experiments/verdicts.py` will hold them; these rules move there unchanged).
+(`qkcore/experiments/verdicts.py`); `as_record` writes each one as the book's shared Verdict record.
 
     v = crosstalk_verdict(0.004, {"untrained": 0.47, "early-stopped": 0.31})
     v.verdict                     # "reproduced"
@@ -16,13 +16,25 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-REPRODUCED = "reproduced"
-MATCHED = "matched by a control"
-CONTROL_BETTER = "a control does better"
-NOT_REPRODUCED = "not reproduced"
-NOT_TESTABLE = "not testable here"
-UNDEFINED = "undefined (floor)"
+from qkcore.experiments import verdicts as shared
+from qkcore.experiments.verdicts import (
+    CONTROL_BETTER,
+    MATCHED,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    REPRODUCED,
+    UNDEFINED,
+)
+
 VERDICTS = (REPRODUCED, MATCHED, CONTROL_BETTER, NOT_REPRODUCED, NOT_TESTABLE, UNDEFINED)
+# Each toy claim's key in the book's claim registry (qkcore.experiments.verdicts.CLAIMS)
+CLAIM_KEYS = {
+    "ΔC's rank equals r1 and r2 where the factors fit": "toy: rank recovery",
+    "G is block-diagonal (z1 and z2 do not talk)": "toy: interaction matrix",
+    "the z1 key means sit on a cube": "toy: cube",
+    "swapping keys in z1+z2 moves the attention": "toy: causal swap",
+}
+MODEL = "toy single-head model"
 
 # Criteria, fixed before the controls were run (the trained head's numbers at the defaults are in brackets).
 CROSSTALK_MAX = 0.05  # G's share of energy in the z1–z2 blocks (trained 0.007; a random G has 2·r1·r2/(r1+r2)²)
@@ -44,7 +56,10 @@ class Verdict:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
 
     def as_record(self) -> dict:
-        return {"claim": self.claim, "verdict": self.verdict, "rule": self.rule, "numbers": dict(self.numbers)}
+        """The shared verdict's record (qkcore.experiments.verdicts.Verdict.to_dict), the claim under its registry
+        key and its words kept in the rule."""
+        rule = f"{self.claim}: {self.rule}"
+        return shared.Verdict(CLAIM_KEYS[self.claim], MODEL, None, self.verdict, rule, dict(self.numbers)).to_dict()
 
 
 def judge(
