@@ -60,7 +60,7 @@ unit: $(STAMP)
 # The rendered book as a reader's browser shows it (tests/book/test_rendered_pages.py): math errors, missing images,
 # broken links, console errors, blocks wider than their column; run after `html`. The unit run above skips these tests.
 browser: $(STAMP)
-	QKCORE_BOOK_HTML=_build/html $(PY) -m pytest -q -s -p no:cacheprovider tests/book/test_rendered_pages.py \
+	QKCORE_STRICT_FIGURE_FONTS=1 QKCORE_BOOK_HTML=_build/html $(PY) -m pytest -q -s -p no:cacheprovider tests/book/test_rendered_pages.py \
 	  tests/book/test_planted_defects.py
 
 nbval: $(STAMP)

@@ -55,6 +55,21 @@ BADGES = {
     IMPLIED: ("#8250df", "#ffffff"),
 }
 
+# One name per model on the glance and comparison pages, whichever way a chapter recorded it (a registry name, the
+# organism's folder, a description).
+MODEL_NAMES = {
+    "filter-5x5": "organism (filter-5x5)",
+    "model organism binding": "organism (binding)",
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct",
+    "qwen2.5-coder-0.5b-instruct": "Qwen2.5-Coder-0.5B-Instruct",
+}
+
+
+def model_name(recorded: str) -> str:
+    """The display name of a recorded model label."""
+    return MODEL_NAMES.get(recorded, MODEL_NAMES.get(recorded.lower(), recorded))
+
+
 GENERALISATION = {
     "claim": "generalisation",
     "number": 11,
@@ -76,7 +91,7 @@ def glance_rows(results: dict[str, dict]) -> list[dict]:
         for v in numbers.get("verdicts", []):
             if v.get("claim") not in CLAIMS:
                 raise ValueError(f"{page}.json records a verdict on an unknown claim {v.get('claim')!r}")
-            rows.append({**v, "number": CLAIMS[v["claim"]], "page": page})
+            rows.append({**v, "model": model_name(v["model"]), "number": CLAIMS[v["claim"]], "page": page})
     claim_order = {c: i for i, c in enumerate(CLAIMS)}
     rows.sort(key=lambda r: (r["number"], claim_order[r["claim"]], r["page"], r["head"] or ""))
     return rows + [GENERALISATION]
@@ -85,8 +100,8 @@ def glance_rows(results: dict[str, dict]) -> list[dict]:
 def badge(verdict: str) -> str:
     bg, fg = BADGES[verdict]
     return (
-        f'<span class="verdict-badge" style="background:{bg};color:{fg};border-radius:0.6em;padding:0 0.45em;'
-        f'white-space:nowrap">{_html.escape(verdict)}</span>'
+        f'<span class="verdict-badge" style="background:{bg};color:{fg};border-radius:0.6em;padding:0 0.45em">'
+        f"{_html.escape(verdict)}</span>"
     )
 
 

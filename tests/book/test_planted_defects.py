@@ -109,7 +109,18 @@ def _notebook() -> dict:
                 "metadata": {},
                 "execution_count": 1,
                 "source": ["print(rates)"],
-                "outputs": [{"output_type": "stream", "name": "stdout", "text": [WIDE_LINE + "\n"]}],
+                # an output wider than the column that the book's wrapping style cannot fold (code and text outputs
+                # wrap, _static/code-wrap.css): a fixed-width table
+                "outputs": [
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {
+                            "text/html": [f'<table style="width: 1400px"><tr><td>{WIDE_LINE}</td></tr></table>'],
+                            "text/plain": [WIDE_LINE],
+                        },
+                    }
+                ],
             },
             _figure_cell("readable", figures["readable"], None),
             _figure_cell("tiny", figures["tiny"], "A planted figure: 5-pt labels, drawn 16 in wide."),
