@@ -42,6 +42,16 @@ def test_crosstalk_cube_and_swap_verdicts():
     assert v.swap_verdict((0.6, 0.5), {}).verdict == v.NOT_REPRODUCED  # margin below 0.2
 
 
+def test_analytic_form_verdict_says_an_untrained_head_matches_it():
+    # App. B's closed form holds for any weights: an untrained head within the angle limit matches the trained one
+    assert v.analytic_form_verdict(1.2, {"untrained": 1.5, "early-stopped": 1.4}).verdict == v.MATCHED
+    assert v.analytic_form_verdict(1.2, {"untrained": 40.0}).verdict == v.REPRODUCED
+    assert v.analytic_form_verdict(1.2, {"untrained": 0.5}).verdict == v.CONTROL_BETTER
+    assert v.analytic_form_verdict(9.0, {"untrained": 1.0}).verdict == v.NOT_REPRODUCED
+    assert v.analytic_form_verdict(1.2, {"untrained": math.nan}).verdict == v.REPRODUCED  # rank 0: no subspace
+    assert v.analytic_form_verdict(1.2, {}).as_record()["claim"] == "toy: analytic form"
+
+
 def test_records_use_the_shared_words_and_state_their_rule():
     found = v.crosstalk_verdict(0.007, {"untrained": 0.55})
     record = found.as_record()

@@ -30,6 +30,7 @@ VERDICTS = (REPRODUCED, MATCHED, CONTROL_BETTER, NOT_REPRODUCED, NOT_TESTABLE, U
 # Each toy claim's key in the book's claim registry (qkcore.experiments.verdicts.CLAIMS)
 CLAIM_KEYS = {
     "ΔC's rank equals r1 and r2 where the factors fit": "toy: rank recovery",
+    "U and V span W_Q B₁ and W_K A₁ (App. B)": "toy: analytic form",
     "G is block-diagonal (z1 and z2 do not talk)": "toy: interaction matrix",
     "the z1 key means sit on a cube": "toy: cube",
     "swapping keys in z1+z2 moves the attention": "toy: causal swap",
@@ -40,6 +41,7 @@ MODEL = "toy single-head model"
 CROSSTALK_MAX = 0.05  # G's share of energy in the z1–z2 blocks (trained 0.007; a random G has 2·r1·r2/(r1+r2)²)
 CUBE_EDGE_RATIO_MAX = 1.3  # longest / shortest cube edge of the key means (trained 1.15)
 CUBE_ANGLE_DEV_MAX = 20.0  # every corner angle within 90° ± this (trained 77°–103°)
+ANALYTIC_ANGLE_MAX = 5.0  # largest principal angle (deg) between U, V and span W_Q B_f, W_K A_f (trained 1.2°)
 SWAP_FLIP_MIN = 0.5  # flip rate of the z1+z2 swap (trained 0.97)
 SWAP_MARGIN_MIN = 0.2  # … above the random subspace of the same rank (trained margin 0.67)
 
@@ -97,6 +99,25 @@ def rank_verdict(exact: tuple[int, int], controls: Mapping[str, tuple[int, int]]
     share = {name: a / b for name, (a, b) in controls.items()}
     verdict = judge(k / n, share, lambda s: s >= 1.0, lambda a, b: a > b)
     return Verdict(claim, verdict, rule, nums)
+
+
+def analytic_form_verdict(trained: float, controls: Mapping[str, float], limit: float = ANALYTIC_ANGLE_MAX) -> Verdict:
+    """App. B's closed form: the largest principal angle (degrees) between the recovered query / key subspaces and the
+    analytic spans W_Q B_f, W_K A_f, over both factors, at most `limit`. The closed form holds for any W_Q, W_K, so an
+    untrained head is expected to match it: the claim is about the estimator, and the verdict says so. NaN (a control
+    whose ΔC has rank 0, so no subspace to compare) does not meet the criterion."""
+    rule = (
+        f"reproduced if the largest principal angle between the recovered subspaces and the analytic spans is at most "
+        f"{limit:.0f}° for the trained head and for neither control; the closed form holds for any weights, so a "
+        "control meeting it makes it 'matched by a control'"
+    )
+
+    def meets(angle):
+        return angle == angle and angle <= limit  # NaN never meets
+
+    verdict = judge(trained, controls, meets, lambda a, b: a < b)
+    nums = _numbers(f"{trained:.2f}°", {name: f"{a:.2f}°" for name, a in controls.items()})
+    return Verdict("U and V span W_Q B₁ and W_K A₁ (App. B)", verdict, rule, nums)
 
 
 def crosstalk_verdict(trained: float, controls: Mapping[str, float], limit: float = CROSSTALK_MAX) -> Verdict:

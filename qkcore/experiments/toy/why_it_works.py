@@ -15,7 +15,7 @@ import torch
 
 from qkcore.experiments.tables import r3
 from qkcore.experiments.toy.model import CONTROLS, ToyModelParams, train_and_analyse
-from qkcore.experiments.toy.verdicts import Verdict, crosstalk_verdict
+from qkcore.experiments.toy.verdicts import Verdict, analytic_form_verdict, crosstalk_verdict
 from qkcore.params import require
 from qkcore.subspace import principal_angles
 from qkcore.toy.analysis import (
@@ -97,11 +97,16 @@ def run_why_it_works(params: WhyItWorksParams) -> WhyItWorksResult:
 
 
 def verdicts(result: WhyItWorksResult) -> list[Verdict]:
-    """G's block structure, judged on the trained head and its controls."""
+    """App. B's analytic form (largest principal angle to the analytic spans) and G's block structure, each judged
+    on the trained head and its controls: [analytic form, interaction matrix]."""
     from qkcore.experiments.toy.rank_recovery import crosstalk
 
+    angle = max(float(v.max()) for v in result.angles.values())
     trained = round(crosstalk(result.G, result.model.config.r1), 4)
-    return [crosstalk_verdict(trained, {n: round(c["crosstalk"], 4) for n, c in result.controls.items()})]
+    return [
+        analytic_form_verdict(angle, {n: c["largest angle"] for n, c in result.controls.items()}),
+        crosstalk_verdict(trained, {n: round(c["crosstalk"], 4) for n, c in result.controls.items()}),
+    ]
 
 
 def summary(result: WhyItWorksResult) -> dict[str, object]:
