@@ -8,7 +8,10 @@ misspelt or invalid parameter stops the run with a message instead of being igno
 
 Presets: a chapter's dataclass may declare `preset: Literal["full", "quick"] = "full"` and a class attribute
 `QUICK = {field: value, ...}`; with `preset = "quick"` those values replace every field still at its default (a
-value set by hand wins), so a class can run each chapter in under a minute: `-p preset quick`.
+value set by hand wins), so a class can run each chapter in under a minute: `-p preset quick`. A chapter whose
+dataclass has a `quick_values` field (the language-model chapters) takes its quick values from it when it is set:
+a variant page at a real model's own prompt counts (book/variants.yml, `quick:`) states there what its quick run
+uses, since the chapter's QUICK counts are sized for the organisms and would be slower than such a page's defaults.
 """
 
 from __future__ import annotations
@@ -87,15 +90,33 @@ def with_preset(params: T) -> T:
         raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
     if preset == "full":
         return params
+    defaults = {f.name: f.default for f in dataclasses.fields(params)}
+    own = getattr(params, "quick_values", None)
+    if own:  # the run's own quick values (a variant page's): they replace the fields they name
+        check_quick_values(own, type(params))
+        return dataclasses.replace(params, **{**own, "quick_values": None})
     quick = getattr(type(params), "QUICK", None)
     if not quick:
         raise ValueError(f"{type(params).__name__} has no quick preset")
-    defaults = {f.name: f.default for f in dataclasses.fields(params)}
     unknown = sorted(set(quick) - set(defaults))
     if unknown:
         raise ValueError(f"{type(params).__name__}.QUICK names unknown fields {unknown}")
     changes = {k: v for k, v in quick.items() if getattr(params, k) == defaults[k]}
     return dataclasses.replace(params, **changes)
+
+
+_NOT_QUICK = ("model", "preset", "quick_values")  # what a quick preset may not change: the model, the preset itself
+
+
+def check_quick_values(values: Any, cls: type) -> None:
+    """`quick_values` must be a {field: value} dict naming fields of `cls` other than model, preset and quick_values
+    (ValueError naming the culprits and the fields it may set)."""
+    if not isinstance(values, dict):
+        raise TypeError(f"quick_values must be a dict {{parameter: value}} or None, got {values!r}")
+    fields = sorted(f.name for f in dataclasses.fields(cls) if f.name not in _NOT_QUICK)
+    bad = sorted(set(values) - set(fields))
+    if bad:
+        raise ValueError(f"quick_values names {bad}, which a quick preset cannot set; it may set any of {fields}")
 
 
 def _matches(value: Any, hint: Any) -> bool:

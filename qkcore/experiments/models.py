@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from qkcore.lm import LoadedLM, load_lm
-from qkcore.params import check_types, require, require_text
+from qkcore.params import check_quick_values, check_types, require, require_text
 
 ORGANISM = "organism"
 
@@ -22,7 +22,9 @@ class LMChapterParams:
     local folder or .gguf file, or a hub id; heads: None → the top n_heads of the chapter's head scan, else
     [[layer, head], ...] (0-based); seed: prompts, controls and random subspaces; weighting: "pair_mean" (the
     definition) or "prompt_sum" (the authors' filter-head code); energy: the rank rule (paper 0.99); batch_size:
-    prompts per forward pass; dtype, device: where the model runs ("bfloat16", "cuda" for an 8B model)."""
+    prompts per forward pass; dtype, device: where the model runs ("bfloat16", "cuda" for an 8B model); quick_values:
+    what preset="quick" sets ({parameter: value}; None: the chapter's QUICK, sized for the organisms), e.g. a
+    variant page's own quick counts (qkcore.params.with_preset)."""
 
     model: str = ORGANISM
     heads: tuple[tuple[int, int], ...] | None = None
@@ -33,9 +35,12 @@ class LMChapterParams:
     batch_size: int = 50
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = "cpu"
+    quick_values: dict | None = None
 
     def __post_init__(self):
         check_types(self)
+        if self.quick_values is not None:
+            check_quick_values(self.quick_values, type(self))
         require_text(self.model, "model", '"organism", a registered model name, a local folder or a hub id')
         require_text(self.device, "device", 'a torch device, e.g. "cpu" or "cuda"')
         for name in ("n_heads", "batch_size"):

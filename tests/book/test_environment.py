@@ -1,5 +1,6 @@
 """environment.yml and pyproject.toml declare the same pins; the chapter list comes from _toc.yml."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,21 +56,56 @@ def test_every_variant_has_a_source_chapter_and_a_toc_entry():
 
 
 def test_every_variant_page_reads_as_its_own():
-    """make_variant.py's dressing: the title names the model, a banner lists the parameters, the source's default
-    parameters cell is hidden, and the runtime line is the variant's."""
+    """make_variant.py's dressing: the title (a cell of its own) names the model, the banner right under it lists the
+    parameters, the page's own `parameters` cell holds the values that ran (no papermill-injected cell, which a user's
+    `-p preset quick` would replace wholesale and so run the source's defaults), and the runtime line is the
+    variant's."""
+    from papermill.inspection import _infer_parameters
+
     variants = yaml.safe_load((ROOT / "book" / "variants.yml").read_text())
     for name, v in variants.items():
         nb = json.loads((ROOT / "book" / f"{name}.ipynb").read_text())
         cells = nb["cells"]
-        assert "".join(cells[0]["source"]).splitlines()[0].endswith(f": {v['model_name']}"), name
+        assert "".join(cells[0]["source"]) == f"# {''.join(cells[0]['source'])[2:].split(':')[0]}: {v['model_name']}"
         assert "variant-banner" in cells[1]["metadata"].get("tags", []), name
         for key in v["parameters"]:
             assert f"`{key}`" in "".join(cells[1]["source"]), (name, key)
+        assert not [c for c in cells if "injected-parameters" in c["metadata"].get("tags", [])], name
         params = [c for c in cells if "parameters" in c["metadata"].get("tags", [])]
-        assert params and "remove-input" in params[0]["metadata"]["tags"], name
+        assert len(params) == 1 and "remove-input" not in params[0]["metadata"]["tags"], name
+        inferred = {p.name: p.default for p in _infer_parameters(nbformat.reads(json.dumps(nb), as_version=4))}
+        for key, value in v["parameters"].items():
+            assert eval(inferred[key]) == value, (name, key, inferred[key])  # noqa: S307 (the page's own literal)
+        if v.get("quick"):
+            assert eval(inferred["quick_values"]) == v["quick"], name  # noqa: S307
         text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
         assert f"**Runtime:** {v['runtime']}" in text, name
 
+
+def test_a_variant_quick_preset_is_never_larger_than_its_defaults():
+    """`quick:` of a variant (its page's quick_values) is valid for the source chapter's parameters and never asks
+    for more prompts than the variant's defaults: the quick preset is the fast path on every model."""
+    from qkcore.experiments.binding.attribution import AttributionParams
+    from qkcore.experiments.binding.interventions import InterventionParams
+    from qkcore.experiments.binding.subspaces import SubspaceParams
+    from qkcore.experiments.filter_heads.analysis import FilterHeadsParams
+    from qkcore.params import with_preset
+
+    classes = {
+        "filter_heads": FilterHeadsParams,
+        "binding_subspaces": SubspaceParams,
+        "binding_interventions": InterventionParams,
+        "attribution": AttributionParams,
+    }
+    variants = yaml.safe_load((ROOT / "book" / "variants.yml").read_text())
+    for name, v in variants.items():
+        cls = classes[v["source"]]
+        full = with_preset(cls(**v["parameters"]))
+        quick = with_preset(cls(**v["parameters"], preset="quick", quick_values=v.get("quick")))
+        for field in dataclasses.fields(cls):
+            if field.name.startswith("n_") and isinstance(getattr(full, field.name), int):
+                assert getattr(quick, field.name) <= getattr(full, field.name), (name, field.name)
+        assert quick.model == full.model, name
 
 
 def test_model_packages_are_pinned_alike_in_makefile_pyproject_environment_and_registry():

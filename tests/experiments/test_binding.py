@@ -101,6 +101,16 @@ def test_order_and_lexical_delta_match_stored_pairs(tiny):
     torch.testing.assert_close(lex.delta[0], expected, rtol=1e-6, atol=1e-8)
 
 
+def test_capture_without_the_answer_stops_early_and_gives_the_same_vectors(tiny):
+    """choice=False (the views): no answer, a pass that stops after the head's layer, the same q and k bit for bit."""
+    _, lm = tiny
+    enc = encode_binding_prompts(lm.tokenizer, order_id_prompts(4, 5, torch.Generator().manual_seed(3)), lm.chat)
+    full = capture_binding(lm.model, enc, [(0, 1)])
+    early = capture_binding(lm.model, enc, [(0, 1)], choice=False)
+    assert early.choice is None and full.choice is not None
+    assert torch.equal(full.q, early.q) and torch.equal(full.k, early.k)
+
+
 # -- swaps: the binding encoder hands the engine its task; a full-space swap exchanges the two logits -------------
 
 

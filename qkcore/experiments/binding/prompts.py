@@ -109,23 +109,29 @@ class BindingVectors:
     keys (float32, CPU), attn[i] (b, n_pairs) the last token's attention on each key and clause_attn[i] (b, 6) on the
     answer clause's tokens at letter offsets −4…+1 (object, "is", "in", "Box", letter, "," for the organism; None
     unless asked); choice (b,) the clause whose letter the model's next-token logits rank first among the prompt's
-    letters."""
+    letters (None when not asked for)."""
 
     heads: tuple[tuple[int, int], ...]
     q: torch.Tensor
     k: torch.Tensor
     attn: torch.Tensor | None
     clause_attn: torch.Tensor | None
-    choice: torch.Tensor
+    choice: torch.Tensor | None
 
 
 CLAUSE_OFFSETS = (-4, -3, -2, -1, 0, 1)  # tokens of "egg is in Box A ," around the letter (the organism's words)
 
 
 def capture_binding(
-    model: nn.Module, enc: EncodedPrompts, heads: Sequence[tuple[int, int]], attention: bool = False
+    model: nn.Module,
+    enc: EncodedPrompts,
+    heads: Sequence[tuple[int, int]],
+    attention: bool = False,
+    choice: bool = True,
 ) -> BindingVectors:
-    """One forward pass of `enc.batch` (qkcore.lm.gather_qk), capturing post-rotary q and k of `heads` (in order)."""
+    """One forward pass of `enc.batch` (qkcore.lm.gather_qk), capturing post-rotary q and k of `heads` (in order).
+    choice=False: the model's answer is not wanted (BindingVectors.choice is None), so the pass stops after the
+    deepest head's layer (early exit: the same vectors, less compute)."""
     heads = tuple(tuple(h) for h in heads)
     rows = torch.arange(enc.size)
     attn_cols = None
@@ -133,9 +139,13 @@ def capture_binding(
         answer_letter = enc.letters[rows, enc.answer]  # (b,)
         near = answer_letter[:, None] + torch.tensor(CLAUSE_OFFSETS)  # (b, 6)
         attn_cols = torch.cat([enc.keys, near.clamp(0, enc.batch.input_ids.shape[1] - 1)], 1)  # (b, n_pairs + 6)
-    got = gather_qk(model, enc.batch, heads, enc.last, enc.keys, attn_cols=attn_cols, logits_to_keep=1)
-    logits = got.output.logits[:, -1].float().cpu()  # (b, vocab): left padding, the last column is the query
-    choice = logits.gather(1, enc.letter_ids).argmax(-1)  # (b,)
+    if choice:
+        got = gather_qk(model, enc.batch, heads, enc.last, enc.keys, attn_cols=attn_cols, logits_to_keep=1)
+        logits = got.output.logits[:, -1].float().cpu()  # (b, vocab): left padding, the last column is the query
+        top = logits.gather(1, enc.letter_ids).argmax(-1)  # (b,)
+    else:
+        got = gather_qk(model, enc.batch, heads, enc.last, enc.keys, attn_cols=attn_cols, logits=False)
+        top = None
     n_keys = enc.keys.shape[1]
     return BindingVectors(
         heads,
@@ -143,5 +153,5 @@ def capture_binding(
         got.k,
         got.attn[..., :n_keys] if attention else None,
         got.attn[..., n_keys:] if attention else None,
-        choice,
+        top,
     )

@@ -103,7 +103,7 @@ def collect(model, tokenizer, chat, prompts, head, batch_size, key_offset=0, ans
     qs, ks, answers, pos = [], [], [], []
     for idx in iter_batches(len(prompts), batch_size):
         enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
-        vec = capture_binding(model, enc, [head])
+        vec = capture_binding(model, enc, [head], choice=False)  # stops after the head's layer
         qs.append(vec.q[0]), ks.append(vec.k[0]), answers.append(enc.answer)
         pos.append(enc.keys - torch.as_tensor(enc.batch.offsets)[:, None])  # (b, P) position in the prompt
     return Collected(torch.cat(qs), torch.cat(ks), torch.cat(answers), torch.cat(pos))
