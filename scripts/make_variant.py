@@ -20,6 +20,7 @@ A variant entry in book/variants.yml:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -124,7 +125,8 @@ def main() -> None:
         print(" ".join(command))
         return
     if not args.dress_only:
-        subprocess.run(command, check=True)
+        # the kernel inherits this environment: no progress bars in a committed page (qkcore/progress.py)
+        subprocess.run(command, check=True, env={**os.environ, "QKCORE_PROGRESS": "0"})
     dress(out, args.name, v)
 
 
