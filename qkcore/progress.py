@@ -79,7 +79,8 @@ def steps(
 def _bar(desc: str, total: int | None, unit: str, initial: int):
     from tqdm.std import tqdm
 
-    return tqdm(desc=desc, total=total, unit=unit, initial=initial, file=sys.stderr, dynamic_ncols=False)
+    # mininterval 1 s: papermill keeps every redraw as its own stream output, so a 10-minute cell keeps ≤ 600 of them
+    return tqdm(desc=desc, total=total, unit=unit, initial=initial, file=sys.stderr, mininterval=1.0)
 
 
 def gathers(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
