@@ -21,6 +21,9 @@ export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYDEVD_DISABLE_FILE_VALIDATION = 1
+# No progress bars (qkcore/progress.py) when the book executes or nbval re-executes its pages: a bar written to a
+# cell's stderr would be committed with the page and compared by nbval. A reader's own run shows them.
+export QKCORE_PROGRESS = 0
 
 .PHONY: book test lint unit nbval html browser env clean
 

@@ -26,6 +26,7 @@ A variant entry in book/variants.yml:
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -168,7 +169,8 @@ def main() -> None:
         source = nbformat.read(BOOK / f"{v['source']}.ipynb", as_version=4)
         set_parameters(source.cells, v)
         nbformat.write(source, out)
-        subprocess.run(command, check=True)
+        # the kernel inherits this environment: no progress bars in a committed page (qkcore/progress.py)
+        subprocess.run(command, check=True, env={**os.environ, "QKCORE_PROGRESS": "0"})
     dress(out, args.name, v)
 
 

@@ -1,6 +1,7 @@
 """Fixtures shared across the test folders: tiny random Llamas saved to disk in the organisms' layout, with or without
 a chat template, so the chapters' real-model path (load by folder) runs in seconds."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,10 @@ import torch
 from qkcore.experiments.chapter import start_chapter
 from qkcore.organisms.llama import OrganismConfig, build_model, save_organism
 from qkcore.organisms.vocab import build_word_tokenizer
+
+# No progress bars (qkcore.progress) in the tests nor in the chapters they execute (papermill passes the environment
+# to the kernel), as in the book's own execution; tests/core/test_progress.py turns them on where it checks them.
+os.environ["QKCORE_PROGRESS"] = "0"
 
 # A minimal chat template: the prompt sits inside "User : … Assistant :", like a real model's user turn.
 CHAT_TEMPLATE = (

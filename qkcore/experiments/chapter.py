@@ -1,5 +1,6 @@
 """What every chapter does before its first computation, in one place: the thread policy that makes executed and
-re-executed numbers agree, and the warning filter for a message that is noise on a rendered page.
+re-executed numbers agree, the warning filter for a message that is noise on a rendered page, and the check of the
+progress-bar switch QKCORE_PROGRESS (qkcore.progress), so that a bad value fails before any model loads.
 
     from qkcore.experiments.chapter import start_chapter
     start_chapter()          # one torch thread (see below); call it in the chapter's import cell
@@ -28,7 +29,10 @@ def start_chapter(threads: int | None = 1, cache: bool | None = None) -> None:
     """Set torch's intra-op threads (None: leave them), install the chapters' warning filter, and cache what the
     chapter gathers from a model (qkcore.lm.gather_cache: each identical gather_qk call runs once per machine;
     identical numbers cold or warm). cache=None: from the environment's QKCORE_GATHER_CACHE ("0": off; a folder:
-    cache there; unset or "1": the default folder, $QKCORE_CACHE/gather)."""
+    cache there; unset or "1": the default folder, $QKCORE_CACHE/gather). Progress bars: see qkcore.progress."""
+    from qkcore import progress
+
+    progress.enabled()  # raises on a QKCORE_PROGRESS other than "0" or "1"
     if threads is not None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")

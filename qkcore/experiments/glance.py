@@ -13,6 +13,8 @@ A claim of the paper that no page judged on a model the book runs gets no row; c
 from __future__ import annotations
 
 import html as _html
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -105,10 +107,61 @@ def badge(verdict: str) -> str:
     )
 
 
+def _value(key: str, v) -> str:
+    """One recorded number as a reader reads it (plain text, no Python repr): floats to 3 significant digits (an
+    angle with its °), an interval as Estimate writes it, 0.412 [0.301, 0.520] (the one style of the book), a nested
+    dict as "name value, name value", a list as its items (or "1 for all 5" when they are equal), NaN as
+    "undefined"."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "undefined"
+        return f"{v:.3g}" + ("°" if "angle" in key else "")
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_value(k, x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        items = [_value(key, x) for x in v]
+        if len(items) > 1 and len(set(items)) == 1:
+            return f"{items[0]} for all {len(items)}"
+        return ", ".join(items) or "none"
+    if v is None:
+        return "—"
+    text = str(v)  # an int, an Estimate or an interval recorded as its text
+    return "undefined" if text.startswith("nan [") else text
+
+
 def _numbers(numbers: dict, limit: int = 4) -> str:
-    """The deciding numbers, at most `limit`, one interval style: 0.412 [0.301, 0.520]."""
-    parts = [f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in list(numbers.items())[:limit]]
-    return _html.escape("; ".join(parts))
+    """The deciding numbers, at most `limit`, as "name: value; …" (see _value), HTML-escaped."""
+    return _html.escape("; ".join(f"{k}: {_value(k, v)}" for k, v in list(numbers.items())[:limit]))
+
+
+def _text(words: str) -> str:
+    """A rule or reason in words, HTML-escaped, with `code` written as code (no literal backticks)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _html.escape(words))
+
+
+def _reason(row: dict) -> str:
+    """Why a "not testable here" row has no verdict, without repeating the badge's words."""
+    prefix = f"{NOT_TESTABLE}: "
+    return row["rule"][len(prefix) :] if row["rule"].startswith(prefix) else row["rule"]
+
+
+def _claim_rules(rows: list[dict]) -> list[str]:
+    """The rules in words of one claim's rows, each once, for the claim's header: the general rules (a "not testable
+    here" row's rule is its own reason, shown on its row), the implied-by-query-concentration rule last. Where the
+    pages of a claim apply different thresholds, each rule names the models it applies to."""
+    by_rule: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["verdict"] != NOT_TESTABLE:
+            by_rule.setdefault(r["rule"], []).append(r)
+    implied = [rule for rule, rs in by_rule.items() if all(r["verdict"] == IMPLIED for r in rs)]
+    general = [rule for rule in by_rule if rule not in implied]
+    out = []
+    for rule in general:
+        models = ", ".join(dict.fromkeys(r["model"] for r in by_rule[rule]))
+        out.append(f"{_html.escape(models)}: {_text(rule)}" if len(general) > 1 else _text(rule))
+    return out + [_text(rule) for rule in implied]
 
 
 def glance_html(rows: list[dict]) -> str:
@@ -119,23 +172,23 @@ def glance_html(rows: list[dict]) -> str:
         '<colgroup><col style="width: 24%"><col style="width: 20%"><col style="width: 56%"></colgroup>',
         "<thead><tr><th>model, head</th><th>verdict</th><th>deciding numbers</th></tr></thead><tbody>",
     ]
-    current, rule = None, None
+    current = None
     for r in rows:
         if (r["number"], r["claim"]) != current:
             current = (r["number"], r["claim"])
             title, setting = PAPER_CLAIMS[r["number"]]
-            rule = r["rule"]
+            rules = _claim_rules([x for x in rows if (x["number"], x["claim"]) == current])
             out.append(
                 f'<tr><th colspan="3" style="text-align:left">{r["number"]}. {_html.escape(title)}: '
-                f"{_html.escape(r['claim'])}<br><small>paper: {_html.escape(setting)}</small><br>"
-                f"<small>rule: {_html.escape(rule)}</small></th></tr>"
+                f"{_html.escape(r['claim'])}<br><small>paper: {_html.escape(setting)}</small>"
+                + "".join(f"<br><small>rule: {rule}</small>" for rule in rules)
+                + "</th></tr>"
             )
         who = _html.escape(r["model"]) + (f", {_html.escape(r['head'])}" if r["head"] else "")
         if r["page"]:
             who = f'<a href="{r["page"]}.html">{who}</a>'
-        detail = _numbers(r["numbers"])
-        if r["rule"] != rule:  # this page's rule differs from the claim's (a gate, a floor): say it on the row
-            detail = f"<em>{_html.escape(r['rule'])}</em>" + (f"; {detail}" if detail else "")
+        # a "not testable here" row: its reason (which states its numbers); any other: its deciding numbers
+        detail = f"<em>{_text(_reason(r))}</em>" if r["verdict"] == NOT_TESTABLE else _numbers(r["numbers"])
         out.append(f"<tr><td>{who}</td><td>{badge(r['verdict'])}</td><td>{detail}</td></tr>")
     out.append("</tbody></table>")
     return "\n".join(out)

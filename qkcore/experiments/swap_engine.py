@@ -40,6 +40,7 @@ from qkcore.interventions import swap_in_subspace, swapped_attention
 from qkcore.lm import KeySwap, edit_attention, run_model
 from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.gather import gather_qk
+from qkcore.progress import gathers, steps
 from qkcore.subspace import random_orthonormal
 
 METRICS = (
@@ -151,7 +152,7 @@ def gather_swap_sets(
     sets = {h: SwapSet(h) for h in heads}
     start = 0
     orig, target = torch.as_tensor(orig).long(), torch.as_tensor(target).long()
-    for task in tasks:
+    for task in gathers(tasks, "swaps: gather q,k"):
         b, m = task.candidates.shape
         o, t = orig[start : start + b], target[start : start + b]
         _check_indices(o, t, b, m)
@@ -309,7 +310,7 @@ def forward_swaps(
     head = tuple(head)
     sets = gather_swap_sets(model, tasks, [head], orig, target)[head]
     out = {m: [] for m in METRICS}
-    for task, c in zip(tasks, sets.chunks):
+    for task, c in steps(list(zip(tasks, sets.chunks)), "swaps: edited forward passes"):
         rows = torch.arange(task.size)
         swap = KeySwap(
             head[0], head[1], basis.float(), _col(c, "orig").tolist(), _col(c, "target").tolist(), task.query.tolist()

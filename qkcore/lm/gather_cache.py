@@ -32,6 +32,9 @@ _DIRECTORY: ContextVar[Path | None] = ContextVar("qkcore_gather_cache", default=
 # The process-wide folder set by enable_gather_cache (a notebook kernel runs each cell in a copied context, so a
 # context variable set in one cell would not reach the next): the one module-level setting of qkcore.lm.
 _PROCESS: dict[str, Path | None] = {"directory": None}
+# How many gather_qk results this process computed (ran the model for) rather than read from the cache: the counter
+# a progress bar waits on (qkcore.progress.steps), so that a warm cache draws no bar.
+_COMPUTED = {"count": 0}
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → (tensor versions, fingerprint)
 _SAMPLE = 1 << 14  # values sampled per tensor (strided over the whole tensor)
 _CODE_FILES = ("capture.py", "gather.py", "intercept.py", "batching.py", "layout.py", "early_exit.py")
@@ -142,6 +145,11 @@ def cache_key(
     return h.hexdigest()
 
 
+def computed() -> int:
+    """How many gather_qk results this process has computed so far (cached or not); reads from the cache don't count."""
+    return _COMPUTED["count"]
+
+
 def load(key: str):
     """The cached GatheredQK for `key`, or None."""
     directory = active_directory()
@@ -161,7 +169,9 @@ def load(key: str):
 
 
 def store(key: str, got) -> None:
-    """Write `got` under `key`, atomically (a temporary file renamed into place)."""
+    """Write `got` under `key`, atomically (a temporary file renamed into place). gather_qk calls it for every result
+    it computed (key None: not cached), so it also counts them (`computed`)."""
+    _COMPUTED["count"] += 1
     directory = active_directory()
     if directory is None or key is None:
         return

@@ -60,11 +60,10 @@ def stream_batches(
         checkpoint = accumulator_file._as_path(checkpoint, "checkpoint")
     start = _resume(streamer, checkpoint, definition, len(ranges)) if checkpoint is not None else 0
     todo = range(start, len(ranges))
-    if progress:
-        from tqdm.auto import tqdm
+    if progress:  # a bar (qkcore.progress: off under QKCORE_PROGRESS=0) over the batches still to run
+        from qkcore.progress import steps
 
-        label = progress if isinstance(progress, str) else "batches"
-        todo = tqdm(todo, desc=label, unit="batch", initial=start, total=len(ranges))
+        todo = steps(todo, progress if isinstance(progress, str) else "batches")
     for i in todo:
         idx = ranges[i]
         batch = make_batch(tokenizer, [prompts[j] for j in idx], padding_side, add_special_tokens)

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from qkcore.progress import steps
 from qkcore.toy.ceiling import reference_correct, task_ceiling
 from qkcore.toy.model import HeadStack, ToyHead
 from qkcore.toy.task import TASK_KINDS, PayloadTask, TaskBatch, TaskConfig, derive_seed
@@ -321,7 +322,7 @@ def _train_grid(
     patience = torch.full((T, G), config.patience)
     step = 0
     try:
-        for step in range(config.max_steps):
+        for step in steps(range(config.max_steps), "train toy heads", unit="step"):  # stops early: see patience
             for group in opt.param_groups:
                 group["lr"] = config.learning_rate(step)
             x_q, x_ctx, label = _stack_batches(batches.next())

@@ -88,3 +88,67 @@ def test_comparison_sets_models_side_by_side():
     assert html.count('class="verdict-badge"') == 3 and '<a href="binding_interventions_qwen.html">L16H1: </a>' in html
     with pytest.raises(ValueError, match="part must be one of"):
         comparison_html(rows, "toy")
+
+
+def _row_html(html: str, text: str) -> str:
+    """The <tr> of `html` that contains `text`."""
+    (row,) = [tr for tr in html.split("<tr>") if text in tr]
+    return row
+
+
+def test_nested_numbers_and_lists_read_as_text_not_python_reprs():
+    from qkcore.experiments.glance import comparison_html
+
+    cube = {"edge ratio": 1.145, "max |angle − 90°|": 13.5}
+    rows = glance_rows(
+        {
+            "cube": {"verdicts": [_v("toy: cube", V.REPRODUCED, "toy", None, trained=cube, untrained=cube)]},
+            "filter_heads": {
+                "verdicts": [
+                    _v("filter: low rank", V.REPRODUCED, ranks=[1, 1, 1, 1, 1], spread=[3, 4], gap=float("nan")),
+                    _v("filter: swap", V.MATCHED, flips={"category": 0.5, "random": 0.1}, signs=(True, False)),
+                ]
+            },
+        }
+    )
+    html = glance_html(rows)
+    row = _row_html(html, "edge ratio")
+    assert "trained: edge ratio 1.15, max |angle − 90°| 13.5°; untrained: edge ratio 1.15" in row
+    rank_row = _row_html(html, "ranks")
+    assert "ranks: 1 for all 5; spread: 3, 4; gap: undefined" in rank_row
+    for r in (row, rank_row, _row_html(html, "flips")):
+        assert not any(c in r.split("</td>", 2)[-1] for c in "{}'[]`"), r  # the numbers cell holds no repr
+    cell = _row_html(comparison_html(rows, "filter"), "flips")
+    assert "flips: category 0.5, random 0.1; signs: yes, no" in cell
+    assert not any(c in cell for c in "{}'[]")
+
+
+def test_each_rule_is_written_once_in_the_claims_header():
+    implied = "implied when the bound is under 1%"
+    rows = glance_rows(
+        {
+            "filter_heads": {"verdicts": [_v("filter: low rank", V.REPRODUCED, rule="rank at most 1")]},
+            "filter_heads_qwen": {
+                "verdicts": [
+                    _v("filter: low rank", V.IMPLIED, "Qwen", "L18H1", rule=implied),
+                    _v("filter: low rank", V.IMPLIED, "Qwen", "L20H11", rule=implied),
+                ]
+            },
+            "binding_subspaces": {"verdicts": [_v("binding: lexical-ID low rank", V.MATCHED, rule="rank at most 8")]},
+            "binding_subspaces_qwen": {
+                "verdicts": [_v("binding: lexical-ID low rank", V.MATCHED, "Qwen", rule="rank at most 16")]
+            },
+        }
+    )
+    html = glance_html(rows)
+    assert html.count(implied) == 1 and html.count("rank at most 1<") == 1
+    header = _row_html(html, "rank at most 1<")
+    assert implied in header and header.index("rank at most 1") < header.index(implied)  # the claim's rule first
+    assert implied not in _row_html(html, "L18H1")
+    # thresholds that differ by page: each rule says whose it is
+    assert "rule: organism: rank at most 8" in html and "rule: Qwen: rank at most 16" in html
+
+
+def test_code_in_a_rule_is_code_not_backticks():
+    html = glance_html(glance_rows({}))  # the generalisation row: a command to run elsewhere
+    assert "`" not in html and "<code>-p model Qwen/Qwen3-4B-Instruct-2507</code>" in html

@@ -30,6 +30,7 @@ from qkcore.lm.gather import gather_qk
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import INSTRUCTION, BindingPrompt, sample_prompt
 from qkcore.params import require
+from qkcore.progress import gathers
 from qkcore.subspace import project, random_orthonormal
 
 PARTS = ("order", "lexical", "residual")
@@ -145,7 +146,7 @@ def capture_head(
         tokenizer, prompts, chat, key_offset, answer_prefix
     )  # one batch layout for all prompts
     qs, ks = [], []
-    for idx in iter_batches(len(prompts), batch_size):
+    for idx in gathers(list(iter_batches(len(prompts), batch_size)), "attribution: gather q,k"):
         sub = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         got = gather_qk(model, sub.batch, [head], sub.last, key_cols=None, dtype=torch.float64)  # every key
         pad = enc.batch.input_ids.shape[1] - sub.batch.input_ids.shape[1]  # extra left padding of the full batch

@@ -27,6 +27,7 @@ from qkcore.covariance import ContrastiveCovariance, Weighting
 from qkcore.experiments.binding.prompts import CLAUSE_OFFSETS, capture_binding, encode_binding_prompts
 from qkcore.lm import attention_layout, iter_batches
 from qkcore.organisms.binding_task import BindingPrompt
+from qkcore.progress import gathers
 from qkcore.subspace import Decomposition, decompose, ranks_at_energy
 
 
@@ -148,7 +149,7 @@ def order_contrast(
     attn_other = torch.zeros(len(heads), dtype=torch.float64)
     clause = torch.zeros(len(heads), len(CLAUSE_OFFSETS), dtype=torch.float64)
     correct, top, gaps = [], [], []
-    for idx in iter_batches(len(prompts), batch_size):
+    for idx in gathers(list(iter_batches(len(prompts), batch_size)), "order contrast: gather q,k"):
         enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         vec = capture_binding(model, enc, heads, attention=True)
         if acc is None:
@@ -192,7 +193,7 @@ def lexical_contrast(
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     acc = None
     correct = {"prompts": 0, "counterfactuals": 0}
-    for idx in iter_batches(len(pairs), batch_size):
+    for idx in gathers(list(iter_batches(len(pairs), batch_size)), "lexical contrast: gather q,k"):
         enc_p = encode_binding_prompts(tokenizer, [pairs[i][0] for i in idx], chat, key_offset, answer_prefix)
         enc_c = encode_binding_prompts(tokenizer, [pairs[i][1] for i in idx], chat, key_offset, answer_prefix)
         vp = capture_binding(model, enc_p, heads)

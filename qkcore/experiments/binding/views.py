@@ -18,6 +18,7 @@ import torch
 from qkcore.experiments.binding.prompts import capture_binding, encode_binding_prompts
 from qkcore.lm import iter_batches
 from qkcore.organisms.binding_task import OBJECTS, BindingPrompt
+from qkcore.progress import gathers
 from qkcore.subspace import Decomposition, pca
 
 KNN_NEIGHBOURS = 10
@@ -101,7 +102,7 @@ class Collected:
 def collect(model, tokenizer, chat, prompts, head, batch_size, key_offset=0, answer_prefix="") -> Collected:
     """One head's queries and box keys over prompts: what the views project."""
     qs, ks, answers, pos = [], [], [], []
-    for idx in iter_batches(len(prompts), batch_size):
+    for idx in gathers(list(iter_batches(len(prompts), batch_size)), "views: gather q,k"):
         enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         vec = capture_binding(model, enc, [head], choice=False)  # stops after the head's layer
         qs.append(vec.q[0]), ks.append(vec.k[0]), answers.append(enc.answer)

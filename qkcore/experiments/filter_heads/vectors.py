@@ -27,6 +27,7 @@ from qkcore.lm.chat import model_text, uses_chat_template
 from qkcore.lm.gather import gather_qk, last_columns
 from qkcore.lm.positions import char_span_to_tokens
 from qkcore.organisms.filter_task import PLURALS, FilterPrompt
+from qkcore.progress import gathers
 
 
 def encode_filter_prompts(
@@ -158,24 +159,25 @@ def head_scan(
     attn_neg = torch.zeros_like(attn_pos)
     next_token = torch.zeros(len(prompts), dtype=torch.long)
     kept = {"q": [None] * len(prompts), "k": [None] * len(prompts), "attn": [None] * len(prompts)}
+    batches = []  # (category, prompt indices): each category's prompts in batches
     for c in range(len(categories)):
         rows = (asked == c).nonzero().flatten().tolist()
         if not rows:
             raise ValueError(f"no prompt asks for {categories[c]!r}: give more prompts")
-        for chunk in iter_batches(len(rows), batch_size):
-            idx = [rows[i] for i in chunk]
-            batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in idx], answer_prefix)
-            cols = batch.padded_positions(items)  # (b, I) batch columns of the items
-            got = gather_qk(model, batch, "all", last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
-            pos = item_cat[idx] == c  # (b, I)
-            _split_pairs(got.q, got.k, pos, accs[c])
-            next_token[idx] = got.output.logits[:, -1].argmax(-1).cpu()  # left padding: -1 is the last token
-            if keep_vectors:
-                for j, i in enumerate(idx):
-                    kept["q"][i], kept["k"][i], kept["attn"][i] = got.q[:, j], got.k[:, j], got.attn[:, j]
-            attn = got.attn.double()  # (H, b, I)
-            attn_pos += (attn * pos).sum((1, 2))
-            attn_neg += (attn * ~pos).sum((1, 2))
+        batches += [(c, [rows[i] for i in chunk]) for chunk in iter_batches(len(rows), batch_size)]
+    for c, idx in gathers(batches, "scan heads: gather q,k"):
+        batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in idx], answer_prefix)
+        cols = batch.padded_positions(items)  # (b, I) batch columns of the items
+        got = gather_qk(model, batch, "all", last_columns(batch), cols, attn_cols=cols, **_last_logits(model))
+        pos = item_cat[idx] == c  # (b, I)
+        _split_pairs(got.q, got.k, pos, accs[c])
+        next_token[idx] = got.output.logits[:, -1].argmax(-1).cpu()  # left padding: -1 is the last token
+        if keep_vectors:
+            for j, i in enumerate(idx):
+                kept["q"][i], kept["k"][i], kept["attn"][i] = got.q[:, j], got.k[:, j], got.attn[:, j]
+        attn = got.attn.double()  # (H, b, I)
+        attn_pos += (attn * pos).sum((1, 2))
+        attn_neg += (attn * ~pos).sum((1, 2))
     grid = (len(categories), layout.n_layers, layout.n_heads)
     deltas = torch.stack([acc.delta() for acc in accs]).reshape(*grid, layout.head_dim, layout.head_dim)
     n = len(prompts)
@@ -229,7 +231,7 @@ def collect_vectors(
     asked, item_cat = _labels(prompts, categories)
     heads = attention_layout(model).select(heads)
     qs, ks, attns = [], [], []
-    for chunk in iter_batches(len(prompts), batch_size):
+    for chunk in gathers(list(iter_batches(len(prompts), batch_size)), "vectors: gather q,k"):
         batch, items = encode_filter_prompts(tokenizer, [prompts[i] for i in chunk], answer_prefix)
         cols = batch.padded_positions(items)  # (b, I)
         got = gather_qk(model, batch, heads, last_columns(batch), cols, attn_cols=cols, logits=False)  # early exit
