@@ -219,9 +219,12 @@ def _null_row(fig, axes, n, names, lim: float, label: str) -> None:
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax = axes[1]
     bins = np.linspace(0, 1, 41)
-    ax.hist([x.eta2 for x in n.random], bins=bins, alpha=0.7, label=f"random (p = {n.p_eta[0]:.2g})")
-    ax.hist([x.eta2 for x in n.balanced], bins=bins, alpha=0.7, label=f"balanced (p = {n.p_eta[1]:.2g})")
-    ax.axvline(n.score.eta2, color="k", lw=1.5, label="categories")
-    ax.set(xlabel="key η²", ylabel="groupings")
+    counts = [
+        ax.hist([x.eta2 for x in fam], bins=bins, alpha=0.7, label=f"{name} (p = {p:.2g})")[0].max()
+        for fam, name, p in ((n.random, "random", n.p_eta[0]), (n.balanced, "balanced", n.p_eta[1]))
+    ]
+    top = max(counts)
+    ax.vlines(n.score.eta2, 0, top, color="k", lw=1.5, label="categories")  # below the legend's band
+    ax.set(xlabel="key η²", ylabel="groupings", ylim=(0, 1.75 * top))
     ax.set_title(f"{label}: null groupings", fontsize=10)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")

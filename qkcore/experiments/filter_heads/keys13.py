@@ -224,9 +224,8 @@ def keys13_finding(k13: Keys13Result) -> str:
         else f"**{k13.model_label} cannot read the task here** ({why}), so its verdict is *{verdicts.NOT_TESTABLE}*"
     )
     return (
-        f"{gate}. At {head_name(k13.head)} the {n_cats} categories' ΔC ranks run from {int(a.ranks.min())} to "
-        f"{int(a.ranks.max())} (the query-concentration bound implies rank 1 for {implied} of {n_cats}); their key "
-        f"subspace has "
+        f"{gate}. At {head_name(k13.head)} {_ranks(a.ranks)} (the query-concentration bound implies rank 1 "
+        f"for {implied} of {n_cats}); the categories' key subspace has "
         f"{a.key_basis.shape[1]} dimensions. Key η² of fresh prompts' keys in it: {n.score.eta2:.2f}, against a mean "
         f"of {_mean(x.eta2 for x in n.random):.2f} for {len(n.random)} random groupings of the {n_items} items into "
         f"{n_cats} groups of the same sizes (p = {n.p_eta[0]:.2g}) and {_mean(x.eta2 for x in n.balanced):.2f} for "
@@ -239,5 +238,11 @@ def keys13_finding(k13: Keys13Result) -> str:
         f"{d.random_mean:.2f} in random {d.dims}-d subspaces (chance {d.chance:.2f}). Matching: diagonal minus "
         f"off-diagonal {n.matching.statistic:.2f} (p = {n.matching.p_value:.2g} against the random groupings), the "
         f"diagonal the row maximum in {n.matching.diagonal_max_rows} of {n_cats} rows. Verdict (keys cluster by "
-        f"category, {n_cats} categories): *{v.verdict}*."
+        f"category, {n_cats} categories): *{v.verdict}*. With {len(n.random)} groupings the smallest possible p is "
+        f"{1 / (len(n.random) + 1):.2g}."
     )
+
+
+def _ranks(ranks: torch.Tensor) -> str:
+    lo, hi = int(ranks.min()), int(ranks.max())
+    return f"every category's ΔC has rank {lo}" if lo == hi else f"the categories' ΔC ranks run from {lo} to {hi}"
