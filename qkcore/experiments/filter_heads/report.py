@@ -394,5 +394,6 @@ def findings(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None = 
     if k13 is not None:
         out["verdict"] += f"\n- **{k13.head_label}** of {k13.model_label}: keys cluster by category: "
         out["verdict"] += f"*{keys13_verdict(k13).verdict}*"
-    out["keys13"] = keys13_finding(k13) if k13 is not None else "the 13-category view did not run (keys_13=False)"
+    skipped = "The 13-category view did not run on this page (keys_13=False)."
+    out["keys13"] = keys13_finding(k13) if k13 is not None else skipped
     return out
