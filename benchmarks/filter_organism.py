@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from qkcore.experiments.filter_heads.analysis import FilterHeadsParams, analyse_heads, load_filter_model, run_keys_13
+from qkcore.experiments.filter_heads.analysis import FilterHeadsParams, analyse_heads, load_filter_model
 from qkcore.experiments.filter_heads.intervention import swap_experiment
+from qkcore.experiments.filter_heads.keys13 import run_keys_13
 from qkcore.organisms.filter_organism import SPECS, train_filter_organism
 
 

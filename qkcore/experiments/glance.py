@@ -61,6 +61,7 @@ BADGES = {
 # organism's folder, a description).
 MODEL_NAMES = {
     "filter-5x5": "organism (filter-5x5)",
+    "filter-13": "organism (filter-13)",
     "model organism binding": "organism (binding)",
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct",
     "qwen2.5-coder-0.5b-instruct": "Qwen2.5-Coder-0.5B-Instruct",

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import ListedColormap
 
-from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result, Projection
+from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Projection
+from qkcore.experiments.filter_heads.keys13 import Keys13Result
 from qkcore.lm.layout import head_name
 from qkcore.plotting.heads import head_heatmap
 
@@ -122,12 +123,13 @@ def plot_pca(result: FilterHeadsResult, head: tuple[int, int]):
 
 def plot_keys_13(k13: Keys13Result):
     """The talk's 13-category keys-only view: keys of fresh prompts in the combined key subspace, beside the same
-    with a null grouping of the items and on the random-init copy."""
+    with one balanced null grouping of the items (for the eye; the tests use the families, plot_keys_13_nulls) and
+    on the random-init copy."""
     fig = plt.figure(figsize=(COLUMN, 6.5))
     for i, (p, a, title) in enumerate(
         (
             (k13.projection, k13.analysis, "categories"),
-            (k13.null_projection, k13.null_analysis, "null grouping (shuffled labels)"),
+            (k13.null_projection, k13.null_analysis, f"1 of {len(k13.nulls.balanced)} balanced null groupings"),
             (k13.random_projection, k13.random_analysis, "random-init copy"),
         )
     ):
@@ -190,23 +192,39 @@ def plot_nulls(result: FilterHeadsResult):
         len(heads), 2, figsize=(COLUMN - 0.5, 3.1 * len(heads)), squeeze=False, layout="constrained"
     )
     lim = max(float(result.nulls[h].matching.matrix.abs().max()) for h in heads)
-    names = result.scan.categories
     for row, h in enumerate(heads):
-        n = result.nulls[h]
-        ax = axes[row, 0]
-        im = ax.imshow(n.matching.matrix.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
-        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-        ax.set_yticks(range(len(names)), names)
-        ax.set(xlabel="item's category c′", ylabel="asked c")
-        ax.set_title(f"{head_name(h)}: E[q·k]", fontsize=10)
-        ax.grid(False)
-        fig.colorbar(im, ax=ax, shrink=0.8)
-        ax = axes[row, 1]
-        bins = np.linspace(0, 1, 41)
-        ax.hist([x.eta2 for x in n.random], bins=bins, alpha=0.7, label=f"random (p = {n.p_eta[0]:.2g})")
-        ax.hist([x.eta2 for x in n.balanced], bins=bins, alpha=0.7, label=f"balanced (p = {n.p_eta[1]:.2g})")
-        ax.axvline(n.score.eta2, color="k", lw=1.5, label="categories")
-        ax.set(xlabel="key η²", ylabel="groupings")
-        ax.set_title(f"{head_name(h)}: null groupings", fontsize=10)
-        ax.legend(fontsize=9)
+        _null_row(fig, axes[row], result.nulls[h], result.scan.categories, lim, head_name(h))
     return fig
+
+
+def plot_keys_13_nulls(k13: Keys13Result):
+    """The 13-category view's tests at its head: the matching matrix E[q·k | c asked, item in c′] and the key η² of
+    the random and balanced null groupings of the 65 items beside the categories' own (line)."""
+    fig, axes = plt.subplots(1, 2, figsize=(COLUMN - 0.3, 3.6), layout="constrained")
+    n = k13.nulls
+    _null_row(fig, axes, n, k13.categories, float(n.matching.matrix.nan_to_num().abs().max()), head_name(k13.head))
+    return fig
+
+
+def _null_row(fig, axes, n, names, lim: float, label: str) -> None:
+    """One head's matching matrix (left) and null-grouping η² histograms (right)."""
+    ax = axes[0]
+    im = ax.imshow(n.matching.matrix.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
+    small = {"fontsize": 7} if len(names) > 8 else {}  # 13 names fit the column in a smaller font
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", **small)
+    ax.set_yticks(range(len(names)), names, **small)
+    ax.set(xlabel="item's category c′", ylabel="asked c")
+    ax.set_title(f"{label}: E[q·k]", fontsize=10)
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax = axes[1]
+    bins = np.linspace(0, 1, 41)
+    counts = [
+        ax.hist([x.eta2 for x in fam], bins=bins, alpha=0.7, label=f"{name} (p = {p:.2g})")[0].max()
+        for fam, name, p in ((n.random, "random", n.p_eta[0]), (n.balanced, "balanced", n.p_eta[1]))
+    ]
+    top = max(counts)
+    ax.vlines(n.score.eta2, 0, top, color="k", lw=1.5, label="categories")  # below the legend's band
+    ax.set(xlabel="key η²", ylabel="groupings", ylim=(0, 1.75 * top))
+    ax.set_title(f"{label}: null groupings", fontsize=10)
+    ax.legend(fontsize=8, loc="upper right")

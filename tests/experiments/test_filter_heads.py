@@ -11,19 +11,19 @@ import torch
 
 from qkcore.experiments.filter_heads.analysis import (
     FilterHeadsParams,
-    analyse_13,
     analyse_heads,
     delta_prompts,
     load_filter_model,
-    null_grouping,
 )
 from qkcore.experiments.filter_heads.intervention import swap_experiment, swap_targets
+from qkcore.experiments.filter_heads.keys13 import analyse_13, keys13_verdict
 from qkcore.experiments.filter_heads.report import (
     all_verdicts,
     category_table,
     findings,
     greedy_answer,
     null_table,
+    null_table_13,
     scan_table,
     subspace_table,
     summary,
@@ -123,12 +123,22 @@ def test_tables_swaps_and_13_categories_run(tiny):
         assert s.check is not None and s.check < 1e-4  # swap_method="forward": rebuilt rows = the edited pass
     k13 = analyse_13(model, tok, params)
     assert k13.analysis.deltas.shape[0] == 13 and k13.projection.keys.shape == (params.n_pca_prompts * 25, 3)
+    # the 13-category view is judged against the families, not one grouping: n_groupings each, 65 items
+    assert len(k13.nulls.random) == len(k13.nulls.balanced) == params.n_groupings
+    assert k13.nulls.matching.matrix.shape == (13, 13) and len(k13.nulls.matching.null) == params.n_groupings
+    assert all(0 < p <= 1 for p in (*k13.nulls.p_eta, *k13.nulls.p_decoding)) and len(null_table_13(k13)) == 4
     numbers = summary(result, swaps, k13)
     assert len(scan_table(result, n=3)) == 3 and numbers["13 categories: head"]
+    assert numbers["13 categories: key η² p (random, balanced groupings)"] == [round(p, 3) for p in k13.nulls.p_eta]
     verdicts = [k for k in numbers if k.startswith("verdict: ")]
-    assert len(verdicts) == 5 * len(result.heads)  # one verdict per claim and studied head
-    assert len(all_verdicts(result, swaps)) == 5 * len(result.heads)
-    assert set(findings(result, swaps)) >= {"accuracy", "ranks", "nulls", "swap", "verdict"}
+    assert len(verdicts) == 5 * len(result.heads) + 1  # one verdict per claim and studied head, one for 13 categories
+    recorded = all_verdicts(result, swaps, k13)
+    assert len(recorded) == 5 * len(result.heads) + 1 and recorded[-1] == keys13_verdict(k13)
+    assert recorded[-1].claim == "filter: keys cluster by category" and "13 categories" in recorded[-1].head
+    assert recorded[-1].verdict == "not testable here"  # a random tiny model cannot read the task
+    notes = findings(result, swaps, k13)
+    assert set(notes) >= {"accuracy", "ranks", "nulls", "swap", "verdict", "keys13"}
+    assert f"{params.n_groupings} balanced ones" in notes["keys13"] and "13 categories" in notes["verdict"]
     prompt = delta_prompts(PAPER_CATEGORY_NAMES, 1, torch.Generator().manual_seed(0))[0]
     assert isinstance(greedy_answer(model, tok, prompt, max_new_tokens=3), str)
 
@@ -141,11 +151,6 @@ def test_a_model_that_cannot_read_the_task_gets_no_verdict(tiny):
     numbers = summary(result, swaps, None)
     assert all(v.startswith("not testable here") for k, v in numbers.items() if k.startswith("verdict: "))
     assert "cannot read the task" in findings(result, swaps)["accuracy"]
-
-
-def test_null_grouping_keeps_group_sizes():
-    g = null_grouping(PAPER_CATEGORY_NAMES, torch.Generator().manual_seed(0))
-    assert len(g) == 25 and sorted(g.values()) == sorted([c for c in PAPER_CATEGORY_NAMES] * 5)
 
 
 def test_bad_parameters_are_rejected():
@@ -187,7 +192,7 @@ def test_chapter_runs_with_a_tiny_model_folder(tmp_path, save_tiny_llama):
     )
     assert f"model: {path} (" in outputs and "chat template: yes" in outputs  # the folder's model made the figures
     assert "studied heads:" in outputs
-    assert "13 categories: key η² (model, null grouping, random init)" in outputs
+    assert "13 categories: key η² p (random, balanced groupings)" in outputs
 
 
 def test_heads_out_of_range_stop_before_the_scan(tiny, monkeypatch):

@@ -121,3 +121,96 @@ def test_unknown_items_are_found():
             return {"input_ids": [0 if w == "scooter" else 5 for w in text.split()]}
 
     assert unknown_items(Tok(), ["cat", "scooter"]) == ["scooter"]
+
+
+# ---------------------------------------------------------------- the 13-category view: prompts list 5 of 13 categories
+G13, LISTED = 13, 5
+
+
+def _planted_13(n=390, signal=3.0, shuffle=False, seed=0):
+    """Prompts list LISTED of 13 categories (all five items each, shuffled) and ask one of them; keys carry their
+    category's direction times `signal` plus item and occurrence noise. shuffle: the keys are permuted over every
+    (prompt, slot) (the same vectors, the link between a key and its item and prompt broken)."""
+    g = torch.Generator().manual_seed(seed)
+    d = 16
+    dirs = torch.randn(G13, d, generator=g)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    item_noise = torch.randn(G13 * PER, d, generator=g) * 0.5
+    asked = torch.arange(n) % G13
+    ids = []
+    for c in asked.tolist():
+        others = [x for x in torch.randperm(G13, generator=g).tolist() if x != c][: LISTED - 1]
+        items = torch.tensor([cat * PER + j for cat in (c, *others) for j in range(PER)])
+        ids.append(items[torch.randperm(len(items), generator=g)])
+    ids = torch.stack(ids)  # (n, 25)
+    k = signal * dirs[ids // PER] + item_noise[ids] + 0.3 * torch.randn(*ids.shape, d, generator=g)
+    if shuffle:
+        k = k.reshape(-1, d)[torch.randperm(k.shape[0] * k.shape[1], generator=g)].reshape(k.shape)
+    q = 2 * dirs[asked] + 1.0 + 0.05 * torch.randn(n, d, generator=g)
+    return q, k, asked, ids
+
+
+def test_13_category_null_families_have_the_right_sizes_and_balance():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        r, b = nulls.random_grouping(G13, PER, g), nulls.balanced_grouping(G13, PER, g)
+        assert len(r) == len(b) == 65 and torch.bincount(r).tolist() == torch.bincount(b).tolist() == [PER] * G13
+        category = torch.arange(65) // PER
+        for grp in range(G13):  # a balanced group: five items, from five different categories
+            assert len(set(category[b == grp].tolist())) == PER
+        for c in range(G13):  # and each category's five items in five different groups
+            assert len(set(b[category == c].tolist())) == PER
+
+
+@pytest.mark.parametrize("weighting", ["pair_mean", "prompt_sum"])
+def test_fit_on_partial_lists_equals_the_streamed_contrast(weighting):
+    """With 5 of 13 categories per prompt and a null grouping, a group's positives per prompt vary (0 to 5): the
+    Fit's weighted sums still equal ContrastiveCovariance fed the same pairs, with and without a held-out item."""
+    q, k, asked, ids = _planted_13(n=130)
+    grouping = nulls.random_grouping(G13, PER, torch.Generator().manual_seed(1))
+    fit = nulls.Fit(q, k, asked, ids, k[:20], ids[:20], G13, weighting, n_items=65)
+    for leave_out in (None, 7):
+        got = fit.deltas(grouping, leave_out)
+        keep = ids != (-1 if leave_out is None else leave_out)
+        for c in range(G13):
+            rows = asked == c
+            pos = grouping[ids[rows]] == c
+            acc = ContrastiveCovariance(16, weighting=weighting)
+            for sign, mask in ((True, pos & keep[rows]), (False, ~pos & keep[rows])):
+                r, i = mask.nonzero(as_tuple=True)
+                acc.add(q[rows][r], k[rows][r, i], positive=sign, prompts=int(rows.sum()))
+            torch.testing.assert_close(got[c], acc.delta(), atol=1e-9, rtol=1e-7)
+    with pytest.raises(ValueError, match="twice"):
+        nulls.Fit(q, k, asked, ids.clone().index_fill_(1, torch.tensor([1]), int(ids[0, 0])), k, ids, G13)
+
+
+def _tests_13(shuffle: bool, seed: int = 0, n_groupings: int = 50):
+    q, k, asked, ids = _planted_13(n=455, shuffle=shuffle, seed=seed)
+    vecs = nulls_vectors(q[:390], k[:390], asked[:390], ids[:390])
+    fresh = nulls_vectors(q[390:], k[390:], asked[390:], ids[390:])
+    g = torch.Generator().manual_seed(seed + 1)
+    randoms = [nulls.random_grouping(G13, PER, g) for _ in range(n_groupings)]
+    balanced = [nulls.balanced_grouping(G13, PER, g) for _ in range(n_groupings)]
+    true = torch.arange(65) // PER
+    return nulls.null_tests(
+        {"model": vecs}, {"model": fresh}, ids[:390], ids[390:], (0, 0), true, randoms, balanced,
+        "pair_mean", 0.99, 3, torch.Generator().manual_seed(2),
+    )  # fmt: skip
+
+
+def nulls_vectors(q, k, asked, ids):
+    from qkcore.experiments.filter_heads.vectors import Vectors
+
+    n, n_slots = ids.shape
+    return Vectors(((0, 0),), tuple(map(str, range(G13))), q[None], k[None], torch.ones(1, n, n_slots), asked, ids // 5)
+
+
+def test_13_category_p_values_small_for_planted_categories_large_for_shuffled_keys():
+    planted = _tests_13(shuffle=False)
+    assert len(planted.random) == len(planted.balanced) == 50
+    assert planted.p_eta == pytest.approx((1 / 51, 1 / 51)) and planted.p_decoding == pytest.approx((1 / 51, 1 / 51))
+    assert planted.matching.p_value == pytest.approx(1 / 51) and planted.score.decoding > 0.9
+    for seed in (0, 1, 2):  # the same vectors with the item ↔ key link broken: no family rejects
+        shuffled = _tests_13(shuffle=True, seed=seed)
+        assert min(shuffled.p_eta) > 0.05 and min(shuffled.p_decoding) > 0.05, (seed, shuffled.p_eta)
+        assert shuffled.decoding.category < 0.2  # chance 1/13

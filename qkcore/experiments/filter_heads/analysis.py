@@ -1,6 +1,7 @@
 """The filter-heads chapter (paper Figures 6–7): which heads attend to the asked category's items, the rank of each
 category's ΔC at those heads, the combined category subspace, 3-D PCA of keys and queries inside it, the key-swap
-intervention, and the controls (shuffled category labels; a randomly initialised copy of the model).
+intervention, and the controls (shuffled category labels; a randomly initialised copy of the model). The 13-category
+keys-only view is qkcore.experiments.filter_heads.keys13.
 
     P = FilterHeadsParams()                      # model="organism": the CPU-trained filter-5x5 / filter-13 models
     model, tokenizer, label = load_filter_model(P.model, P)
@@ -96,13 +97,6 @@ def load_filter_model(params: FilterHeadsParams, organism: str = ORGANISMS["5x5"
     """The chapter's model: for model="organism" the committed organism `organism`, else params.model (a registered
     name, local folder or hub id), in the params' dtype and on its device."""
     return load_chapter_model(params.model, organism, params.dtype, params.device)
-
-
-def null_grouping(categories: tuple[str, ...], generator: torch.Generator) -> dict[str, str]:
-    """A null grouping of the items: the same group sizes, items assigned to groups by a random permutation."""
-    items = [(item, c) for c in categories for item in CATEGORIES[c]]
-    perm = torch.randperm(len(items), generator=generator).tolist()
-    return {items[i][0]: items[j][1] for i, j in zip(range(len(items)), perm)}
 
 
 def relabel(vecs: Vectors, prompt_items: list[tuple[str, ...]], grouping: dict[str, str]) -> Vectors:
@@ -361,66 +355,3 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
         gate,
         words,
     )
-
-
-@dataclass
-class Keys13Result:
-    """The 13-category keys-only view: the head (top of this model's own scan unless given), per-category analysis,
-    keys of fresh prompts in the combined key subspace, and the same with a null grouping of the items and on a
-    randomly initialised copy of the model (same head)."""
-
-    model_label: str
-    categories: tuple[str, ...]
-    scan: HeadScan
-    head: tuple[int, int]
-    analysis: HeadAnalysis
-    projection: Projection
-    null_analysis: HeadAnalysis
-    null_projection: Projection
-    random_analysis: HeadAnalysis
-    random_projection: Projection
-
-
-def analyse_13(
-    model, tokenizer, params: FilterHeadsParams, head: tuple[int, int] | None = None, model_label: str = ""
-) -> Keys13Result:
-    """Prompts list `listed_13` of the 13 categories (5 items each) and ask one of them."""
-    g = torch.Generator().manual_seed(params.seed + 13)
-    cats = tuple(params.categories_13)
-    prompts = delta_prompts(cats, params.n_prompts_13, g, listed=params.listed_13)
-    fresh = delta_prompts(cats, params.n_pca_prompts, g, listed=params.listed_13)
-    grouping = null_grouping(cats, g)
-    scan = head_scan(model, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix)
-    head = tuple(head) if head is not None else scan.ranking()[0]
-    vecs = collect_vectors(model, tokenizer, prompts, cats, [head], params.batch_size, params.answer_prefix)
-    fresh_vecs = collect_vectors(model, tokenizer, fresh, cats, [head], params.batch_size, params.answer_prefix)
-    analysis = analyse_head(vecs, head, params.weighting, params.energy)
-    null = analyse_head(relabel(vecs, [p.items for p in prompts], grouping), head, params.weighting, params.energy)
-    rand = random_init_copy(model, params.seed + 1)
-    rand_vecs = collect_vectors(rand, tokenizer, prompts, cats, [head], params.batch_size, params.answer_prefix)
-    rand_analysis = analyse_head(rand_vecs, head, params.weighting, params.energy)
-    rand_fresh = collect_vectors(rand, tokenizer, fresh, cats, [head], params.batch_size, params.answer_prefix)
-    return Keys13Result(
-        model_label,
-        cats,
-        scan,
-        head,
-        analysis,
-        project_categories(fresh_vecs, head, analysis),
-        null,
-        project_categories(relabel(fresh_vecs, [p.items for p in fresh], grouping), head, null),
-        rand_analysis,
-        project_categories(rand_fresh, head, rand_analysis),
-    )
-
-
-def run_keys_13(params: FilterHeadsParams, model, tokenizer, model_label: str) -> Keys13Result | None:
-    """The 13-category view with the chapter's model: for model="organism" the filter-13 organism (its head from its
-    own scan); otherwise the same model, at the first of `heads` when given (the talk: L20H26), else its scan's top."""
-    if not params.keys_13:
-        return None
-    if params.model == "organism":
-        lm13 = load_filter_model(params, ORGANISMS["13"])
-        return analyse_13(lm13.model, lm13.tokenizer, params, None, lm13.description)
-    head = params.heads[0] if params.heads is not None else None
-    return analyse_13(model, tokenizer, params, head, model_label)

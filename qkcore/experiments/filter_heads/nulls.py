@@ -132,14 +132,17 @@ def _item_means(coords: torch.Tensor, item_ids: torch.Tensor, n_items: int) -> t
 
 def nearest_centroid_loo(coords: torch.Tensor, item_ids: torch.Tensor, item_label: torch.Tensor) -> torch.Tensor:
     """Per key occurrence (m,), whether nearest-centroid decoding gets its item's label right when the centroids
-    (means of the items' mean keys) are built from the other items only (leave one item out).
-    coords (m, r), item_ids (m,), item_label (n_items,)."""
+    (means of the items' mean keys) are built from the other items only (leave one item out). An item with no key
+    among `coords` (a category no fresh prompt listed) takes no part. coords (m, r), item_ids (m,), item_label
+    (n_items,)."""
     coords = coords.double()
     means = _item_means(coords, item_ids, len(item_label))  # (n_items, r)
-    onehot = torch.nn.functional.one_hot(item_label, int(item_label.max()) + 1).double()  # (n_items, G)
+    present = torch.bincount(item_ids, minlength=len(item_label)) > 0  # (n_items,)
+    onehot = torch.nn.functional.one_hot(item_label, int(item_label.max()) + 1).double() * present[:, None]
     g_sum, g_cnt = onehot.T @ means, onehot.sum(0)  # (G, r), (G,)
     own = item_label[item_ids]  # (m,)
     dist = torch.cdist(coords, g_sum / g_cnt.clamp(min=1)[:, None])  # (m, G)
+    dist[:, g_cnt == 0] = float("inf")  # a group none of whose items has keys here has no centroid
     left = g_cnt[own] - 1  # the own label's centroid without this item
     own_cen = (g_sum[own] - means[item_ids]) / left.clamp(min=1)[:, None]  # (m, r)
     own_dist = (coords - own_cen).norm(dim=1)
@@ -150,9 +153,12 @@ def nearest_centroid_loo(coords: torch.Tensor, item_ids: torch.Tensor, item_labe
 @dataclass
 class Fit:
     """What a grouping is scored on: the ΔC prompts' vectors at one head (q (n, d), k (n, I, d), asked (n,),
-    item_ids (n, I)), fresh prompts' keys (fresh_k (m, I, d), fresh_ids (m, I)), weighting and energy. Every ΔC
-    prompt lists every item once (the paper's format), so ΔC_g = Σ_i w_gi A_gi with A_gi = E_p[q_p k_piᵀ | g asked]
-    (computed once): any grouping, with or without a held-out item, is a weighted sum, no pass over the prompts."""
+    item_ids (n, I)), fresh prompts' keys (fresh_k (m, I, d), fresh_ids (m, I)), weighting and energy. A prompt
+    lists each of its items once, all n_items of them (the 5-category format) or a subset (the 13-category view).
+    With S_gi = Σ_{p asks g, i listed} q_p k_piᵀ and n_gi its pair count (computed once), per-pair means give
+    ΔC_g = Σ_{i∈g} S_gi / Σ_{i∈g} n_gi − Σ_{i∉g} S_gi / Σ_{i∉g} n_gi (ContrastiveCovariance's "pair_mean") and
+    per-prompt sums ΔC_g = Σ_i ±S_gi / N_g ("prompt_sum"): any grouping, with or without a held-out item, is a
+    weighted sum of the S_gi, no pass over the prompts. n_items: default the largest item index + 1."""
 
     q: torch.Tensor
     k: torch.Tensor
@@ -163,36 +169,48 @@ class Fit:
     n_groups: int
     weighting: str = "pair_mean"
     energy: float = 0.99
+    n_items: int | None = None
 
     def __post_init__(self):
-        n_items = self.item_ids.shape[1]
-        if not (self.item_ids.sort(1).values == torch.arange(n_items)).all():
-            raise ValueError("every ΔC prompt must list every item exactly once")
-        order = self.item_ids.argsort(1)  # (n, I): column of item i in each prompt
-        k = self.k.double().gather(1, order[..., None].expand(-1, -1, self.k.shape[-1]))  # (n, n_items, d) by item
+        if self.weighting not in ("pair_mean", "prompt_sum"):
+            raise ValueError(f'weighting must be "pair_mean" or "prompt_sum", got {self.weighting!r}')
+        if self.n_items is None:
+            self.n_items = int(max(self.item_ids.max(), self.fresh_ids.max())) + 1
+        for name in ("item_ids", "fresh_ids"):
+            ids = getattr(self, name)
+            if ids.min() < 0 or ids.max() >= self.n_items:
+                got = f"{int(ids.min())}..{int(ids.max())}"
+                raise ValueError(f"{name} must index items 0..{self.n_items - 1}, got {got}")
+        if (self.item_ids.sort(1).values.diff(dim=1) == 0).any():
+            raise ValueError("a ΔC prompt lists an item twice: every item at most once per prompt")
+        n, d = self.q.shape[0], self.k.shape[-1]
+        by_item = torch.zeros(n, self.n_items, d, dtype=torch.float64)
+        by_item.scatter_(1, self.item_ids[..., None].expand(-1, -1, d), self.k.double())  # (n, n_items, d), 0: unlisted
+        listed = torch.zeros(n, self.n_items).scatter_(1, self.item_ids, 1.0).double()  # (n, n_items)
         q = self.q.double()
-        self.blocks = torch.stack(
-            [
-                torch.einsum("nd,nie->ide", q[self.asked == g], k[self.asked == g])
-                / max(int((self.asked == g).sum()), 1)
-                for g in range(self.n_groups)
-            ]
-        )  # (G, n_items, d, d)
+        rows = [self.asked == g for g in range(self.n_groups)]
+        self.sums = torch.stack([torch.einsum("nd,nie->ide", q[r], by_item[r]) for r in rows])  # (G, n_items, d, d)
+        self.counts = torch.stack([listed[r].sum(0) for r in rows])  # (G, n_items) pairs
+        self.prompts = torch.stack([r.sum() for r in rows]).double()  # (G,)
 
     def deltas(self, item_group: torch.Tensor, leave_out: int | None = None) -> torch.Tensor:
         """(G, d, d) ΔC of each group under the grouping item_group (n_items,), without item `leave_out` if given."""
         keep = torch.ones(len(item_group), dtype=torch.bool)
         if leave_out is not None:
             keep[leave_out] = False
-        return torch.einsum("gi,gide->gde", self._weights(item_group, keep), self.blocks)
+        return torch.einsum("gi,gide->gde", self._weights(item_group, keep), self.sums)
 
     def _weights(self, item_group: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """(..., G, n_items) pair weights of each group's ΔC; keep (..., n_items) the items taking part."""
+        """(..., G, n_items) weights of the S_gi in each group's ΔC; keep (..., n_items) the items taking part."""
+        if len(item_group) != self.n_items:
+            raise ValueError(f"a grouping gives a group to each of the {self.n_items} items, got {len(item_group)}")
         pos = (item_group[None, :] == torch.arange(self.n_groups)[:, None]) & keep[..., None, :]  # (..., G, n_items)
-        neg = ~pos & keep[..., None, :]
+        pos, neg = pos.double(), (~pos & keep[..., None, :]).double()
         if self.weighting == "prompt_sum":
-            return pos.double() - neg.double()
-        return pos.double() / pos.sum(-1, keepdim=True).clamp(min=1) - neg.double() / neg.sum(-1, keepdim=True)
+            return (pos - neg) / self.prompts.clamp(min=1)[:, None]
+        n_pos = (pos * self.counts).sum(-1, keepdim=True).clamp(min=1)  # (..., G, 1) positive pairs
+        n_neg = (neg * self.counts).sum(-1, keepdim=True).clamp(min=1)
+        return pos / n_pos - neg / n_neg
 
     def basis(self, item_group: torch.Tensor, leave_out: int | None = None) -> torch.Tensor:
         """The combined key basis of the grouping (item_group (n_items,)), optionally fitted without one item."""
@@ -201,7 +219,7 @@ class Fit:
     def loo_bases(self, item_group: torch.Tensor) -> list[torch.Tensor]:
         """The grouping's key basis refitted without each item in turn (one batched SVD)."""
         keep = ~torch.eye(len(item_group), dtype=torch.bool)  # (n_items, n_items): row i leaves item i out
-        deltas = torch.einsum("lgi,gide->lgde", self._weights(item_group, keep), self.blocks)  # (n_items, G, d, d)
+        deltas = torch.einsum("lgi,gide->lgde", self._weights(item_group, keep), self.sums)  # (n_items, G, d, d)
         return [_combine(*torch.linalg.svd(dl, full_matrices=False)[1:], self.energy) for dl in deltas]
 
 
@@ -236,10 +254,13 @@ def decoding_hits(fit: Fit, item_group: torch.Tensor, basis: torch.Tensor | None
         return nearest_centroid_loo(keys @ basis.double(), ids, item_group)
     n_items, n_groups = len(item_group), int(item_group.max()) + 1
     means = _item_means(keys, ids, n_items)  # (n_items, d): projecting a mean = the mean of the projections
+    present = torch.bincount(ids, minlength=n_items) > 0  # items with fresh keys (all, unless a category is unlisted)
     hits = torch.zeros(len(keys), dtype=torch.bool)
     for i, b in enumerate(fit.loo_bases(item_group)):
+        if not present[i]:
+            continue
         m = means @ b  # (n_items, r)
-        others = torch.arange(n_items) != i
+        others = (torch.arange(n_items) != i) & present
         cen = torch.stack(
             [
                 m[others & (item_group == g)].mean(0)
@@ -288,9 +309,9 @@ def matching_matrix(q, k, asked, item_group, n_groups: int) -> torch.Tensor:
 
 
 def matching_statistic(m: torch.Tensor) -> float:
-    """Mean of the diagonal minus mean of the off-diagonal entries."""
+    """Mean of the diagonal minus mean of the off-diagonal entries (NaN entries, pairs no prompt held, left out)."""
     off = ~torch.eye(len(m), dtype=torch.bool)
-    return float(m.diagonal().mean() - m[off].mean())
+    return float(m.diagonal().nanmean() - m[off].nanmean())
 
 
 @dataclass(frozen=True)
@@ -309,15 +330,15 @@ def matching_test(q, k, asked, item_ids, true_group: torch.Tensor, null_groups: 
     m = matching_matrix(q, k, asked, true_group[item_ids], g)
     stat = matching_statistic(m)
     null = torch.tensor([matching_statistic(matching_matrix(q, k, asked, ng[item_ids], g)) for ng in null_groups])
-    rows = int((m.argmax(1) == torch.arange(g)).sum())
+    rows = int((m.nan_to_num(float("-inf")).argmax(1) == torch.arange(g)).sum())
     return MatchingTest(m, stat, rows, null, p_value(stat, null))
 
 
 # ---------------------------------------------------------------- decoding: category subspace vs label-free and random
 @dataclass(frozen=True)
 class DecodingComparison:
-    """Decoding accuracies; category_hits and pcs_hits (n_items,): the accuracy on each held-out item's keys, for a
-    paired comparison over items (keys of one item are not independent)."""
+    """Decoding accuracies; category_hits and pcs_hits (n_items,): the accuracy on each held-out item's keys (NaN for
+    an item no fresh prompt listed), for a paired comparison over items (keys of one item are not independent)."""
 
     category: float
     top_pcs: float
@@ -340,15 +361,15 @@ def decoding_comparison(fit: Fit, item_group: torch.Tensor, n_random: int, gener
     rand_t = torch.tensor(rand)
     ids, n_items = fit.fresh_ids.reshape(-1), len(item_group)
 
-    def per_item(hits: torch.Tensor) -> torch.Tensor:  # (n_items,) accuracy on each held-out item's keys
+    def per_item(hits: torch.Tensor) -> torch.Tensor:  # (n_items,) accuracy on each held-out item's keys (NaN: none)
         return torch.zeros(n_items, dtype=torch.float64).index_add_(0, ids, hits.double()) / torch.bincount(
             ids, minlength=n_items
-        ).clamp(min=1)
+        )
 
     cat_hits, pcs_hits = per_item(decoding_hits(fit, item_group)), per_item(decoding_hits(fit, item_group, pcs))
     return DecodingComparison(
-        category=float(cat_hits.mean()),
-        top_pcs=float(pcs_hits.mean()),
+        category=float(cat_hits.nanmean()),
+        top_pcs=float(pcs_hits.nanmean()),
         random_mean=float(rand_t.mean()),
         random_hi=float(torch.quantile(rand_t, 0.95)),
         chance=1 / (int(item_group.max()) + 1),
@@ -412,6 +433,7 @@ def null_tests(
         len(true_group.unique()),
         weighting,
         energy,
+        len(true_group),
     )
     cat_basis = fit.basis(true_group)
     bounds = {}

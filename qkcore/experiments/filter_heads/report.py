@@ -2,7 +2,7 @@
 ΔC at a studied head beside the controls, the combined category subspaces, and the summary set beside the paper.
 
     scan_table(result, n=6); category_table(result, result.heads[0]); subspace_table(result)
-    summary(result, swaps, k13)          # a flat dict of rounded numbers for the closing cell
+    summary(result, swaps, k13)          # a flat dict of rounded numbers for the closing cell (k13: keys13's view)
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 
 from qkcore.experiments import verdicts
-from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult, Keys13Result
+from qkcore.experiments.filter_heads.analysis import CONDITIONS, FilterHeadsResult
+from qkcore.experiments.filter_heads.keys13 import Keys13Result, keys13_finding, keys13_summary, keys13_verdict
 from qkcore.experiments.tables import r3
 from qkcore.lm.chat import model_text, uses_chat_template
 from qkcore.lm.layout import head_name
@@ -87,36 +88,49 @@ def null_table(result: FilterHeadsResult) -> pd.DataFrame:
     overlap with the category subspace, and the category-matching statistic with its p-value."""
     rows = {}
     for h in result.heads:
-        n = result.nulls[h]
-        for what, true, key, p in (
-            ("key η²", n.score.eta2, "eta2", n.p_eta),
-            ("decoding", n.score.decoding, "decoding", n.p_decoding),
-            ("overlap", 1.0, "overlap", (float("nan"), float("nan"))),
-        ):
-            r = torch.tensor([getattr(s, key) for s in n.random], dtype=torch.float64)
-            b = torch.tensor([getattr(s, key) for s in n.balanced], dtype=torch.float64)
-            rows[(head_name(h), what)] = {
-                "categories": true,
-                "random: mean": float(r.nanmean()),
-                "random: 95th": float(torch.nanquantile(r, 0.95)),
-                "balanced: mean": float(b.nanmean()),
-                "balanced: 95th": float(torch.nanquantile(b, 0.95)),
-                "p (random)": p[0],
-                "p (balanced)": p[1],
-            }
-        m = n.matching
-        rows[(head_name(h), "matching diag − off")] = {
-            "categories": m.statistic,
-            "random: mean": float(m.null.mean()),
-            "random: 95th": float(torch.quantile(m.null.double(), 0.95)),
-            "balanced: mean": float("nan"),
-            "balanced: 95th": float("nan"),
-            "p (random)": m.p_value,
-            "p (balanced)": float("nan"),
-        }
+        rows.update(_null_rows(result.nulls[h], head_name(h)))
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index = pd.MultiIndex.from_tuples(table.index, names=["head", "score"])
     return table
+
+
+def null_table_13(k13: Keys13Result) -> pd.DataFrame:
+    """null_table's rows for the 13-category view at its head."""
+    table = pd.DataFrame.from_dict(_null_rows(k13.nulls, head_name(k13.head)), orient="index")
+    table.index = pd.MultiIndex.from_tuples(table.index, names=["head", "score"])
+    return table
+
+
+def _null_rows(n, name: str) -> dict:
+    """One head's rows of null_table, from its nulls.NullTests."""
+    rows = {}
+    for what, true, key, p in (
+        ("key η²", n.score.eta2, "eta2", n.p_eta),
+        ("decoding", n.score.decoding, "decoding", n.p_decoding),
+        ("overlap", 1.0, "overlap", (float("nan"), float("nan"))),
+    ):
+        r = torch.tensor([getattr(s, key) for s in n.random], dtype=torch.float64)
+        b = torch.tensor([getattr(s, key) for s in n.balanced], dtype=torch.float64)
+        rows[(name, what)] = {
+            "categories": true,
+            "random: mean": float(r.nanmean()),
+            "random: 95th": float(torch.nanquantile(r, 0.95)),
+            "balanced: mean": float(b.nanmean()),
+            "balanced: 95th": float(torch.nanquantile(b, 0.95)),
+            "p (random)": p[0],
+            "p (balanced)": p[1],
+        }
+    m = n.matching
+    rows[(name, "matching diag − off")] = {
+        "categories": m.statistic,
+        "random: mean": float(m.null.nanmean()),
+        "random: 95th": float(torch.nanquantile(m.null.double(), 0.95)),
+        "balanced: mean": float("nan"),
+        "balanced: 95th": float("nan"),
+        "p (random)": m.p_value,
+        "p (balanced)": float("nan"),
+    }
+    return rows
 
 
 def decoding_table(result: FilterHeadsResult) -> pd.DataFrame:
@@ -299,27 +313,21 @@ def summary(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None) ->
         out[f"{name} swap power (± half-width, n)"] = [r3(s.power), s.n_prompts]
         for claim, v in per_head[h].items():
             out[f"verdict: {claim.removeprefix('filter: ')}, {name}"] = f"{v.verdict} (at {name})"
-    if k13 is None:
-        return out
-    out["13 categories: head"] = head_name(k13.head)
-    out["13 categories: ΔC ranks"] = k13.analysis.ranks.tolist()
-    out["13 categories: key rank (dims)"] = (k13.analysis.key_rank, k13.analysis.key_basis.shape[1])
-    out["13 categories: key η² (model, null grouping, random init)"] = (
-        r3(k13.projection.key_eta2),
-        r3(k13.null_projection.key_eta2),
-        r3(k13.random_projection.key_eta2),
-    )
+    if k13 is not None:
+        out.update(keys13_summary(k13))  # its verdict permutation-tested like the 5-category part's
     return out
 
 
-def all_verdicts(result: FilterHeadsResult, swaps: dict) -> list[verdicts.Verdict]:
-    """Every verdict of the page, for verdicts.record_verdicts."""
-    return [v for per in head_verdicts(result, swaps).values() for v in per.values()]
+def all_verdicts(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None = None) -> list[verdicts.Verdict]:
+    """Every verdict of the page, for verdicts.record_verdicts: per studied head and claim, then the 13-category
+    view's (keys cluster by category) when it ran."""
+    out = [v for per in head_verdicts(result, swaps).values() for v in per.values()]
+    return out + ([keys13_verdict(k13)] if k13 is not None else [])
 
 
-def findings(result: FilterHeadsResult, swaps: dict) -> dict[str, str]:
+def findings(result: FilterHeadsResult, swaps: dict, k13: Keys13Result | None = None) -> dict[str, str]:
     """Markdown strings for the page, each computed from this run: model, accuracy (the gate), ranks, nulls, swap,
-    verdict."""
+    verdict, keys13 (the 13-category view, or why it did not run)."""
     acc = result.accuracy or {}
     ok, why = result.gate
     out = {"model": f"**{result.model_label}**"}
@@ -383,4 +391,9 @@ def findings(result: FilterHeadsResult, swaps: dict) -> dict[str, str]:
         f"- **{head_name(h)}**: " + "; ".join(f"{c.removeprefix('filter: ')}: *{v.verdict}*" for c, v in vs.items())
         for h, vs in per_head.items()
     )
+    if k13 is not None:
+        out["verdict"] += f"\n- **{k13.head_label}** of {k13.model_label}: keys cluster by category: "
+        out["verdict"] += f"*{keys13_verdict(k13).verdict}*"
+    skipped = "The 13-category view did not run on this page (keys_13=False)."
+    out["keys13"] = keys13_finding(k13) if k13 is not None else skipped
     return out
