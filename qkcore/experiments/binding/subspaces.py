@@ -212,12 +212,15 @@ def rank_claim(claim: str, model: str, head: str, rank: int, d_head: int, implie
         {f: x.tolist() for f, x in nulls.families.items()},
         statistic=nulls.statistic,
     )
-    extra = dict(test.numbers)
     word = v.verdict
     if v.verdict == REPRODUCED and test.verdict == MATCHED:
         word = MATCHED
     rule = v.rule if v.verdict == IMPLIED else v.rule + NULL_RULE
-    return Verdict(claim, model, head, word, rule, {**v.numbers, **extra})
+    # the deciding numbers first (a page's verdict table shows the first few): rank, then what decided the word
+    first = ["rank", "|q̄|²/E|q|²", "σ₂²/Σσ²"] if v.verdict == IMPLIED else ["rank"]
+    first += [nulls.statistic, *(f"{f}: p" for f in nulls.families)]
+    merged = {**v.numbers, **test.numbers}
+    return Verdict(claim, model, head, word, rule, {**{k: merged[k] for k in first if k in merged}, **merged})
 
 
 def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
