@@ -3,6 +3,8 @@ not select the answer are not testable), the filler prompts that part clause fro
 clause beyond position, the attribution's key-side split and label-free baseline, and the null label draws with
 their permutation p-values and the low-rank rule built on them."""
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -26,8 +28,9 @@ from qkcore.experiments.binding.nulls import (
 )
 from qkcore.experiments.binding.report import verdict_markdown
 from qkcore.experiments.binding.subspaces import rank_claim
+from qkcore.experiments.binding.views import balanced_query_prompts, knn_accuracy, knn_correct
 from qkcore.experiments.verdicts import IMPLIED, MATCHED, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Estimate
-from qkcore.organisms.binding_task import VOCABULARY, sample_prompt
+from qkcore.organisms.binding_task import PAPER_OBJECTS, VOCABULARY, sample_prompt
 from qkcore.subspace import random_orthonormal
 
 # -- gates ---------------------------------------------------------------------------------------------------------
@@ -184,3 +187,17 @@ def test_rank_claim_needs_the_null_test_as_well_as_the_rank():
     assert rank_claim(claim, "m", "L1H1", 40, 64, False, planted, {}).verdict == NOT_REPRODUCED
     implied = rank_claim(claim, "m", "L1H1", 1, 64, True, noise, {})
     assert implied.verdict == IMPLIED and "balanced labels: p" in implied.numbers
+
+
+def test_lexical_view_prompts_ask_each_object_equally_and_knn_reads_small_classes():
+    g = torch.Generator().manual_seed(5)
+    for n_pairs in (9, 4):
+        prompts = balanced_query_prompts(27, n_pairs, g)
+        counts = Counter(p.query_object for p in prompts)
+        assert set(counts) == set(PAPER_OBJECTS) and set(counts.values()) == {3}
+        assert all(p.objects[p.query] == p.query_object and p.n_pairs == n_pairs for p in prompts)
+    # 3 rows per label, 9 tight clusters: a 10-neighbour vote would drown each label's 2 training rows
+    labels = np.repeat(np.arange(9), 3)
+    x = 10.0 * labels[:, None] + np.random.default_rng(0).normal(size=(27, 2))
+    assert knn_accuracy(x, labels) == 1.0 and (knn_correct(x, labels) == 1).all()
+    assert np.isnan(knn_accuracy(x[:-2], labels[:-2]))  # a label seen once: no held-out decoding

@@ -24,31 +24,41 @@ KNN_NEIGHBOURS = 10
 KNN_FOLDS = 5
 
 
-def knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean accuracy of a 10-nearest-neighbour classifier over 5 stratified folds (no shuffling: deterministic)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+def _knn(labels: np.ndarray, n_dims: int):
+    """The decoder both kNN numbers use: (classifier, folds), or None where it cannot be fitted (a label seen once,
+    or no coordinates). Up to 5 stratified folds (fewer when a label is rarer) and up to 10 neighbours, never more
+    than the rarest label's training rows, so that a label can win the vote: with 27 prompts over 9 objects, 10
+    neighbours would outvote every object's 2 training rows however tight its cluster."""
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.neighbors import KNeighborsClassifier
 
     _, counts = np.unique(labels, return_counts=True)
     folds = min(KNN_FOLDS, int(counts.min()))
-    if folds < 2 or x.shape[1] == 0:
-        return float("nan")
-    clf = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(x) - len(x) // folds))
-    return float(cross_val_score(clf, x, labels, cv=StratifiedKFold(folds)).mean())
+    if folds < 2 or n_dims == 0:
+        return None
+    rarest_train = int(counts.min()) - -(-int(counts.min()) // folds)  # its rows outside the largest held-out fold
+    k = max(1, min(KNN_NEIGHBOURS, rarest_train))
+    return KNeighborsClassifier(n_neighbors=k), StratifiedKFold(folds)
+
+
+def knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean held-out accuracy of the kNN decoder (`_knn`: up to 10 neighbours, up to 5 stratified folds, no
+    shuffling: deterministic); NaN where it cannot be fitted."""
+    from sklearn.model_selection import cross_val_score
+
+    fit = _knn(labels, x.shape[1])
+    return float("nan") if fit is None else float(cross_val_score(fit[0], x, labels, cv=fit[1]).mean())
 
 
 def knn_correct(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per row, whether the same 10-nearest-neighbour classifier (5 stratified folds) predicts its label when it is
-    held out: knn_accuracy's per-row hits, for paired tests over prompts. NaN where it cannot be computed."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.neighbors import KNeighborsClassifier
+    """Per row, whether the same decoder predicts its label when it is held out: knn_accuracy's per-row hits, for
+    paired tests over prompts. NaN where it cannot be fitted."""
+    from sklearn.model_selection import cross_val_predict
 
-    _, counts = np.unique(labels, return_counts=True)
-    folds = min(KNN_FOLDS, int(counts.min()))
-    if folds < 2 or x.shape[1] == 0:
+    fit = _knn(labels, x.shape[1])
+    if fit is None:
         return np.full(len(labels), np.nan)
-    clf = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(x) - len(x) // folds))
-    return (cross_val_predict(clf, x, labels, cv=StratifiedKFold(folds)) == labels).astype(float)
+    return (cross_val_predict(fit[0], x, labels, cv=fit[1]) == labels).astype(float)
 
 
 def balanced_query_prompts(n: int, n_pairs: int, generator: torch.Generator) -> list[BindingPrompt]:
