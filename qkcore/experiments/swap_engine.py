@@ -270,28 +270,34 @@ def ratio_of_means(num: torch.Tensor, den: torch.Tensor, seed: int = 0, n_boot: 
 
 def swap_conditions(
     swap_set: SwapSet,
-    bases: dict[str, torch.Tensor | int | None],
+    bases: dict[str, torch.Tensor | int | list | None],
     generator: torch.Generator,
     n_random: int = 50,
 ) -> SwapResult:
     """Every condition at one head. bases: name → a (d, r) orthonormal key basis, or an int r: `n_random` random
     orthonormal subspaces of rank r (the one meaning of "random subspace" in the book), their per-prompt metrics
-    averaged over the draws. None or rank 0: the condition is reported with NaN metrics (nothing to swap)."""
+    averaged over the draws, or a list of (d, r) bases (e.g. several shuffled-label draws), averaged the same way
+    (its rank: the first basis's).
+    None or rank 0: the condition is reported with NaN metrics (nothing to swap)."""
     if not isinstance(n_random, int) or n_random < 1:
         raise ValueError(f"n_random must be an int ≥ 1, got {n_random!r}")
     n, d = swap_set.n, swap_set.d
     per_prompt, ranks = {}, {}
     for name, basis in bases.items():
-        rank = basis if isinstance(basis, int) else 0 if basis is None else int(basis.shape[1])
+        if isinstance(basis, int):  # n_random random subspaces, drawn when used
+            rank, draws = basis, (random_orthonormal(d, basis, generator) for _ in range(n_random))
+        elif isinstance(basis, list):
+            rank, draws = (int(basis[0].shape[1]) if basis else 0), basis
+        else:
+            rank, draws = (0 if basis is None else int(basis.shape[1])), None
         ranks[name] = rank
         if rank == 0:
             per_prompt[name] = {m: torch.full((n,), float("nan"), dtype=torch.float64) for m in METRICS}
-            continue
-        if isinstance(basis, int):
-            draws = [recomputed_metrics(swap_set, random_orthonormal(d, basis, generator)) for _ in range(n_random)]
-            per_prompt[name] = {m: torch.stack([x[m] for x in draws]).mean(0) for m in METRICS}
-        else:
+        elif draws is None:
             per_prompt[name] = recomputed_metrics(swap_set, basis)
+        else:
+            got = [recomputed_metrics(swap_set, b) for b in draws]
+            per_prompt[name] = {m: torch.stack([x[m] for x in got]).mean(0) for m in METRICS}
     return SwapResult(swap_set.head, ranks, per_prompt, swap_set.sink_share, n_random)
 
 

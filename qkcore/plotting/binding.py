@@ -1,5 +1,6 @@
-"""Figures of the binding chapters (paper Figures 8–10): the head scan, ΔC spectra beside the controls, order and
-lexical PCA views and the lexical UMAP, the swap bars, and the per-token logit attribution.
+"""Figures of the binding chapters (paper Figures 8–10): the head scan, ΔC spectra beside the controls, the null
+label draws' σ₁ beside the true labels', order and lexical PCA views and the lexical UMAP, the swap bars, and the
+per-token logit attribution.
 
     fig = plot_scan(analysis); plt.show()                  # analysis = qkcore.experiments.binding.analysis...
     fig = plot_views(result.order_views, "clause index", "order ID"); plt.show()
@@ -71,6 +72,33 @@ def plot_contrast_spectra(analysis: BindingAnalysis, head, n_values: int = 12):
         ax.axhline(1 - analysis.params.energy, color="k", ls="--", lw=0.8)
         ax.set(yscale="log", xlabel="index i", ylabel="σᵢ² / Σσ²", title=f"{head_name(head)}: {which} ΔC")
         ax.legend(fontsize=9, loc="upper right")
+    return fig
+
+
+def plot_null_draws(analysis: BindingAnalysis):
+    """The permutation test of the low-rank claim: per studied head (rows) and contrast (panels), σ₁(ΔC) of every
+    null label draw (dots: random labels above, balanced labels below) and of the true labels (red bar), log scale."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    heads = analysis.heads
+    fig, axes = plt.subplots(1, 2, figsize=(FIG_WIDTH, 1.5 + 0.75 * len(heads)), sharey=True, layout="constrained")
+    rng = np.random.default_rng(0)  # vertical jitter only
+    for ax, which in zip(axes, ("order", "lexical")):
+        for i, head in enumerate(heads):
+            n = analysis.nulls[head][which]
+            for j, (fam, colour) in enumerate(zip(n.families, ("#0173b2", "#029e73"))):
+                x = n.families[fam].numpy()
+                y = i + (-0.15 if j == 0 else 0.15) + rng.uniform(-0.07, 0.07, len(x))
+                ax.scatter(x, y, s=8, color=colour, alpha=0.6, label=fam if i == 0 else None)
+            label = "true labels" if i == 0 else None
+            ax.plot([n.observed] * 2, [i - 0.35, i + 0.35], color="#d55e00", lw=2.5, label=label)
+        ax.set(xscale="log", xlabel="σ₁(ΔC)", title=f"{which} ID")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[0].set_yticks(range(len(heads)), [head_name(h) for h in heads])
+    axes[0].set_ylim(len(heads) - 0.5, -0.5)  # the first studied head on top
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=9)
     return fig
 
 

@@ -18,6 +18,7 @@ from qkcore.experiments.binding.attribution import (
 )
 from qkcore.experiments.binding.contrasts import lexical_contrast, order_contrast
 from qkcore.experiments.binding.interventions import InterventionParams, run_interventions
+from qkcore.experiments.binding.nulls import lexical_deltas, order_deltas
 from qkcore.experiments.binding.prompts import capture_binding, encode_binding_prompts
 from qkcore.experiments.binding.subspaces import SubspaceParams, run_subspaces
 from qkcore.lm import edit_attention, run_model
@@ -82,7 +83,9 @@ def test_order_and_lexical_delta_match_stored_pairs(tiny):
     _, lm = tiny
     head = (1, 0)
     prompts = order_id_prompts(10, 5, torch.Generator().manual_seed(1))
-    order, scan = order_contrast(lm.model, lm.tokenizer, prompts, lm.chat, heads=[head], batch_size=4)
+    order, scan, kept = order_contrast(
+        lm.model, lm.tokenizer, prompts, lm.chat, heads=[head], batch_size=4, keep=[head]
+    )
     vec = capture_binding(lm.model, encode_binding_prompts(lm.tokenizer, prompts, lm.chat), [head], attention=True)
     q, k = vec.q[0].double(), vec.k[0].double()  # (10, d), (10, 5, d)
     ans = torch.tensor([p.query for p in prompts])
@@ -90,15 +93,20 @@ def test_order_and_lexical_delta_match_stored_pairs(tiny):
     expected = contrastive_covariance(q, k[torch.arange(10), ans], q[[i for i, _ in neg]], k[tuple(zip(*neg))])
     torch.testing.assert_close(order.delta[0], expected, rtol=1e-6, atol=1e-8)
     assert abs(scan.attn_answer[0] - vec.attn[0][torch.arange(10), ans].mean()) < 1e-6
-    assert not torch.allclose(order.null_delta[0], order.delta[0])
+    # the null draws' closed form, given the true answers, is the streamed ΔC (so nulls are scored like the truth)
+    torch.testing.assert_close(kept[head].q, vec.q[0]), torch.testing.assert_close(kept[head].k, vec.k[0])
+    torch.testing.assert_close(order_deltas(q, k, ans[None], "pair_mean")[0], order.delta[0], rtol=1e-6, atol=1e-8)
 
     pairs = lexical_pairs(8, 5, torch.Generator().manual_seed(2))
-    lex = lexical_contrast(lm.model, lm.tokenizer, pairs, lm.chat, heads=[head], batch_size=3)
+    lex, lex_kept = lexical_contrast(lm.model, lm.tokenizer, pairs, lm.chat, heads=[head], batch_size=3, keep=[head])
     vp = capture_binding(lm.model, encode_binding_prompts(lm.tokenizer, [p for p, _ in pairs], lm.chat), [head])
     vc = capture_binding(lm.model, encode_binding_prompts(lm.tokenizer, [c for _, c in pairs], lm.chat), [head])
     a = torch.tensor([p.query for p, _ in pairs])
     expected = contrastive_covariance(vp.q[0], vp.k[0][torch.arange(8), a], vc.q[0], vc.k[0][torch.arange(8), a])
     torch.testing.assert_close(lex.delta[0], expected, rtol=1e-6, atol=1e-8)
+    v = lex_kept[head]
+    unflipped = lexical_deltas(v.qp, v.kp, v.qc, v.kc, torch.zeros(1, 8, dtype=torch.bool))[0]
+    torch.testing.assert_close(unflipped, lex.delta[0], rtol=1e-6, atol=1e-8)
 
 
 def test_capture_without_the_answer_stops_early_and_gives_the_same_vectors(tiny):
@@ -156,12 +164,27 @@ def test_subspaces_end_to_end(tiny):
     pt = r.position_table()  # filler prompts: the clause apart from absolute position
     assert set(pt.index) == {"trained", "shuffled labels", "random init"} and (pt["chance"] == 1 / 9).all()
     assert (pt["clause from position alone"] < 1).all()  # the filler moved the clauses
+    # null label draws at the studied heads only: 50 per family, the shuffled-label control's 10 draws among them
+    assert set(a.nulls) == set(a.heads)
+    for h in a.heads:
+        for w in ("order", "lexical"):
+            n = a.nulls[h][w]
+            assert {f: len(x) for f, x in n.families.items()} == {"random labels": 50, "balanced labels": 50}
+            assert n.control_deltas.shape[0] == 10 and len(a.shuffled_decompositions(h, w)) == 10
+            assert (
+                abs(n.observed - float(torch.linalg.svdvals(a.trained.get(w).delta[a.trained.get(w).index(h)])[0]))
+                < 1e-9
+            )
+    nt = a.null_table()
+    assert len(nt) == 2 * 2 and ((nt["random labels: p"] > 0) & (nt["balanced labels: p"] <= 1)).all()
+    assert a.trained.vectors == {}  # the other heads' per-prompt vectors are not kept
     # the random-init copy is a different model with the same architecture
     assert not torch.equal(a.random_model.lm_head.weight, lm.model.lm_head.weight)
     _check_figures(
         {
             "scan": binding_plots.plot_scan(a),
             "spectra": binding_plots.plot_contrast_spectra(a, r.view_head),
+            "null draws": binding_plots.plot_null_draws(a),
             "order views": binding_plots.plot_views(r.order_views, "clause index", "order ID"),
         }
     )
@@ -242,6 +265,10 @@ def test_params_validation(monkeypatch, tmp_path):
         BindingParams(heads=[[0, 1], [0, 1]])
     with pytest.raises(ValueError, match="example"):
         AttributionParams(n_attr_prompts=5, example=5)
+    with pytest.raises(ValueError, match=r"n_null_draws must be an int ≥ 50 .*permutation p-value.*got 49"):
+        BindingParams(n_null_draws=49)
+    with pytest.raises(ValueError, match=r"n_shuffled must be an int in \[1, n_null_draws=60\]"):
+        BindingParams(n_null_draws=60, n_shuffled=61)
     with pytest.raises(TypeError, match="weighting"):
         BindingParams(weighting="mean")
     assert AttributionParams().n_pairs == 4 and InterventionParams().n_pairs == 9

@@ -1,6 +1,9 @@
 """The binding chapters' judgement, on made-up numbers (no model): the gates (a model at chance and a head that does
 not select the answer are not testable), the filler prompts that part clause from position, the decoders of the
-clause beyond position, and the attribution's key-side split and label-free baseline."""
+clause beyond position, the attribution's key-side split and label-free baseline, and the null label draws with
+their permutation p-values and the low-rank rule built on them."""
+
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -15,9 +18,19 @@ from qkcore.experiments.binding.filler import (
     with_filler,
 )
 from qkcore.experiments.binding.gates import binding_gate, head_evidence, model_evidence
+from qkcore.experiments.binding.nulls import (
+    LexicalVectors,
+    OrderVectors,
+    lexical_flip_draws,
+    lexical_nulls,
+    order_label_draws,
+    order_nulls,
+)
 from qkcore.experiments.binding.report import verdict_markdown
-from qkcore.experiments.verdicts import NOT_TESTABLE, Estimate
-from qkcore.organisms.binding_task import VOCABULARY, sample_prompt
+from qkcore.experiments.binding.subspaces import rank_claim
+from qkcore.experiments.binding.views import balanced_query_prompts, knn_accuracy, knn_correct
+from qkcore.experiments.verdicts import IMPLIED, MATCHED, NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, Estimate
+from qkcore.organisms.binding_task import PAPER_OBJECTS, VOCABULARY, sample_prompt
 from qkcore.subspace import random_orthonormal
 
 # -- gates ---------------------------------------------------------------------------------------------------------
@@ -110,3 +123,81 @@ def test_verdict_markdown_states_each_rule_once():
     ]
     md = verdict_markdown(vs)
     assert md.count("**not testable here**") == 2 and md.count("* Rule:") == 1
+
+
+# -- null label draws of the binding contrasts: balanced families, permutation p-values that can fail ----------------
+
+
+def test_balanced_draws_use_each_clause_equally_often_and_flip_half():
+    g = torch.Generator().manual_seed(4)
+    labels = order_label_draws(63, 9, 50, balanced=True, generator=g)  # (50, 63)
+    assert labels.shape == (50, 63)
+    assert all(torch.bincount(row, minlength=9).tolist() == [7] * 9 for row in labels)
+    odd = order_label_draws(40, 9, 20, balanced=True, generator=g)  # 40 = 4·9 + 4: counts 4 or 5
+    for row in odd:
+        c = torch.bincount(row, minlength=9)
+        assert c.min() == 4 and c.max() == 5 and int(c.sum()) == 40
+    assert len({tuple(r.tolist()) for r in labels}) == 50  # not one draw repeated
+    rnd = order_label_draws(63, 9, 50, balanced=False, generator=g)
+    assert any(torch.bincount(row, minlength=9).max() > 7 for row in rnd)  # uniform draws are not balanced
+    flips = lexical_flip_draws(31, 50, balanced=True, generator=g)
+    assert (flips.sum(1) == 15).all()
+    assert not (lexical_flip_draws(31, 50, balanced=False, generator=g).sum(1) == 15).all()
+
+
+def _order_vectors(signal: float, seed: int, n: int = 120, P: int = 6, d: int = 16) -> OrderVectors:
+    """Concentrated queries; the answer's key carries `signal` along the query's mean direction, plus noise keys."""
+    g = torch.Generator().manual_seed(seed)
+    q = 3 * torch.ones(n, d) / d**0.5 + 0.3 * torch.randn(n, d, generator=g)
+    k = torch.randn(n, P, d, generator=g)
+    answer = torch.randint(P, (n,), generator=g)
+    k[torch.arange(n), answer] += signal * torch.ones(d) / d**0.5
+    return OrderVectors(q, k, answer)
+
+
+def test_permutation_p_is_small_for_planted_signal_and_large_for_noise_labels():
+    planted = order_nulls(_order_vectors(2.0, 0), "pair_mean", 50, torch.Generator().manual_seed(1))
+    assert planted.p_values() == {"random labels": 1 / 51, "balanced labels": 1 / 51}
+    small = 0
+    for seed in range(20):  # labels that carry nothing: p roughly uniform, rarely below 0.05
+        noise = order_nulls(_order_vectors(0.0, seed), "prompt_sum", 50, torch.Generator().manual_seed(seed))
+        small += min(noise.p_values().values()) < 0.05
+    assert small <= 4
+    # the lexical contrast: the prompt's answer key shares a direction with its query, the counterfactual's does not
+    g = torch.Generator().manual_seed(2)
+    qp, qc = torch.randn(80, 16, generator=g) + 2, torch.randn(80, 16, generator=g) + 2
+    kp, kc = torch.randn(80, 16, generator=g) + 1.5, torch.randn(80, 16, generator=g)
+    lex = lexical_nulls(LexicalVectors(qp, kp, qc, kc), 50, torch.Generator().manual_seed(3))
+    assert max(lex.p_values().values()) == 1 / 51
+    same = lexical_nulls(LexicalVectors(qp, torch.randn(80, 16, generator=g), qc, kc), 50, g)
+    assert min(same.p_values().values()) > 0.05  # prompt and counterfactual keys from one distribution
+    with pytest.raises(ValueError, match="n_null_draws must be an int ≥ 50"):
+        order_nulls(_order_vectors(2.0, 0), "pair_mean", 20, g)
+
+
+def test_rank_claim_needs_the_null_test_as_well_as_the_rank():
+    planted = order_nulls(_order_vectors(2.0, 0), "pair_mean", 50, torch.Generator().manual_seed(1))
+    noise = order_nulls(_order_vectors(0.0, 3), "pair_mean", 50, torch.Generator().manual_seed(1))
+    claim = "binding: order-ID low rank"
+    v = rank_claim(claim, "m", "L1H1", 1, 64, False, planted, {})
+    assert v.verdict == REPRODUCED and v.numbers["random labels: p"] == pytest.approx(1 / 51)
+    assert "balanced labels: 95th percentile" in v.numbers and "σ₁" in v.rule
+    assert min(noise.p_values().values()) >= 0.05  # labels that carry nothing, at a rank just as low
+    assert rank_claim(claim, "m", "L1H1", 1, 64, False, noise, {}).verdict == MATCHED
+    assert rank_claim(claim, "m", "L1H1", 40, 64, False, planted, {}).verdict == NOT_REPRODUCED
+    implied = rank_claim(claim, "m", "L1H1", 1, 64, True, noise, {})
+    assert implied.verdict == IMPLIED and "balanced labels: p" in implied.numbers
+
+
+def test_lexical_view_prompts_ask_each_object_equally_and_knn_reads_small_classes():
+    g = torch.Generator().manual_seed(5)
+    for n_pairs in (9, 4):
+        prompts = balanced_query_prompts(27, n_pairs, g)
+        counts = Counter(p.query_object for p in prompts)
+        assert set(counts) == set(PAPER_OBJECTS) and set(counts.values()) == {3}
+        assert all(p.objects[p.query] == p.query_object and p.n_pairs == n_pairs for p in prompts)
+    # 3 rows per label, 9 tight clusters: a 10-neighbour vote would drown each label's 2 training rows
+    labels = np.repeat(np.arange(9), 3)
+    x = 10.0 * labels[:, None] + np.random.default_rng(0).normal(size=(27, 2))
+    assert knn_accuracy(x, labels) == 1.0 and (knn_correct(x, labels) == 1).all()
+    assert np.isnan(knn_accuracy(x[:-2], labels[:-2]))  # a label seen once: no held-out decoding

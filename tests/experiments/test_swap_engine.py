@@ -90,6 +90,10 @@ def test_random_condition_averages_its_draws_and_rank_zero_is_nan(model):
     draws = [recomputed_metrics(s, random_orthonormal(s.d, 2, g2)) for _ in range(4)]
     assert torch.allclose(res.per_prompt["random"]["delta_p"], torch.stack([x["delta_p"] for x in draws]).mean(0))
     assert torch.isnan(res.per_prompt["none"]["flip_any"]).all() and res.ranks["none"] == 0
+    # a list of bases (several shuffled-label draws) is averaged per prompt the same way
+    listed = [random_orthonormal(s.d, 2, g2) for _ in range(3)]
+    avg = swap_conditions(s, {"draws": listed}, g2).per_prompt["draws"]["delta_p"]
+    assert torch.allclose(avg, torch.stack([recomputed_metrics(s, b)["delta_p"] for b in listed]).mean(0))
     table = res.table()
     assert list(table.index) == ["random", "none", "top"] and table.loc["top", "rank"] == 2
     assert ((res.sink_share >= 0) & (res.sink_share <= 1)).all()

@@ -1,6 +1,8 @@
 """Binding subspaces (paper Figure 8): the order-ID and lexical-ID contrasts at every head of a model and of its
 randomly initialised copy, the heads chosen from the scan, and each studied head's ranks, spectra and logit gaps
-beside the controls (shuffled labels; random weights). The base of the interventions and attribution chapters.
+beside the controls (shuffled labels; random weights), with ≥ 50 random and ≥ 50 balanced null label draws per
+contrast at the studied heads (qkcore.experiments.binding.nulls). The base of the interventions and attribution
+chapters.
 
     P = BindingParams()                       # model="organism"; 9 pairs; heads=None → the top n_heads of the scan
     analysis = analyse_binding(P)             # loads the model, streams both contrasts on it and on a random copy
@@ -16,13 +18,14 @@ import pandas as pd
 import torch
 
 from qkcore.experiments.binding.contrasts import Contrast, ScanStats, lexical_contrast, order_contrast
+from qkcore.experiments.binding.nulls import MIN_NULL_DRAWS, lexical_nulls, order_nulls
 from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
 from qkcore.lm import attention_layout
 from qkcore.lm.controls import random_init_copy
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import EXTRA_OBJECTS, PAPER_OBJECTS, BindingPrompt, lexical_pairs, order_id_prompts
 from qkcore.params import require
-from qkcore.subspace import Decomposition, principal_angles
+from qkcore.subspace import Decomposition, decompose, principal_angles
 
 PAPER_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 PAPER_HEADS = {"views": ((16, 21),), "swaps": ((16, 1), (16, 19), (17, 24)), "attribution": ((16, 1),)}
@@ -39,8 +42,11 @@ class BindingParams(LMChapterParams):
     scan_by: "attention" (last-token attention on the answer box's key minus that on another box's key) or
     "logit_gap" (trace of the order-ID ΔC). key_offset: keys are read this many tokens after each box letter (0 = the
     letter, as in the paper; −4…+1 reach the clause's object … the "," after the letter). Prompt counts: the paper
-    uses 3,000 per contrast. preset="quick": each chapter's QUICK values replace the fields left at their defaults
-    (qkcore.params.with_preset), so that a class runs the chapter in under a minute."""
+    uses 3,000 per contrast. n_null_draws: null label draws per family ("random labels", "balanced labels") at each
+    studied head, for the permutation p-values (≥ 50: at best p = 1/51); n_shuffled: how many of the balanced draws
+    the shuffled-label control of the views, swaps and attribution averages over per prompt (as the random subspaces
+    average their n_random draws). preset="quick": each chapter's QUICK values replace the fields left at their
+    defaults (qkcore.params.with_preset), so that a class runs the chapter in under a minute."""
 
     n_heads: int = 3
     scan_by: Literal["attention", "logit_gap"] = "attention"
@@ -50,6 +56,8 @@ class BindingParams(LMChapterParams):
     query_object: str = "tea"
     n_order_prompts: int = 1000
     n_lexical_prompts: int = 1000
+    n_null_draws: int = 50
+    n_shuffled: int = 10
     preset: Literal["full", "quick"] = "full"
 
     def __post_init__(self):
@@ -64,6 +72,15 @@ class BindingParams(LMChapterParams):
         )
         for name in ("n_order_prompts", "n_lexical_prompts"):
             require(getattr(self, name) >= 1, f"{name} must be ≥ 1, got {getattr(self, name)}")
+        require(
+            isinstance(self.n_null_draws, int) and self.n_null_draws >= MIN_NULL_DRAWS,
+            f"n_null_draws must be an int ≥ {MIN_NULL_DRAWS} (null label draws per family: a permutation p-value "
+            f"from N draws is at least 1/(N + 1)), got {self.n_null_draws!r}",
+        )
+        require(
+            isinstance(self.n_shuffled, int) and 1 <= self.n_shuffled <= self.n_null_draws,
+            f"n_shuffled must be an int in [1, n_null_draws={self.n_null_draws}], got {self.n_shuffled!r}",
+        )
         require(
             -4 <= self.key_offset <= 1,
             "key_offset must be in [-4, 1] (from the clause's object to the token "
@@ -92,30 +109,49 @@ def contrast_prompts(params: BindingParams) -> tuple[list[BindingPrompt], list[t
 
 @dataclass(frozen=True)
 class ModelContrasts:
-    """Both contrasts at every head of one model, and the attention scan (from the order prompts)."""
+    """Both contrasts at every head of one model, the attention scan (from the order prompts), and the per-prompt
+    vectors kept for the null draws: which → head → OrderVectors / LexicalVectors ({} when none were kept)."""
 
     order: Contrast
     lexical: Contrast
     scan: ScanStats
+    vectors: dict
 
     def get(self, which: str) -> Contrast:
         require(which in ("order", "lexical"), f'which must be "order" or "lexical", got {which!r}')
         return self.order if which == "order" else self.lexical
 
 
-def stream_contrasts(model, tokenizer, chat: bool, params: BindingParams, order, lexical) -> ModelContrasts:
-    g = torch.Generator().manual_seed(params.seed + 1)  # the null groupings' coin flips
+def stream_contrasts(model, tokenizer, chat: bool, params: BindingParams, order, lexical, keep=None) -> ModelContrasts:
+    """Both contrasts at every head; the per-prompt vectors of the heads in `keep` (None, "all" or a list) kept."""
     kw = dict(
         chat=chat,
         heads="all",
         batch_size=params.batch_size,
         weighting=params.weighting,
-        generator=g,
         key_offset=params.key_offset,
         answer_prefix=params.answer_prefix,
+        keep=keep,
     )
-    o, scan = order_contrast(model, tokenizer, order, **kw)
-    return ModelContrasts(o, lexical_contrast(model, tokenizer, lexical, **kw), scan)
+    o, scan, ov = order_contrast(model, tokenizer, order, **kw)
+    lex, lv = lexical_contrast(model, tokenizer, lexical, **kw)
+    return ModelContrasts(o, lex, scan, {"order": ov, "lexical": lv} if keep is not None else {})
+
+
+def null_draws(contrasts: ModelContrasts, heads, params: BindingParams) -> dict:
+    """head → {"order": NullDraws, "lexical": NullDraws} from the kept vectors. Each contrast's label draws come from
+    their own generator (seed + 1, + 2), the same draws at every head: they relabel prompts, not heads."""
+    out = {}
+    for head in heads:
+        go = torch.Generator().manual_seed(params.seed + 1)
+        gl = torch.Generator().manual_seed(params.seed + 2)
+        out[head] = {
+            "order": order_nulls(
+                contrasts.vectors["order"][head], params.weighting, params.n_null_draws, go, params.n_shuffled
+            ),
+            "lexical": lexical_nulls(contrasts.vectors["lexical"][head], params.n_null_draws, gl, params.n_shuffled),
+        }
+    return out
 
 
 def scan_score(contrasts: ModelContrasts, scan_by: str) -> torch.Tensor:
@@ -135,8 +171,8 @@ def scan_heads(contrasts: ModelContrasts, n: int, scan_by: str = "attention") ->
 
 @dataclass
 class BindingAnalysis:
-    """Both contrasts on the trained model and on its randomly initialised copy (same prompts, same null draws).
-    heads: the studied heads (from the scan unless given)."""
+    """Both contrasts on the trained model and on its randomly initialised copy (same prompts). heads: the studied
+    heads (from the scan unless given); nulls: head → which → NullDraws (the trained model's null label draws)."""
 
     params: BindingParams
     lm: LoadedLM
@@ -145,12 +181,23 @@ class BindingAnalysis:
     random_model: torch.nn.Module
     heads: tuple[tuple[int, int], ...]
     heads_from_scan: bool
+    nulls: dict
 
     def decomposition(self, head, which: str, condition: str = "trained") -> Decomposition:
-        """ΔC's SVD and rank at `head` for which = "order" | "lexical" under a condition of CONDITIONS."""
+        """ΔC's SVD and rank at `head` for which = "order" | "lexical" under a condition of CONDITIONS
+        ("shuffled labels": the first balanced null draw; `shuffled_decompositions` gives all n_shuffled)."""
         require(condition in CONDITIONS, f"condition must be one of {CONDITIONS}, got {condition!r}")
+        if condition == "shuffled labels":
+            return self.shuffled_decompositions(head, which)[0]
         source = self.random if condition == "random init" else self.trained
-        return source.get(which).decompose(head, self.params.energy, null=condition == "shuffled labels")
+        return source.get(which).decompose(head, self.params.energy)
+
+    def shuffled_decompositions(self, head, which: str) -> list[Decomposition]:
+        """The n_shuffled balanced null draws' decompositions at a studied head (each at its own rank)."""
+        require(which in ("order", "lexical"), f'which must be "order" or "lexical", got {which!r}')
+        head = tuple(head)
+        require(head in self.nulls, f"null draws exist at the studied heads {list(self.nulls)} only, not {head}")
+        return [decompose(d, self.params.energy) for d in self.nulls[head][which].control_deltas]
 
     def grid(self, values: torch.Tensor) -> torch.Tensor:
         """Per-head values (H,) in the scan's order → (n_layers, n_heads)."""
@@ -159,7 +206,8 @@ class BindingAnalysis:
 
     def head_table(self) -> pd.DataFrame:
         """Per studied head and condition: ranks, logit gaps, query concentration and mean share of both
-        contrasts, and the smallest principal angle between the order and lexical key subspaces."""
+        contrasts, and the smallest principal angle between the order and lexical key subspaces. The shuffled-label
+        row is one null draw (the first balanced one); the permutation tests use all of them (`null_table`)."""
         rows = []
         for head in self.heads:
             for cond in CONDITIONS:
@@ -173,7 +221,11 @@ class BindingAnalysis:
                     dec = self.decomposition(head, which, cond)
                     bases[which] = dec.key_basis
                     row[f"{which} rank"] = dec.rank
-                    row[f"{which} gap"] = float(c.logit_gap(null)[i])
+                    row[f"{which} gap"] = (
+                        float(torch.diagonal(self.nulls[head][which].control_deltas[0]).sum())
+                        if null
+                        else float(c.logit_gap()[i])
+                    )
                     if not null:
                         row[f"{which} |q̄|²/E|q|²"] = float(c.query_concentration[i])
                         row[f"{which} mean share"] = float(c.mean_share[i])
@@ -185,6 +237,16 @@ class BindingAnalysis:
                 row["min angle order/lexical keys (°)"] = float(angles.min())
                 rows.append(row)
         return pd.DataFrame(rows).set_index(["head", "condition"])
+
+    def null_table(self) -> pd.DataFrame:
+        """Per studied head and contrast: the true labels' σ₁(ΔC) and, per null family, its draws' mean, 95th
+        percentile and the permutation p-value."""
+        rows = [
+            {"head": head_name(h), "contrast": w, **self.nulls[h][w].table_row()}
+            for h in self.heads
+            for w in ("order", "lexical")
+        ]
+        return pd.DataFrame(rows).set_index(["head", "contrast"])
 
     def scan_table(self, n: int = 6) -> pd.DataFrame:
         """The top n heads of the scan: score, logit gap, attention on the answer box's key and on another box's
@@ -223,14 +285,17 @@ def analyse_binding(params: BindingParams, lm: LoadedLM | None = None) -> Bindin
     layout = attention_layout(lm.model)
     given = layout.check_heads(params.heads) if params.heads is not None else None  # before any forward pass
     order, lexical = contrast_prompts(params)
-    trained = stream_contrasts(lm.model, lm.tokenizer, lm.chat, params, order, lexical)
+    keep = "all" if given is None else given  # the scan picks the heads afterwards: keep every head's vectors
+    trained = stream_contrasts(lm.model, lm.tokenizer, lm.chat, params, order, lexical, keep=keep)
     rnd_model = random_init_copy(lm.model, seed=params.seed + CONTROL_SEED_OFFSET)
     rnd = stream_contrasts(rnd_model, lm.tokenizer, lm.chat, params, order, lexical)
     if params.heads is None:
         heads, from_scan = scan_heads(trained, params.n_heads, params.scan_by), True
     else:
         heads, from_scan = given, False
-    return BindingAnalysis(params, lm, trained, rnd, rnd_model, heads, from_scan)
+    nulls = null_draws(trained, heads, params)
+    trained = ModelContrasts(trained.order, trained.lexical, trained.scan, {})  # the other heads' vectors: freed
+    return BindingAnalysis(params, lm, trained, rnd, rnd_model, heads, from_scan, nulls)
 
 
 def same_rank(dec: Decomposition, rank: int) -> Decomposition:
@@ -238,8 +303,15 @@ def same_rank(dec: Decomposition, rank: int) -> Decomposition:
     return Decomposition(dec.U, dec.S, dec.V, min(rank, dec.U.shape[1]), dec.energy)
 
 
+def shuffled_draws(analysis: BindingAnalysis, head, which: str) -> list[Decomposition]:
+    """The shuffled-label control's n_shuffled null draws, each at the trained rank."""
+    rank = analysis.decomposition(head, which).rank
+    return [same_rank(d, rank) for d in analysis.shuffled_decompositions(head, which)]
+
+
 def control_decompositions(analysis: BindingAnalysis, head, which: str) -> dict[str, Decomposition]:
-    """The trained decomposition and, at the trained rank, the shuffled-label and random-init ones."""
+    """The trained decomposition and, at the trained rank, the shuffled-label (its first draw; `shuffled_draws`
+    gives all) and random-init ones."""
     real = analysis.decomposition(head, which)
     return {
         "trained": real,

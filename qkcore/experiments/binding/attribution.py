@@ -18,7 +18,13 @@ from typing import ClassVar
 import pandas as pd
 import torch
 
-from qkcore.experiments.binding.analysis import BindingAnalysis, BindingParams, analyse_binding, control_decompositions
+from qkcore.experiments.binding.analysis import (
+    BindingAnalysis,
+    BindingParams,
+    analyse_binding,
+    control_decompositions,
+    shuffled_draws,
+)
 from qkcore.experiments.binding.gates import binding_gate
 from qkcore.experiments.binding.prompts import encode_binding_prompts
 from qkcore.experiments.models import LoadedLM
@@ -207,7 +213,8 @@ def run_attribution(
     params: AttributionParams, lm: LoadedLM | None = None, analysis: BindingAnalysis | None = None
 ) -> AttributionResult:
     """The Figure 10 chapter at the first studied head, with controls: random query subspaces of the same ranks,
-    shuffled-label subspaces and the random-init model (both at the trained ranks)."""
+    shuffled-label subspaces (n_shuffled null draws, averaged per prompt) and the random-init model (both at the
+    trained ranks)."""
     analysis = analysis if analysis is not None else analyse_binding(params, lm)
     head = analysis.heads[0]
     g = torch.Generator().manual_seed(params.seed + 5)
@@ -219,8 +226,9 @@ def run_attribution(
     decs = {w: control_decompositions(analysis, head, w) for w in ("order", "lexical")}
     bases = {
         cond: (decs["order"][cond].query_basis, decs["lexical"][cond].query_basis)
-        for cond in ("trained", "shuffled labels", "random init")
+        for cond in ("trained", "random init")
     }
+    shuffled = list(zip(shuffled_draws(analysis, head, "order"), shuffled_draws(analysis, head, "lexical")))
     r_o, r_l = bases["trained"][0].shape[1], bases["trained"][1].shape[1]
     d = caps["trained"].q.shape[-1]
     fr, fr_keys, sel = {}, {}, {}
@@ -235,7 +243,10 @@ def run_attribution(
         return parts
 
     parts = record("trained", caps["trained"], *bases["trained"])
-    record("shuffled labels", caps["trained"], *bases["shuffled labels"])
+    null_parts = [split_logits(caps["trained"].q, caps["trained"].K, o.query_basis, l.query_basis) for o, l in shuffled]
+    fr["shuffled labels"] = _mean([explained_fraction(p, caps["trained"].valid) for p in null_parts]).numpy()
+    fr_keys["shuffled labels"] = _mean([explained_fraction(p, key_mask) for p in null_parts]).numpy()
+    sel["shuffled labels"] = _mean_dicts([selectivity(p, caps["trained"]) for p in null_parts])
     record("random init", caps["random init"], *bases["random init"])
     draws = [
         (
@@ -255,17 +266,18 @@ def run_attribution(
     record("mean query direction", caps["trained"], mean_dir, torch.zeros(d, 0, dtype=torch.float64))
     kfr, ksel = {}, {}
     kbases = {
-        cond: (decs["order"][cond].key_basis, decs["lexical"][cond].key_basis)
-        for cond in ("trained", "shuffled labels", "random init")
+        "trained": [(decs["order"]["trained"].key_basis, decs["lexical"]["trained"].key_basis)],
+        "shuffled labels": [(o.key_basis, l.key_basis) for o, l in shuffled],
+        "random init": [(decs["order"]["random init"].key_basis, decs["lexical"]["random init"].key_basis)],
     }
     for cond, cap in (
         ("trained", caps["trained"]),
         ("shuffled labels", caps["trained"]),
         ("random init", caps["random init"]),
     ):
-        kp = split_keys(cap.q, cap.K, *kbases[cond])
-        kfr[cond] = explained_fraction(kp, cap.valid).numpy()
-        ksel[cond] = selectivity(kp, cap)
+        kps = [split_keys(cap.q, cap.K, V_o, V_l) for V_o, V_l in kbases[cond]]  # one per null draw (shuffled)
+        kfr[cond] = _mean([explained_fraction(kp, cap.valid) for kp in kps]).numpy()
+        ksel[cond] = _mean_dicts([selectivity(kp, cap) for kp in kps])
     draw_sel = [selectivity(p, caps["trained"]) for p in draw_parts]
     sel["random subspaces"] = {k: sum(s[k] for s in draw_sel) / len(draw_sel) for k in draw_sel[0]}
     ex = params.example
@@ -285,6 +297,15 @@ def run_attribution(
         pd.DataFrame(kfr),
         pd.DataFrame(ksel).T,
     )
+
+
+def _mean(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Per-prompt values averaged over draws: (n,) each → (n,)."""
+    return torch.stack(xs).mean(0)
+
+
+def _mean_dicts(ds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sum(d[k] for d in ds) / len(ds) for k in ds[0]}
 
 
 def attribution_verdicts(result: AttributionResult) -> list[Verdict]:

@@ -1,18 +1,17 @@
-"""The two binding contrasts of the paper's Figures 8–10, streamed at every head, each with its null grouping.
+"""The two binding contrasts of the paper's Figures 8–10, streamed at every head.
 
 Order ID: the queried object is the same word at a random clause. Positive pair = (q at the last token, key at the
-answer box's letter); negatives = (q, each other box letter of the same prompt). Null grouping: the "answer" label is
-drawn uniformly from all clauses, independently of the prompt (so E[ΔC_null] = 0: only sampling noise is left). A
-null that never picks the true answer would not be null: its negatives would hold the answer, and its ΔC would be
-−1/(n−1) times the real one.
+answer box's letter); negatives = (q, each other box letter of the same prompt).
 
 Lexical ID: positive = (q, answer-letter key) in a prompt; negative = the same in its counterfactual, where the
-queried object (in its clause and in the question) is an unused object. Null grouping: a fair coin per pair decides
-which of the two prompts is called positive.
+queried object (in its clause and in the question) is an unused object.
 
-    order, scan = order_contrast(model, tok, prompts, chat=False, heads="all", batch_size=50, generator=g)
-    lexical = lexical_contrast(model, tok, pairs, chat=False, heads="all", batch_size=50, generator=g)
-    order.delta (H, d, d), order.null_delta, order.logit_gap(), order.ranks(0.99); scan.attn_answer (H,)
+Their null groupings (≥ 50 relabellings per family) are drawn at the studied heads only, from the per-prompt vectors
+kept here (`keep=`): qkcore.experiments.binding.nulls.
+
+    order, scan, kept = order_contrast(model, tok, prompts, chat=False, heads="all", batch_size=50, keep="all")
+    lexical, kept_lex = lexical_contrast(model, tok, pairs, chat=False, heads="all", batch_size=50)
+    order.delta (H, d, d), order.logit_gap(), order.ranks(0.99); scan.attn_answer (H,); kept[head] (OrderVectors)
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from qkcore.covariance import ContrastiveCovariance, Weighting
+from qkcore.experiments.binding.nulls import LexicalVectors, OrderVectors
 from qkcore.experiments.binding.prompts import CLAUSE_OFFSETS, capture_binding, encode_binding_prompts
 from qkcore.lm import attention_layout, iter_batches
 from qkcore.organisms.binding_task import BindingPrompt
@@ -33,7 +33,7 @@ from qkcore.subspace import Decomposition, decompose, ranks_at_energy
 
 @dataclass(frozen=True)
 class Contrast:
-    """ΔC of one contrast at heads[i]: delta[i] (d, d) float64, null_delta[i] the same with shuffled labels.
+    """ΔC of one contrast at heads[i]: delta[i] (d, d) float64.
     query_concentration[i] = |E q|² / E|q|² over the positive queries (near 1: the query barely varies, so ΔC is
     close to rank 1 whatever the keys hold); mean_share[i] = how much of ΔC the outer products of the class means
     alone give (both from qkcore.covariance.ContrastiveCovariance). accuracy: how often the model's top letter
@@ -42,7 +42,6 @@ class Contrast:
     name: str
     heads: tuple[tuple[int, int], ...]
     delta: torch.Tensor
-    null_delta: torch.Tensor
     query_concentration: torch.Tensor
     mean_share: torch.Tensor
     accuracy: dict[str, float]
@@ -54,17 +53,15 @@ class Contrast:
             raise KeyError(f"head {head} was not streamed for the {self.name} contrast")
         return self.heads.index(head)
 
-    def logit_gap(self, null: bool = False) -> torch.Tensor:
+    def logit_gap(self) -> torch.Tensor:
         """E[q·k | +] − E[q·k | −] = trace ΔC per head: (H,)."""
-        d = self.null_delta if null else self.delta
-        return torch.diagonal(d, dim1=-2, dim2=-1).sum(-1)
+        return torch.diagonal(self.delta, dim1=-2, dim2=-1).sum(-1)
 
-    def ranks(self, energy: float, null: bool = False) -> torch.Tensor:
-        return ranks_at_energy(self.null_delta if null else self.delta, energy)
+    def ranks(self, energy: float) -> torch.Tensor:
+        return ranks_at_energy(self.delta, energy)
 
-    def decompose(self, head: tuple[int, int], energy: float, null: bool = False) -> Decomposition:
-        i = self.index(head)
-        return decompose((self.null_delta if null else self.delta)[i], energy)
+    def decompose(self, head: tuple[int, int], energy: float) -> Decomposition:
+        return decompose(self.delta[self.index(head)], energy)
 
 
 @dataclass(frozen=True)
@@ -83,29 +80,26 @@ class ScanStats:
     gap: torch.Tensor
 
 
-class _Pair:
-    """The real grouping's accumulator and its null grouping's, side by side (one ContrastiveCovariance each)."""
-
-    def __init__(self, n_heads: int, d: int, weighting: Weighting):
-        self.real = ContrastiveCovariance(d, head_shape=(n_heads,), weighting=weighting)
-        self.null = ContrastiveCovariance(d, head_shape=(n_heads,), weighting=weighting)
-
-    def contrast(self, name, heads, accuracy, n) -> Contrast:
-        return Contrast(
-            name,
-            heads,
-            self.real.delta(),
-            self.null.delta(),
-            self.real.query_concentration(),
-            self.real.mean_share(),
-            accuracy,
-            n,
-        )
+def _contrast(acc: ContrastiveCovariance, name, heads, accuracy, n) -> Contrast:
+    return Contrast(name, heads, acc.delta(), acc.query_concentration(), acc.mean_share(), accuracy, n)
 
 
 def _heads(model: nn.Module, heads) -> tuple[tuple[int, int], ...]:
     layout = attention_layout(model)
     return layout.all_heads() if heads == "all" else tuple(tuple(h) for h in heads)
+
+
+def _kept(heads, keep) -> list[int]:
+    """Indices into `heads` whose per-prompt vectors are kept: none (None), every head ("all") or the listed ones.
+    Memory: n_prompts · (n_pairs + 1) · d floats per kept head (order), 4 · n_prompts · d (lexical)."""
+    if keep is None:
+        return []
+    if keep == "all":
+        return list(range(len(heads)))
+    missing = [tuple(h) for h in keep if tuple(h) not in heads]
+    if missing:
+        raise ValueError(f"keep: heads {missing} are not streamed")
+    return [heads.index(tuple(h)) for h in keep]
 
 
 def _others(answer: torch.Tensor, n_pairs: int) -> torch.Tensor:
@@ -134,16 +128,18 @@ def order_contrast(
     heads="all",
     batch_size: int = 50,
     weighting: Weighting = "pair_mean",
-    generator: torch.Generator | None = None,
     key_offset: int = 0,
     answer_prefix: str = "",
-) -> tuple[Contrast, ScanStats]:
-    """Order-ID ΔC (and its null) at `heads` over order-ID prompts, plus the attention scan statistics."""
+    keep=None,
+) -> tuple[Contrast, ScanStats, dict]:
+    """Order-ID ΔC at `heads` over order-ID prompts, the attention scan statistics, and head → OrderVectors for
+    the heads in `keep` (None, "all" or a list): what the null draws relabel."""
     heads = _heads(model, heads)
     n_pairs = prompts[0].n_pairs
     if n_pairs < 2:
         raise ValueError("the order contrast needs at least 2 pairs per prompt (an answer box and another box)")
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    kept = _kept(heads, keep)
+    qs, ks, answers = [], [], []
     acc = None
     attn_answer = torch.zeros(len(heads), dtype=torch.float64)
     attn_other = torch.zeros(len(heads), dtype=torch.float64)
@@ -153,12 +149,12 @@ def order_contrast(
         enc = encode_binding_prompts(tokenizer, [prompts[i] for i in idx], chat, key_offset, answer_prefix)
         vec = capture_binding(model, enc, heads, attention=True)
         if acc is None:
-            acc = _Pair(len(heads), vec.q.shape[-1], weighting)
+            acc = ContrastiveCovariance(vec.q.shape[-1], head_shape=(len(heads),), weighting=weighting)
         b = enc.size
         rows = torch.arange(b)
-        _add_split(acc.real, vec.q, vec.k, enc.answer)
-        fake = torch.randint(n_pairs, (b,), generator=g)  # (b,) labels independent of the prompts
-        _add_split(acc.null, vec.q, vec.k, fake)
+        _add_split(acc, vec.q, vec.k, enc.answer)
+        if kept:
+            qs.append(vec.q[kept]), ks.append(vec.k[kept]), answers.append(enc.answer)  # (K, b, d), (K, b, P, d)
         on_answer = vec.attn[:, rows, enc.answer]  # (H, b)
         attn_answer += on_answer.double().sum(1)
         attn_other += ((vec.attn.sum(-1) - on_answer) / (n_pairs - 1)).double().sum(1)
@@ -170,9 +166,13 @@ def order_contrast(
         gaps.append(at - (logits.sum(-1) - at) / (n_pairs - 1))
     n = len(prompts)
     correct = torch.cat(correct)
-    contrast = acc.contrast("order", heads, {"order prompts": float(correct.double().mean())}, n)
+    contrast = _contrast(acc, "order", heads, {"order prompts": float(correct.double().mean())}, n)
     stats = ScanStats(attn_answer / n, attn_other / n, clause / n, correct, torch.cat(top, 1), torch.cat(gaps, 1))
-    return contrast, stats
+    vectors = {}
+    if kept:
+        q, k, answer = torch.cat(qs, 1), torch.cat(ks, 1), torch.cat(answers)
+        vectors = {heads[i]: OrderVectors(q[j], k[j], answer) for j, i in enumerate(kept)}
+    return contrast, stats, vectors
 
 
 @torch.no_grad()
@@ -184,13 +184,14 @@ def lexical_contrast(
     heads="all",
     batch_size: int = 50,
     weighting: Weighting = "pair_mean",
-    generator: torch.Generator | None = None,
     key_offset: int = 0,
     answer_prefix: str = "",
-) -> Contrast:
-    """Lexical-ID ΔC (and its null) at `heads` over (prompt, counterfactual) pairs."""
+    keep=None,
+) -> tuple[Contrast, dict]:
+    """Lexical-ID ΔC at `heads` over (prompt, counterfactual) pairs, and head → LexicalVectors for `keep`."""
     heads = _heads(model, heads)
-    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    kept = _kept(heads, keep)
+    stored = []
     acc = None
     correct = {"prompts": 0, "counterfactuals": 0}
     for idx in gathers(list(iter_batches(len(pairs), batch_size)), "lexical contrast: gather q,k"):
@@ -199,17 +200,19 @@ def lexical_contrast(
         vp = capture_binding(model, enc_p, heads)
         vc = capture_binding(model, enc_c, heads)
         if acc is None:
-            acc = _Pair(len(heads), vp.q.shape[-1], weighting)
+            acc = ContrastiveCovariance(vp.q.shape[-1], head_shape=(len(heads),), weighting=weighting)
         b = enc_p.size
         rows = torch.arange(b)
         kp, kc = vp.k[:, rows, enc_p.answer], vc.k[:, rows, enc_c.answer]  # (H, b, d) each
-        acc.real.add(vp.q, kp, positive=True, prompts=b)
-        acc.real.add(vc.q, kc, positive=False, prompts=b)
-        flip = torch.rand(b, generator=g) < 0.5  # (b,) True: the counterfactual is called positive
-        f = flip[None, :, None]
-        acc.null.add(torch.where(f, vc.q, vp.q), torch.where(f, kc, kp), positive=True, prompts=b)
-        acc.null.add(torch.where(f, vp.q, vc.q), torch.where(f, kp, kc), positive=False, prompts=b)
+        acc.add(vp.q, kp, positive=True, prompts=b)
+        acc.add(vc.q, kc, positive=False, prompts=b)
+        if kept:
+            stored.append(torch.stack([vp.q[kept], kp[kept], vc.q[kept], kc[kept]]))  # (4, K, b, d)
         correct["prompts"] += int((vp.choice == enc_p.answer).sum())
         correct["counterfactuals"] += int((vc.choice == enc_c.answer).sum())
     n = len(pairs)
-    return acc.contrast("lexical", heads, {k: v / n for k, v in correct.items()}, n)
+    vectors = {}
+    if kept:
+        qp, kp, qc, kc = torch.cat(stored, 2)  # (K, n, d) each
+        vectors = {heads[i]: LexicalVectors(qp[j], kp[j], qc[j], kc[j]) for j, i in enumerate(kept)}
+    return _contrast(acc, "lexical", heads, {k: v / n for k, v in correct.items()}, n), vectors

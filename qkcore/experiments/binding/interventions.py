@@ -5,7 +5,8 @@ chooses the prompts (the authors' set: an unused queried object), orig (the answ
 box), and the bases compared.
 
 Conditions per studied head: order / lexical / order+lexical; random subspaces of each rank (`n_random` draws,
-averaged per prompt); the top key-variance subspace (label-free); the shuffled-label subspaces at the trained ranks;
+averaged per prompt); the top key-variance subspace (label-free); the shuffled-label subspaces at the trained ranks
+(n_shuffled balanced null draws, averaged per prompt);
 and the random-init copy's own subspaces on that copy. Metrics per prompt (the engine's): the authors' flip
 (undefined where the answer's key is not the head's argmax before the swap), the flip among the box letters, Δp,
 the gap fraction; and the baseline sink share. Verdicts (qkcore.experiments.verdicts): gated on the model binding
@@ -25,7 +26,13 @@ from typing import ClassVar, Literal
 import pandas as pd
 import torch
 
-from qkcore.experiments.binding.analysis import BindingAnalysis, BindingParams, analyse_binding, control_decompositions
+from qkcore.experiments.binding.analysis import (
+    BindingAnalysis,
+    BindingParams,
+    analyse_binding,
+    control_decompositions,
+    shuffled_draws,
+)
 from qkcore.experiments.binding.gates import binding_gate, fmt_p, head_evidence, model_evidence
 from qkcore.experiments.binding.prompts import encode_binding_prompts
 from qkcore.experiments.models import LoadedLM
@@ -89,13 +96,26 @@ def swap_tasks(analysis: BindingAnalysis, prompts: list[BindingPrompt]) -> list:
     ]
 
 
+def _bases(order_dec, lexical_dec) -> dict[str, torch.Tensor]:
+    o, l = order_dec.key_basis.double(), lexical_dec.key_basis.double()
+    both = combine_bases([o, l]).double() if o.shape[1] + l.shape[1] > 0 else o
+    return {"order": o, "lexical": l, "order+lexical": both}
+
+
 def head_bases(analysis: BindingAnalysis, head, condition: str) -> dict[str, torch.Tensor]:
     """The order, lexical and order+lexical key bases (d, r) of `head` under a condition of CONDITIONS (the controls
     at the trained ranks); "order+lexical" is the two bases' union, orthonormalised."""
     decs = {w: control_decompositions(analysis, head, w)[condition] for w in ("order", "lexical")}
-    o, l = decs["order"].key_basis.double(), decs["lexical"].key_basis.double()
-    both = combine_bases([o, l]).double() if o.shape[1] + l.shape[1] > 0 else o
-    return {"order": o, "lexical": l, "order+lexical": both}
+    return _bases(decs["order"], decs["lexical"])
+
+
+def shuffled_bases(analysis: BindingAnalysis, head) -> dict[str, list[torch.Tensor]]:
+    """The same three bases for each of the n_shuffled null draws (at the trained ranks): the swap engine averages
+    a list of bases per prompt."""
+    draws = [
+        _bases(o, l) for o, l in zip(shuffled_draws(analysis, head, "order"), shuffled_draws(analysis, head, "lexical"))
+    ]
+    return {name: [b[name] for b in draws] for name in SUBSPACES}
 
 
 def _controls_of(name: str) -> tuple[str, ...]:
@@ -150,7 +170,8 @@ def run_interventions(
     g = torch.Generator().manual_seed(params.seed + 4)
     per_head, ranks, sinks, base = {}, {}, {}, []
     for head in heads:
-        real, shuffled, rnd = (head_bases(analysis, head, c) for c in ("trained", "shuffled labels", "random init"))
+        real, rnd = (head_bases(analysis, head, c) for c in ("trained", "random init"))
+        shuffled = shuffled_bases(analysis, head)
         bases: dict = {}
         for name in SUBSPACES:
             r = real[name].shape[1]

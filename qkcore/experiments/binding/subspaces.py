@@ -22,16 +22,34 @@ from qkcore.experiments.binding.analysis import (
     analyse_binding,
     control_decompositions,
     load_binding_lm,
+    shuffled_draws,
 )
 from qkcore.experiments.binding.filler import filler_prompts
 from qkcore.experiments.binding.gates import binding_gate
-from qkcore.experiments.binding.views import collect, lexical_view, order_beyond_position, order_view
+from qkcore.experiments.binding.views import (
+    balanced_query_prompts,
+    collect,
+    lexical_view,
+    mean_beyond_position,
+    mean_view,
+    order_beyond_position,
+    order_view,
+)
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.tables import r3
-from qkcore.experiments.verdicts import MATCHED, REPRODUCED, Verdict, effect_vs_controls, rank_verdict
+from qkcore.experiments.verdicts import (
+    ALPHA,
+    IMPLIED,
+    MATCHED,
+    REPRODUCED,
+    Verdict,
+    against_null,
+    effect_vs_controls,
+    rank_verdict,
+)
 from qkcore.lm import attention_layout
 from qkcore.lm.layout import head_name
-from qkcore.organisms.binding_task import order_id_prompts, sample_prompt
+from qkcore.organisms.binding_task import order_id_prompts
 from qkcore.params import require
 
 QUERY_CONCENTRATED = 0.99  # |q̄|²/E|q|² from which a rank-1 ΔC says nothing about the keys (issue 14)
@@ -61,7 +79,8 @@ class SubspaceParams(BindingParams):
 @dataclass
 class SubspaceResult:
     """The analysis, the view head, and the order / lexical views per condition (trained, shuffled labels,
-    random init; controls at the trained rank)."""
+    random init; controls at the trained rank; the shuffled-label view's kNN numbers averaged over n_shuffled null
+    draws)."""
 
     analysis: BindingAnalysis
     view_head: tuple[int, int]
@@ -108,7 +127,7 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
     head = analysis.heads[0] if params.view_head is None else tuple(params.view_head)
     g = torch.Generator().manual_seed(params.seed + 2)
     order = order_id_prompts(params.n_view_prompts, params.n_pairs, g, query_object=params.query_object)
-    plain = [sample_prompt(params.n_pairs, g) for _ in range(params.n_view_prompts)]
+    plain = balanced_query_prompts(params.n_view_prompts, params.n_pairs, g)
     tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
     models = {"trained": analysis.lm.model, "shuffled labels": analysis.lm.model, "random init": analysis.random_model}
     order_views, lexical_views = {}, {}
@@ -129,43 +148,86 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
             )
         return vectors[key]
 
+    def decs(which):  # condition → its decompositions (the shuffled-label control: n_shuffled null draws)
+        out = {c: [d] for c, d in control_decompositions(analysis, head, which).items()}
+        return {**out, "shuffled labels": shuffled_draws(analysis, head, which)}
+
     for which, views in (("order", order_views), ("lexical", lexical_views)):
-        for cond, dec in control_decompositions(analysis, head, which).items():
+        for cond, dec_list in decs(which).items():
             net = models[cond]
             if which == "order":
-                views[cond] = order_view(
-                    net, tok, chat, order, head, dec, bs, params.key_offset, collected=got(net, which)
-                )
+                made = [
+                    order_view(net, tok, chat, order, head, dec, bs, params.key_offset, collected=got(net, which))
+                    for dec in dec_list
+                ]
             else:
-                views[cond] = lexical_view(
-                    net,
-                    tok,
-                    chat,
-                    plain,
-                    head,
-                    dec,
-                    bs,
-                    umap_seed=params.seed if cond == "trained" and params.umap else None,
-                    umap_neighbours=params.umap_neighbours,
-                    key_offset=params.key_offset,
-                    collected=got(net, which),
-                )
+                made = [
+                    lexical_view(
+                        net,
+                        tok,
+                        chat,
+                        plain,
+                        head,
+                        dec,
+                        bs,
+                        umap_seed=params.seed if cond == "trained" and params.umap else None,
+                        umap_neighbours=params.umap_neighbours,
+                        key_offset=params.key_offset,
+                        collected=got(net, which),
+                    )
+                    for dec in dec_list
+                ]
+            views[cond] = mean_view(made)
     beyond = {}
     if params.max_filler > 0:
         spaced = filler_prompts(order, params.max_filler, g)
-        for cond, dec in control_decompositions(analysis, head, "order").items():
+        for cond, dec_list in decs("order").items():
             net = models[cond]
             key = (id(net), "filler")
             if key not in vectors:
                 vectors[key] = collect(net, tok, chat, spaced, head, bs, params.key_offset, params.answer_prefix)
-            beyond[cond] = order_beyond_position(dec, vectors[key])
+            beyond[cond] = mean_beyond_position([order_beyond_position(dec, vectors[key]) for dec in dec_list])
     return SubspaceResult(analysis, head, order_views, lexical_views, beyond)
+
+
+NULL_RULE = (
+    "; and, beside the rank, ΔC's top singular value σ₁ with the true labels must exceed every null family "
+    f"(≥ 50 random and ≥ 50 balanced relabellings of the same prompts) at permutation p < {ALPHA}: "
+    "matched by a control when a family reaches it"
+)
+
+
+def rank_claim(claim: str, model: str, head: str, rank: int, d_head: int, implied: bool, nulls, numbers) -> Verdict:
+    """The low-rank claim at one head: verdicts.rank_verdict (rank ≤ d_head/4; "implied by query concentration"
+    where the query barely varies), and then the permutation test of σ₁(ΔC) against the null families
+    (verdicts.against_null): a rank the true labels reach is "reproduced" only when they also beat every family;
+    where a family does as well it is "matched by a control". The null numbers are recorded whatever the rank says.
+    nulls: qkcore.experiments.binding.nulls.NullDraws."""
+    v = rank_verdict(claim, model, head, rank, d_head // 4, implied, numbers)
+    test = against_null(
+        claim,
+        model,
+        head,
+        nulls.observed,
+        {f: x.tolist() for f, x in nulls.families.items()},
+        statistic=nulls.statistic,
+    )
+    word = v.verdict
+    if v.verdict == REPRODUCED and test.verdict == MATCHED:
+        word = MATCHED
+    rule = v.rule if v.verdict == IMPLIED else v.rule + NULL_RULE
+    # the deciding numbers first (a page's verdict table shows the first few): rank, then what decided the word
+    first = ["rank", "|q̄|²/E|q|²", "σ₂²/Σσ²"] if v.verdict == IMPLIED else ["rank"]
+    first += [nulls.statistic, *(f"{f}: p" for f in nulls.families)]
+    merged = {**v.numbers, **test.numbers}
+    return Verdict(claim, model, head, word, rule, {**{k: merged[k] for k in first if k in merged}, **merged})
 
 
 def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
     """One verdict per studied head and contrast (order ID, lexical ID): gated on the model binding and the head
-    selecting the answer's box; else verdicts.rank_verdict, with rank 1 "implied by query concentration" where the
-    queries barely vary (|q̄|²/E|q|² ≥ QUERY_CONCENTRATED) and the controls' ranks and σ₂²/Σσ² beside it."""
+    selecting the answer's box; else `rank_claim` (the rank, rank 1 "implied by query concentration" where the
+    queries barely vary, |q̄|²/E|q|² ≥ QUERY_CONCENTRATED, and the permutation test of σ₁ against the null label
+    draws), with σ₂²/Σσ² and the random-init copy's rank beside it."""
     from qkcore.experiments.binding.interventions import chapter_gates, model_label
 
     a = result.analysis
@@ -179,34 +241,18 @@ def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
             v = binding_gate(claim, model_label(a), name, gates["model"], gates[name])
             if v is None:
                 c = a.trained.get(which)
-                decs = control_decompositions(a, head, which)
-                S2 = decs["trained"].S.double() ** 2
+                dec = a.decomposition(head, which)
+                S2 = dec.S.double() ** 2
                 conc = float(c.query_concentration[c.index(head)])
                 numbers = {
                     "σ₂²/Σσ²": float(S2[1] / S2.sum()) if len(S2) > 1 else 0.0,
                     "|q̄|²/E|q|²": conc,
-                    "shuffled-label rank": int(a.decomposition(head, which, "shuffled labels").rank),
                     "random-init rank": int(a.decomposition(head, which, "random init").rank),
                 }
-                v = rank_verdict(
-                    claim,
-                    model_label(a),
-                    name,
-                    int(decs["trained"].rank),
-                    d_head // 4,
-                    conc >= QUERY_CONCENTRATED,
-                    numbers,
+                nulls = a.nulls[head][which]
+                v = rank_claim(
+                    claim, model_label(a), name, int(dec.rank), d_head, conc >= QUERY_CONCENTRATED, nulls, numbers
                 )
-                low = [c for c in ("shuffled-label rank", "random-init rank") if 1 <= numbers[c] <= d_head // 4]
-                if v.verdict == REPRODUCED and low:  # a control's ΔC is as low-rank: the rank singles out nothing
-                    v = Verdict(
-                        claim,
-                        v.model,
-                        name,
-                        MATCHED,
-                        v.rule + "; matched by a control when a control's ΔC is low rank too",
-                        v.numbers,
-                    )
             out.append(v)
     out += view_verdicts(result, gates)
     return out
@@ -242,10 +288,22 @@ def view_verdicts(result: SubspaceResult, gates: dict) -> list[Verdict]:
                 chance = 1 / len(np.unique(views["trained"].key_labels))
                 effect = torch.tensor(views["trained"].key_correct) - chance
                 controls = {c: torch.tensor(views[c].key_correct) - chance for c in ("shuffled labels", "random init")}
-            v = effect_vs_controls(claim, model_label(a), name, effect, controls)
+            v = effect_vs_controls(claim, model_label(a), name, effect, controls, floor_reason=knn_floor(result, which))
             v.numbers["chance"] = chance
         out.append(v)
     return out
+
+
+def knn_floor(result: SubspaceResult, which: str) -> str:
+    """Why a view's per-prompt kNN hits may be undefined: kNN holds each label out in stratified folds, so every
+    label needs at least 2 rows (the labels: the queried object for the lexical view, the clause for the order
+    view)."""
+    labels = (result.lexical_views if which == "lexical" else result.order_views)["trained"].key_labels
+    _, counts = np.unique(labels, return_counts=True)
+    return (
+        f"the kNN needs every label at least twice; the rarest of the {len(counts)} labels occurs {counts.min()} "
+        f"times in {len(labels)} rows"
+    )
 
 
 def summary(result: SubspaceResult) -> dict[str, object]:
@@ -268,6 +326,16 @@ def summary(result: SubspaceResult) -> dict[str, object]:
         out[f"{name} order logit gap (trained, shuffled, random init)"] = tuple(
             r3(table.loc[(name, c), "order gap"]) for c in conds
         )
+        for which in ("order", "lexical"):
+            row = a.nulls[head][which].table_row()
+            out[f"{name} {which} σ₁ (true; random labels mean, 95th pct, p; balanced labels mean, 95th pct, p)"] = (
+                r3(row["true σ₁"]),
+                *(
+                    r3(row[f"{f}: {x}"])
+                    for f in ("random labels", "balanced labels")
+                    for x in ("mean", "95th pct", "p")
+                ),
+            )
     views = result.view_table()
     view = head_name(result.view_head)
     for col, label in (

@@ -10,14 +10,14 @@ how well the coordinates separate the labels: leave-fold-out k-nearest-neighbour
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from qkcore.experiments.binding.prompts import capture_binding, encode_binding_prompts
 from qkcore.lm import iter_batches
-from qkcore.organisms.binding_task import OBJECTS, BindingPrompt
+from qkcore.organisms.binding_task import OBJECTS, PAPER_OBJECTS, BindingPrompt, make_prompt, sample_prompt
 from qkcore.progress import gathers
 from qkcore.subspace import Decomposition, pca
 
@@ -25,31 +25,58 @@ KNN_NEIGHBOURS = 10
 KNN_FOLDS = 5
 
 
-def knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean accuracy of a 10-nearest-neighbour classifier over 5 stratified folds (no shuffling: deterministic)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
+def _knn(labels: np.ndarray, n_dims: int):
+    """The decoder both kNN numbers use: (classifier, folds), or None where it cannot be fitted (a label seen once,
+    or no coordinates). Up to 5 stratified folds (fewer when a label is rarer) and up to 10 neighbours, never more
+    than the rarest label's training rows, so that a label can win the vote: with 27 prompts over 9 objects, 10
+    neighbours would outvote every object's 2 training rows however tight its cluster."""
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.neighbors import KNeighborsClassifier
 
     _, counts = np.unique(labels, return_counts=True)
     folds = min(KNN_FOLDS, int(counts.min()))
-    if folds < 2 or x.shape[1] == 0:
-        return float("nan")
-    clf = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(x) - len(x) // folds))
-    return float(cross_val_score(clf, x, labels, cv=StratifiedKFold(folds)).mean())
+    if folds < 2 or n_dims == 0:
+        return None
+    rarest_train = int(counts.min()) - -(-int(counts.min()) // folds)  # its rows outside the largest held-out fold
+    k = max(1, min(KNN_NEIGHBOURS, rarest_train))
+    return KNeighborsClassifier(n_neighbors=k), StratifiedKFold(folds)
+
+
+def knn_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
+    """Mean held-out accuracy of the kNN decoder (`_knn`: up to 10 neighbours, up to 5 stratified folds, no
+    shuffling: deterministic); NaN where it cannot be fitted."""
+    from sklearn.model_selection import cross_val_score
+
+    fit = _knn(labels, x.shape[1])
+    return float("nan") if fit is None else float(cross_val_score(fit[0], x, labels, cv=fit[1]).mean())
 
 
 def knn_correct(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Per row, whether the same 10-nearest-neighbour classifier (5 stratified folds) predicts its label when it is
-    held out: knn_accuracy's per-row hits, for paired tests over prompts. NaN where it cannot be computed."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.neighbors import KNeighborsClassifier
+    """Per row, whether the same decoder predicts its label when it is held out: knn_accuracy's per-row hits, for
+    paired tests over prompts. NaN where it cannot be fitted."""
+    from sklearn.model_selection import cross_val_predict
 
-    _, counts = np.unique(labels, return_counts=True)
-    folds = min(KNN_FOLDS, int(counts.min()))
-    if folds < 2 or x.shape[1] == 0:
+    fit = _knn(labels, x.shape[1])
+    if fit is None:
         return np.full(len(labels), np.nan)
-    clf = KNeighborsClassifier(n_neighbors=min(KNN_NEIGHBOURS, len(x) - len(x) // folds))
-    return (cross_val_predict(clf, x, labels, cv=StratifiedKFold(folds)) == labels).astype(float)
+    return (cross_val_predict(fit[0], x, labels, cv=fit[1]) == labels).astype(float)
+
+
+def balanced_query_prompts(n: int, n_pairs: int, generator: torch.Generator) -> list[BindingPrompt]:
+    """n prompts like `sample_prompt`, the queried object cycling through the paper's objects in a random order,
+    so that each is asked ⌊n/9⌋ or ⌈n/9⌉ times: the lexical view's kNN needs every object asked at least twice (and
+    5 times for its 5 folds), which n uniform draws do not ensure (24 prompts over 9 objects leave some asked once)."""
+    cycle = torch.randperm(len(PAPER_OBJECTS), generator=generator).tolist()
+    out = []
+    for i in range(n):
+        p = sample_prompt(n_pairs, generator)
+        target, objects = PAPER_OBJECTS[cycle[i % len(cycle)]], list(p.objects)
+        if target in objects:
+            query = objects.index(target)
+        else:
+            objects[p.query], query = target, p.query
+        out.append(make_prompt(objects, p.letters, query))
+    return out
 
 
 def umap_2d(x: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
@@ -87,6 +114,17 @@ class View:
     query_knn: float
     umap: np.ndarray | None = None
     key_correct: np.ndarray | None = None  # per key, whether kNN reads its label held out (knn_correct)
+
+
+def mean_view(views: Sequence[View]) -> View:
+    """The first view (its coordinates, for plots) with kNN accuracies and per-key hits averaged over all views:
+    one control averaged over several null draws."""
+    return replace(
+        views[0],
+        key_knn=float(np.mean([v.key_knn for v in views])),
+        query_knn=float(np.mean([v.query_knn for v in views])),
+        key_correct=np.mean([v.key_correct for v in views], 0),
+    )
 
 
 @dataclass(frozen=True)
@@ -188,6 +226,16 @@ class OrderBeyondPosition:
     position_spread: float  # mean over clauses of the std of a clause's letter position (tokens)
     per_prompt_keys: np.ndarray  # (n,) share of a prompt's keys whose clause kNN reads (held out)
     per_prompt_position: np.ndarray  # (n,) share whose clause is the most common clause at its position
+
+
+def mean_beyond_position(results: Sequence[OrderBeyondPosition]) -> OrderBeyondPosition:
+    """Averaged over several subspaces (null draws) of the same prompts: the key-based numbers per prompt."""
+    return replace(
+        results[0],
+        keys=float(np.mean([r.keys for r in results])),
+        beyond_position=float(np.mean([r.beyond_position for r in results])),
+        per_prompt_keys=np.mean([r.per_prompt_keys for r in results], 0),
+    )
 
 
 def order_beyond_position(decomposition: Decomposition, collected: Collected) -> OrderBeyondPosition:
