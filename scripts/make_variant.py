@@ -137,7 +137,7 @@ def dress(path: Path, name: str, v: dict) -> None:
     first.source = f"# {title}: {v['model_name']}"
     rest = "\n".join(lines[1:]).strip("\n")
     if rest:  # the title gets a cell of its own, so that the banner sits under it, above the learning goals
-        cells.insert(1, nbformat.v4.new_markdown_cell(rest))
+        cells.insert(1, nbformat.v4.new_markdown_cell(rest, metadata={"tags": []}))  # papermill reads every tag list
     for c in cells:
         if c.cell_type == "markdown":
             c.source = RUNTIME.sub(f"**Runtime:** {v['runtime']}.", c.source)
