@@ -63,7 +63,9 @@ def banner(name: str, v: dict) -> str:
         f"```{{admonition}} A variant page: {v['model_name']}\n:class: note\n"
         f"This page is [{v['source'].replace('_', ' ')}]({v['source']}.ipynb) executed with the parameters below in "
         f"its parameters cell (`book/variants.yml`, entry `{name}`); its code is the source page's, every number, "
-        f"figure and sentence on it comes from this run.\n\n| parameter | value |\n| --- | --- |\n{rows}\n" + quick + "```"
+        f"figure and sentence on it comes from this run.\n\n| parameter | value |\n| --- | --- |\n{rows}\n"
+        + quick
+        + "```"
     )
 
 
