@@ -43,10 +43,12 @@ def book_run_name(chapter: str, params, directory: str | Path = RESULTS_DIR) -> 
         import yaml
 
         for name, variant in (yaml.safe_load(variants_file.read_text()) or {}).items():
-            if (
-                variant.get("source") == chapter
-                and dataclasses.replace(type(params)(), **variant["parameters"]) == params
-            ):
+            if variant.get("source") != chapter:
+                continue
+            given = dict(variant["parameters"])
+            if variant.get("quick"):  # the page's parameters cell holds its quick values too (scripts/make_variant.py)
+                given["quick_values"] = dict(variant["quick"])
+            if dataclasses.replace(type(params)(), **given) == params:
                 return name
     return None
 

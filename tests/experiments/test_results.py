@@ -34,3 +34,20 @@ def test_a_variant_of_the_book_records_under_its_own_name(tmp_path):
     record("cube", {"rank": 5}, Params(n=5), results)  # not a variant: not recorded
     record("other", {"rank": 9}, Params(n=9), results)  # a variant of another chapter
     assert load_results(results) == {"cube_big": {"rank": 9}}
+
+
+@dataclass(frozen=True)
+class QuickParams:
+    n: int = 3
+    quick_values: dict | None = None
+
+
+def test_a_variant_with_quick_values_records_its_full_run_only(tmp_path):
+    """A variant page's parameters cell holds its `quick:` values as quick_values (scripts/make_variant.py): its
+    full run records under the variant's name; its quick run (quick_values applied, then cleared) does not."""
+    (tmp_path / "variants.yml").write_text("cube_big:\n  source: cube\n  quick: {n: 2}\n  parameters: {n: 9}\n")
+    results = tmp_path / "results"
+    record("cube", {"rank": 2}, QuickParams(n=2), results)  # the quick run
+    assert load_results(results) == {}
+    record("cube", {"rank": 9}, QuickParams(n=9, quick_values={"n": 2}), results)
+    assert load_results(results) == {"cube_big": {"rank": 9}}

@@ -38,7 +38,7 @@ from qkcore.experiments.binding.prompts import encode_binding_prompts
 from qkcore.experiments.models import LoadedLM
 from qkcore.experiments.swap_engine import SwapResult, gather_swap_sets, swap_conditions, top_key_variance
 from qkcore.experiments.tables import r3
-from qkcore.experiments.verdicts import MIN_DEFINED, Estimate, Verdict, effect_vs_controls
+from qkcore.experiments.verdicts import MIN_DEFINED, Estimate, Verdict, effect_vs_controls, paired_difference
 from qkcore.lm import iter_batches
 from qkcore.lm.layout import head_name
 from qkcore.organisms.binding_task import EXTRA_OBJECTS, BindingPrompt, counterfactual, sample_prompt
@@ -247,9 +247,13 @@ def swap_verdicts(analysis: BindingAnalysis, per_head: dict, sets: dict) -> tupl
     return out, gates
 
 
+POWER_CONTROL = "random (order+lexical rank)"  # the run's power: the paired order+lexical − random interval
+
+
 def summary(result: InterventionResult) -> dict[str, object]:
     """The chapter's closing numbers: the gates, and per head and condition the authors' flip, Δp and the flip among
-    the box letters with their 95% intervals (n = prompts where defined); the verdicts."""
+    the box letters with their 95% intervals (n = prompts where defined); per head the run's power (half-width of the
+    paired order+lexical − random flip interval: the smallest difference these prompts resolve); the verdicts."""
     a = result.analysis
     g = result.gates["model"]
     out: dict[str, object] = {
@@ -273,6 +277,12 @@ def summary(result: InterventionResult) -> dict[str, object]:
                 else f"undefined (floor): defined on {n} prompts"
             )
             out[f"{h} Δp, {c}"] = r3(row["delta_p"])
+        diff = paired_difference(result.per_head[h]["order+lexical"]["flip"], result.per_head[h][POWER_CONTROL]["flip"])
+        out[f"{h} swap power (± half-width, n)"] = (
+            [r3(diff.half_width), diff.n]
+            if diff.n >= MIN_DEFINED
+            else f"undefined (floor): defined on {diff.n} prompts"
+        )
     out["verdicts"] = [f"{v.head}, {v.claim}: {v.verdict}" for v in result.verdicts]
     return out
 
