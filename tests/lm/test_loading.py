@@ -300,6 +300,23 @@ def fake_dequantise(monkeypatch, tmp_path, saved):
     return write_gguf(tmp_path / "tiny.gguf", "llama"), model, calls
 
 
+def test_a_second_cold_load_waits_for_the_first_and_reads_its_cache(fake_dequantise):
+    """Two processes loading the same cold GGUF (make test's two nbval workers) dequantise it once: a load that
+    finds the lock held waits, then reads the cache the holder wrote."""
+    import threading
+
+    path, _, calls = fake_dequantise
+    digest = gguf_module.sha256_of(path)
+    with gguf_module.dequantise_lock(digest):  # another process is dequantising
+        waiting = threading.Thread(target=load_model, args=(path,))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and calls == []  # it waits instead of dequantising a second time
+        gguf_module.write_cache(*gguf_module.dequantise(path), path, digest)  # the holder finishes its copy
+    waiting.join(timeout=30)
+    assert not waiting.is_alive() and len(calls) == 1  # the waiter read the holder's cache
+
+
 def test_gguf_cache_round_trip(fake_dequantise, tmp_path):
     path, original, calls = fake_dequantise
     ids = torch.tensor([[1, 5, 6, 7, 8]])
