@@ -40,6 +40,7 @@ from qkcore.interventions import swap_in_subspace, swapped_attention
 from qkcore.lm import KeySwap, edit_attention, run_model
 from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.gather import gather_qk
+from qkcore.lm.residency import resident
 from qkcore.progress import gathers, steps
 from qkcore.subspace import random_orthonormal
 
@@ -321,7 +322,7 @@ def forward_swaps(
         swap = KeySwap(
             head[0], head[1], basis.float(), _col(c, "orig").tolist(), _col(c, "target").tolist(), task.query.tolist()
         )
-        with edit_attention(model, [swap]) as ed:
+        with edit_attention(resident(model), [swap]) as ed:  # a parked model (qkcore.lm.residency) restored
             run_model(model, task.batch, logits_to_keep=1)
         after = ed.attention(*head)[rows, task.query].double().cpu()  # (b, S)
         for name, v in prompt_metrics(c, after, basis).items():

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qkcore.lm.residency import resident, tensor_versions
+
 _DIRECTORY: ContextVar[Path | None] = ContextVar("qkcore_gather_cache", default=None)
 # The process-wide folder set by enable_gather_cache (a notebook kernel runs each cell in a copied context, so a
 # context variable set in one cell would not reach the next): the one module-level setting of qkcore.lm.
@@ -76,17 +78,15 @@ def active_directory() -> Path | None:
     return _DIRECTORY.get() or _PROCESS["directory"]
 
 
-def _versions(model: nn.Module) -> tuple[int, ...]:
-    return tuple(t._version for t in (*model.parameters(), *model.buffers()))
-
-
 def model_fingerprint(model: nn.Module) -> str:
     """sha256 of the model's config and tensors (name, shape, dtype, strided sample, float64 sum), memoised per model
-    until one of its tensors is modified in place."""
-    versions = _versions(model)
+    until one of its tensors is modified in place (a parked model keeps its memo: qkcore.lm.residency)."""
+    versions = tensor_versions(model)
     memo = _FINGERPRINTS.get(model)
     if memo is not None and memo[0] == versions:
         return memo[1]
+    resident(model)
+    versions = tensor_versions(model)
     h = hashlib.sha256()
     config = getattr(model, "config", None)
     h.update((config.to_json_string(use_diff=False) if config is not None else type(model).__name__).encode())
@@ -120,7 +120,17 @@ def cache_key(
     model: nn.Module, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits: bool = True
 ) -> str | None:
     """The result's key, or None when the call is not cached: forward arguments beyond CACHEABLE_KWARGS, or logits
-    wanted without `logits_to_keep` (the whole vocabulary's logits at every position are too large to keep)."""
+    wanted without `logits_to_keep` (the whole vocabulary's logits at every position are too large to keep). A
+    parked model (qkcore.lm.residency) whose result is not on disk is made resident here, before gather_qk's
+    capture checks its weights; one whose result is on disk stays parked."""
+    key = _key(model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits)
+    directory = active_directory()
+    if key is None or directory is None or not (directory / key[:2] / f"{key}.pt").is_file():
+        resident(model)
+    return key
+
+
+def _key(model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits) -> str | None:
     if set(forward_kwargs) - CACHEABLE_KWARGS or (logits and "logits_to_keep" not in forward_kwargs):
         return None
     h = hashlib.sha256()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from qkcore.lm.layout import attention_layout, attention_modules
+from qkcore.lm.residency import resident
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
@@ -29,7 +30,7 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
 
 def model_identity(model: nn.Module) -> dict:
     """Architecture, head geometry, name or path, dtype and a fingerprint of the weights (see module docstring)."""
-    layout = attention_layout(model)
+    layout = attention_layout(resident(model))
     mods = attention_modules(model)
     first, last = mods[0][1], mods[-1][1]
     digest = hashlib.sha256()

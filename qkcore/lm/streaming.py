@@ -32,6 +32,7 @@ from qkcore.lm.identity import contrast_definition, model_identity
 from qkcore.lm.intercept import AttentionCall, attention_session, check_model
 from qkcore.lm.layout import HeadSpec, attention_layout, attention_modules
 from qkcore.lm.placement import join, layer_devices, split_state
+from qkcore.lm.residency import resident
 
 PairList = tuple[tuple[int, tuple[int, ...]], ...]
 
@@ -93,6 +94,7 @@ class DeltaStreamer:
         }
         mods = attention_modules(model)
         self._modules = {layer: mods[layer][1] for layer in self.q_heads}
+        resident(model)  # a parked model's weights back before its devices are read
         devices = layer_devices(self._modules)
         if per_layer is None:
             per_layer = device is None and len(set(devices.values())) > 1

@@ -21,8 +21,8 @@ from qkcore.experiments.binding.contrasts import Contrast, ScanStats, lexical_co
 from qkcore.experiments.binding.nulls import MIN_NULL_DRAWS, lexical_nulls, order_nulls
 from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
 from qkcore.lm import attention_layout
-from qkcore.lm.controls import random_init_copy
 from qkcore.lm.layout import head_name
+from qkcore.lm.residency import random_init_control
 from qkcore.organisms.binding_task import EXTRA_OBJECTS, PAPER_OBJECTS, BindingPrompt, lexical_pairs, order_id_prompts
 from qkcore.params import require
 from qkcore.subspace import Decomposition, decompose, principal_angles
@@ -287,7 +287,7 @@ def analyse_binding(params: BindingParams, lm: LoadedLM | None = None) -> Bindin
     order, lexical = contrast_prompts(params)
     keep = "all" if given is None else given  # the scan picks the heads afterwards: keep every head's vectors
     trained = stream_contrasts(lm.model, lm.tokenizer, lm.chat, params, order, lexical, keep=keep)
-    rnd_model = random_init_copy(lm.model, seed=params.seed + CONTROL_SEED_OFFSET)
+    rnd_model = random_init_control(lm.model, seed=params.seed + CONTROL_SEED_OFFSET)  # see qkcore.lm.residency
     rnd = stream_contrasts(rnd_model, lm.tokenizer, lm.chat, params, order, lexical)
     if params.heads is None:
         heads, from_scan = scan_heads(trained, params.n_heads, params.scan_by), True

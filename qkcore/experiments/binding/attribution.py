@@ -221,8 +221,11 @@ def run_attribution(
     prompts = [sample_prompt(params.n_pairs, g) for _ in range(params.n_attr_prompts)]
     tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
     ko = params.key_offset
+    # the control first: after analyse_binding it is the resident one of the two (qkcore.lm.residency), so it is
+    # never drawn a second time
+    rand = capture_head(analysis.random_model, tok, chat, prompts, head, bs, ko, params.answer_prefix)
     caps = {"trained": capture_head(analysis.lm.model, tok, chat, prompts, head, bs, ko, params.answer_prefix)}
-    caps["random init"] = capture_head(analysis.random_model, tok, chat, prompts, head, bs, ko, params.answer_prefix)
+    caps["random init"] = rand
     decs = {w: control_decompositions(analysis, head, w) for w in ("order", "lexical")}
     bases = {
         cond: (decs["order"][cond].query_basis, decs["lexical"][cond].query_basis)

@@ -128,6 +128,7 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
     g = torch.Generator().manual_seed(params.seed + 2)
     order = order_id_prompts(params.n_view_prompts, params.n_pairs, g, query_object=params.query_object)
     plain = balanced_query_prompts(params.n_view_prompts, params.n_pairs, g)
+    spaced = filler_prompts(order, params.max_filler, g) if params.max_filler > 0 else None
     tok, chat, bs = analysis.lm.tokenizer, analysis.lm.chat, params.batch_size
     models = {"trained": analysis.lm.model, "shuffled labels": analysis.lm.model, "random init": analysis.random_model}
     order_views, lexical_views = {}, {}
@@ -140,13 +141,18 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
                 model,
                 tok,
                 chat,
-                order if which == "order" else plain,
+                {"order": order, "lexical": plain, "filler": spaced}[which],
                 head,
                 bs,
                 params.key_offset,
                 params.answer_prefix,
             )
         return vectors[key]
+
+    # every collection of the trained model before the control's: the two share one memory slot (qkcore.lm.residency)
+    for net in (analysis.lm.model, analysis.random_model):
+        for which in ("order", "lexical", "filler") if spaced is not None else ("order", "lexical"):
+            got(net, which)
 
     def decs(which):  # condition → its decompositions (the shuffled-label control: n_shuffled null draws)
         out = {c: [d] for c, d in control_decompositions(analysis, head, which).items()}
@@ -179,14 +185,10 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
                 ]
             views[cond] = mean_view(made)
     beyond = {}
-    if params.max_filler > 0:
-        spaced = filler_prompts(order, params.max_filler, g)
+    if spaced is not None:
         for cond, dec_list in decs("order").items():
-            net = models[cond]
-            key = (id(net), "filler")
-            if key not in vectors:
-                vectors[key] = collect(net, tok, chat, spaced, head, bs, params.key_offset, params.answer_prefix)
-            beyond[cond] = mean_beyond_position([order_beyond_position(dec, vectors[key]) for dec in dec_list])
+            collected = got(models[cond], "filler")
+            beyond[cond] = mean_beyond_position([order_beyond_position(dec, collected) for dec in dec_list])
     return SubspaceResult(analysis, head, order_views, lexical_views, beyond)
 
 

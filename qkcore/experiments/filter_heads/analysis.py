@@ -27,7 +27,7 @@ from qkcore.experiments.filter_heads.vectors import HeadScan, Vectors, collect_v
 from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
 from qkcore.experiments.verdicts import binomial_above_chance
 from qkcore.lm import attention_layout
-from qkcore.lm.controls import random_init_copy
+from qkcore.lm.residency import random_init_control
 from qkcore.organisms.filter_task import (
     ALL_CATEGORY_NAMES,
     CATEGORIES,
@@ -300,16 +300,22 @@ def analyse_heads(model, tokenizer, params: FilterHeadsParams, model_label: str 
     layout = attention_layout(model)
     ranked = scan.ranking(params.scan_by)
     heads = layout.select(params.heads) if params.heads is not None else tuple(ranked[: params.n_heads])
-    rand = random_init_copy(model, params.seed + 1)
+    vecs = {"model": scan.vectors(heads)}
+    scan.stored = None  # every head's vectors: no longer needed
+    fresh_vecs = {
+        "model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix)
+    }
+    # the control's block: it shares one memory slot with the model (qkcore.lm.residency), so the trained model's
+    # passes all come before it
+    rand = random_init_control(model, params.seed + 1)
     random_scan = head_scan(
         rand, tokenizer, prompts, cats, params.weighting, params.batch_size, params.answer_prefix, keep_vectors=True
     )
-    vecs = {"model": scan.vectors(heads), "random init": random_scan.vectors(heads)}
-    scan.stored = random_scan.stored = None  # every head's vectors: no longer needed
-    fresh_vecs = {
-        "model": collect_vectors(model, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
-        "random init": collect_vectors(rand, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix),
-    }
+    vecs["random init"] = random_scan.vectors(heads)
+    random_scan.stored = None
+    fresh_vecs["random init"] = collect_vectors(
+        rand, tokenizer, fresh, cats, heads, params.batch_size, params.answer_prefix
+    )
     vecs["shuffled labels"] = relabel(vecs["model"], [p.items for p in prompts], grouping)
     fresh_vecs["shuffled labels"] = relabel(fresh_vecs["model"], [p.items for p in fresh], grouping)
     analyses = {c: {h: analyse_head(vecs[c], h, params.weighting, params.energy) for h in heads} for c in CONDITIONS}

@@ -40,8 +40,8 @@ from qkcore.experiments.filter_heads.nulls import (
 )
 from qkcore.experiments.filter_heads.vectors import HeadScan, collect_vectors, head_scan
 from qkcore.experiments.tables import r3
-from qkcore.lm.controls import random_init_copy
 from qkcore.lm.layout import head_name
+from qkcore.lm.residency import random_init_control
 from qkcore.organisms.filter_task import CATEGORIES
 
 CLAIM = "filter: keys cluster by category"
@@ -107,7 +107,7 @@ def analyse_13(
     fresh_vecs = collect_vectors(model, tokenizer, fresh, cats, [head], params.batch_size, params.answer_prefix)
     analysis = analyse_head(vecs, head, params.weighting, params.energy)
     null = analyse_head(relabel(vecs, [p.items for p in prompts], shown), head, params.weighting, params.energy)
-    rand = random_init_copy(model, params.seed + 1)
+    rand = random_init_control(model, params.seed + 1)  # one of the two resident at a time (qkcore.lm.residency)
     rand_vecs = collect_vectors(rand, tokenizer, prompts, cats, [head], params.batch_size, params.answer_prefix)
     rand_analysis = analyse_head(rand_vecs, head, params.weighting, params.energy)
     rand_fresh = collect_vectors(rand, tokenizer, fresh, cats, [head], params.batch_size, params.answer_prefix)

@@ -1,0 +1,140 @@
+"""qkcore.lm.residency: a model and its random-init control share one memory slot. Parking and restoring gives the
+same outputs bit for bit; a parked model's parameters hold no storage; running the other model parks the first and
+running the first again restores it; a parked model used outside its forward fails loudly; weights modified in place
+are never parked; a model qkcore cannot restore is never put in a slot.
+
+The "trained" model here is a tiny Qwen2 (tied embeddings, like SmolLM2) or Llama saved into a fake qkcore GGUF cache
+folder ($QKCORE_CACHE/gguf/<name>/), which is what makes it restorable from its file.
+"""
+
+import gc
+import weakref
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from qkcore.lm import gather_qk, model_identity, pad_batch, run_model
+from qkcore.lm.controls import random_init_copy
+from qkcore.lm.early_exit import last_logits, run_until
+from qkcore.lm.gather import last_columns
+from qkcore.lm.gather_cache import gather_cache
+from qkcore.lm.residency import is_parked, random_init_control, resident, swap_log
+from qkcore.lm.tiny import tiny_model
+
+
+@pytest.fixture
+def cached(tmp_path, monkeypatch):
+    """load(family, **overrides) → a tiny model saved into a fake qkcore cache folder and loaded back from it."""
+    monkeypatch.setenv("QKCORE_CACHE", str(tmp_path / "cache"))
+
+    def load(family="qwen2", **overrides):
+        folder = tmp_path / "cache" / "gguf" / f"{family}-tiny"
+        tiny_model(family, seed=3, **overrides).save_pretrained(folder)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+    return load
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return pad_batch([[5, 17, 99, 3, 64, 21, 8], [1, 2, 120, 77]], padding_side="left")
+
+
+def logits(model, batch):
+    return run_model(model, batch).logits
+
+
+def test_the_control_is_drawn_with_the_trained_model_parked_and_both_restore_bit_for_bit(cached, batch):
+    model = cached("qwen2", tie_word_embeddings=True)
+    reference = random_init_copy(model, 5)  # the control as the controls module defines it, never parked
+    trained = logits(model, batch)
+    control = random_init_control(model, 5)
+    assert is_parked(model) and not is_parked(control)
+    assert torch.equal(logits(control, batch), logits(reference, batch))
+    assert torch.equal(logits(model, batch), trained)  # restored from its file; the control parked
+    assert is_parked(control) and not is_parked(model)
+    assert torch.equal(logits(control, batch), logits(reference, batch))  # drawn again from its seed
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied weights stay tied through park/restore
+    events = [e for e, *_ in swap_log(model)]
+    assert events == ["park", "park", "restore", "park", "restore"]
+
+
+def test_a_parked_model_holds_no_weights(cached):
+    model = cached("llama")
+    released = [weakref.ref(p) for p in model.parameters()]
+    random_init_control(model, 1)
+    gc.collect()
+    assert all(r() is None for r in released)  # nothing keeps the loaded tensors alive
+    embedding = model.get_input_embeddings().weight
+    others = [p for p in model.parameters() if p is not embedding]
+    assert others and all(p.is_meta for p in others)
+    assert embedding.numel() == 0 and embedding.device.type == "cpu"  # so the model's device still reads right
+
+
+def test_every_way_of_running_a_parked_model_restores_it(cached, batch, tmp_path):
+    model = cached("qwen2")
+    heads, last = [(1, 0), (0, 3)], last_columns(batch)
+    want = gather_qk(model, batch, heads, last, logits=False)
+    want_logits = last_logits(model, batch)
+    control = random_init_control(model, 2)
+    with gather_cache(tmp_path / "gathers"):  # not on disk yet: the model is made resident before the capture
+        got = gather_qk(model, batch, heads, last, logits=False)  # run_until: early exit
+    assert torch.equal(got.q, want.q) and torch.equal(got.k, want.k)
+    logits(control, batch)
+    assert torch.equal(last_logits(model, batch), want_logits)  # logits_to_keep
+    logits(control, batch)
+    run_until(model, batch, 0)
+    assert not is_parked(model)
+    logits(control, batch)
+    assert model_identity(model)["weights_sha256"]  # reads weights outside a forward: restores first
+    assert not is_parked(model)
+
+
+def test_a_parked_model_used_outside_its_forward_fails_loudly(cached, batch):
+    model = cached("qwen2")
+    random_init_control(model, 1)
+    hidden = torch.ones(1, 3, model.config.hidden_size)
+    with pytest.raises(RuntimeError, match="parked model's weight"):
+        float(model.model.layers[0].self_attn.q_proj.weight.double().sum())
+    with pytest.raises(RuntimeError, match="parked model's weight"):
+        model.model.layers[0].mlp(hidden)  # a submodule called directly: no pre-hook restores it
+    with pytest.raises(RuntimeError, match="parked model's weight"):
+        hidden @ model.lm_head.weight.T  # (torch computes a CPU input times a plain meta weight into garbage)
+    with pytest.raises(RuntimeError, match="parked model's weight"):
+        model.get_input_embeddings()(torch.tensor([[1, 2]]))
+    with pytest.raises(ValueError, match="parked"):
+        random_init_copy(model.model.layers[0], 1)  # its first parameter is on the meta device
+    with pytest.raises(ValueError, match="meta device"):  # a capture context checks the weights before any pass
+        gather_qk(model, batch, [(0, 0)], last_columns(batch), logits=False)  # without the gather cache
+    assert torch.isfinite(logits(resident(model), batch)).all()
+
+
+def test_the_gather_cache_needs_no_restore_for_a_parked_model(cached, batch, tmp_path):
+    model = cached("qwen2")
+    heads, last = [(1, 0)], last_columns(batch)
+    with gather_cache(tmp_path / "gathers"):
+        want = gather_qk(model, batch, heads, last, logits=False)
+        control = random_init_control(model, 1)
+        gather_qk(control, batch, heads, last, logits=False)
+        restores = len([e for e in swap_log(model) if e[0] == "restore"])
+        got = gather_qk(model, batch, heads, last, logits=False)  # read from the cache: its fingerprint memoised
+    assert is_parked(model) and len([e for e in swap_log(model) if e[0] == "restore"]) == restores
+    assert torch.equal(got.q, want.q)
+
+
+def test_weights_modified_in_place_are_never_parked(cached, batch):
+    model = cached("qwen2")
+    control = random_init_control(model, 1)
+    resident(model)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        logits(control, batch)
+
+
+def test_a_model_qkcore_cannot_restore_gets_a_plain_control(batch):
+    model = tiny_model("llama", seed=1)  # built here: no file to restore it from
+    control = random_init_control(model, 4)
+    assert not is_parked(model) and not is_parked(control) and swap_log(model) == []
+    assert torch.equal(logits(control, batch), logits(random_init_copy(model, 4), batch))
