@@ -32,3 +32,11 @@ def test_flags():
     assert Run("cube", "quick", stated=None, measured=None, error="failed: boom").flags() == [
         "cube (quick): failed: boom"
     ]
+
+
+def test_a_page_over_the_memory_target_is_flagged():
+    from benchmarks.chapters import MEMORY_LIMIT_GB, Run
+
+    assert Run("attribution_qwen", "defaults", stated=60.0, measured=60.0, peak_gb=3.4).flags() == []
+    over = Run("attribution_qwen", "defaults", stated=60.0, measured=60.0, peak_gb=MEMORY_LIMIT_GB + 0.4).flags()
+    assert over and "peak memory 4.40 GB, over 4.0 GB" in over[0]
