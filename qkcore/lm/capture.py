@@ -23,6 +23,7 @@ from torch import nn
 
 from qkcore.lm.intercept import AttentionCall, attention_session, check_model, head_logits_to_attention
 from qkcore.lm.layout import AttentionLayout, HeadSpec, attention_layout, attention_modules, resolve_point
+from qkcore.lm.residency import resident
 
 Positions = torch.Tensor | Sequence[Sequence[int]] | None
 
@@ -223,6 +224,7 @@ def capture_qk(
     heads: "all" or [(layer, head), ...]; query_positions / key_positions: None (every position) or (batch, n)
     indices into the padded sequence; keep_masks: also keep each layer's additive mask (for `attention()`);
     device: where to move captured vectors (default: where the model made them)."""
+    resident(model)  # a model parked in a memory slot (qkcore.lm.residency) gets its weights back before the checks
     check_model(model, "capture_qk")
     if not isinstance(keep_masks, bool):
         raise TypeError(f"keep_masks must be True or False, got {keep_masks!r}")
