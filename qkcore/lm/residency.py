@@ -14,7 +14,7 @@ a CPU input times a meta weight). A parked model is made resident again, parking
   - automatically, by a forward pre-hook on the top-level model: every pass (run_model, run_until, last_logits,
     generate, the capture and editing contexts) goes through that forward;
   - explicitly, by `resident(model)`, where the library reads a parked model's weights or per-layer devices outside
-    a forward (model_fingerprint on a miss of its memo, model_identity, DeltaStreamer).
+    a forward (capture_qk before its checks, model_fingerprint on a miss of its memo, model_identity, DeltaStreamer).
 Restoring is bit-identical: a model loaded from qkcore's float32 cache (qkcore.lm.gguf) is memory-mapped again from
 that file, so only the pages a pass touches count; the control is drawn again from its seed by the same initialiser
 (qkcore.lm.controls). Weights modified in place since they were loaded could not be restored, so parking such a model
