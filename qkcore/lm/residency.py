@@ -148,7 +148,10 @@ class MemorySlot:
 
 def resident(model: nn.Module) -> nn.Module:
     """Make `model` resident if it is parked (parking its slot's other model); returns it. A no-op for a model in no
-    slot: call it wherever a model's device or weights are read outside its forward."""
+    slot: call it wherever a model's device or weights are read outside its forward. Anything that is not a module
+    is returned as it is, for the caller's own checks to name."""
+    if not isinstance(model, nn.Module):
+        return model
     slot = _SLOTS.get(model)
     if slot is not None:
         slot.make_resident(model)
