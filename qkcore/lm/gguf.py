@@ -1,8 +1,9 @@
 """GGUF checkpoints (llama.cpp's single-file format) as ordinary float32 Hugging Face models, with a disk cache.
 
 transformers dequantises a GGUF file itself (`from_pretrained(folder, gguf_file=name)`, given the `gguf` package);
-for SmolLM2-135M-Instruct's 98 MB Q4_1 file that takes 15–35 s on 2 cores. The first load therefore writes the
-dequantised float32 weights (safetensors), the config and the tokenizer to
+on 2 idle cores that takes 14 s for SmolLM2-135M-Instruct's 98 MB Q4_1 file and 27 s for Qwen2.5-Coder-0.5B's
+491 MB Q4_K_M (34 s and 84 s before `_parse_header_once`, which stops transformers parsing the header three times).
+The first load therefore writes the dequantised float32 weights (safetensors), the config and the tokenizer to
 
     $QKCORE_CACHE/gguf/<sha256 of the file>/    (QKCORE_CACHE defaults to $XDG_CACHE_HOME/qkcore, else ~/.cache/qkcore)
 
@@ -195,13 +196,62 @@ def _dequantise_bar(show: bool):
         gguf_utils.tqdm = original
 
 
-def dequantise(path: Path, attn_implementation: str = "sdpa", progress: bool = True) -> tuple[nn.Module, object]:
-    """(float32 model, tokenizer) straight from the GGUF file through transformers (slow: 15–35 s for SmolLM2)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+@contextlib.contextmanager
+def _parse_header_once():
+    """Inside the block, each GGUF file's header is parsed once, on a plain array. transformers parses the whole
+    header three times (for the config, the tokenizer and the weights), each with a fresh `gguf.GGUFReader` that
+    slices a numpy memmap once per field: for a 151,936-token vocabulary (Qwen2.5) that is ~1.2M slices whose
+    memmap bookkeeping costs more than the dequantisation itself. Here one reader per file is shared (it maps the
+    file read-only), it slices a plain ndarray view of the same mapping, and the metadata-only parse
+    (`return_tensors=False`, asked by the config and again by the tokenizer) is kept and handed out as copies."""
+    import gguf
+    import numpy as np
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
+    class PlainViewReader(gguf.GGUFReader):
+        @property
+        def data(self):
+            return self._plain
+
+        @data.setter
+        def data(self, mapped):  # GGUFReader.__init__ assigns its np.memmap here; the view keeps the mapping alive
+            self._plain = mapped.view(np.ndarray)
+
+    original_reader, original_load, readers, metadata = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint, {}, {}
+
+    def shared_reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = PlainViewReader(path, mode)
+        return readers[key]
+
+    def load_checkpoint(path, return_tensors=False, **kwargs):
+        if return_tensors or kwargs:
+            return original_load(path, return_tensors=return_tensors, **kwargs)
+        key = str(Path(path).resolve())
+        if key not in metadata:
+            metadata[key] = original_load(path, return_tensors=False)
+        return copy.deepcopy(metadata[key])
+
+    gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = shared_reader, load_checkpoint
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = original_reader, original_load
+
+
+def dequantise(path: Path, attn_implementation: str = "sdpa", progress: bool = True) -> tuple[nn.Module, object]:
+    """(float32 model, tokenizer) straight from the GGUF file through transformers (slow: module docstring)."""
     require_gguf_package()
     check_architecture(path)
-    check_complete(path)
+    with _parse_header_once():
+        check_complete(path)
+        return _dequantise_checked(path, attn_implementation, progress)
+
+
+def _dequantise_checked(path: Path, attn_implementation: str, progress: bool) -> tuple[nn.Module, object]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
     except Exception as err:  # transformers raises KeyError, ValueError, ... for a GGUF without a usable tokenizer

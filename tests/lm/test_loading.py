@@ -363,3 +363,44 @@ def test_gguf_cache_is_never_half_written(fake_dequantise, tmp_path, monkeypatch
     model, tok = gguf_module.dequantise(path)
     assert gguf_module.write_cache(model, tok, path, digest) == stale  # complete already: the first copy stays
     assert (stale / "model.safetensors").stat().st_ino == kept
+
+
+def test_the_gguf_header_is_parsed_once_and_read_alike(tmp_path):
+    """transformers parses a GGUF header three times per dequantisation (config, tokenizer, weights); inside
+    `_parse_header_once` one file gets one reader, whose fields and tensors equal a fresh reader's, and the
+    metadata parse is handed out as independent copies equal to transformers' own. Both patches end with the block."""
+    import gguf
+    import numpy as np
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    path = tmp_path / "vocab.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(1)
+    writer.add_context_length(32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([f"tok{i}" for i in range(300)])
+    writer.add_tensor("token_embd.weight", np.arange(48, dtype=np.float32).reshape(12, 4))
+    writer.add_tensor("output_norm.weight", np.linspace(-1, 1, 4, dtype=np.float32))
+    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
+
+    fresh = gguf.GGUFReader(path)
+    expected = gguf_utils.load_gguf_checkpoint(path, return_tensors=False)
+    originals = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint
+    with gguf_module._parse_header_once():
+        reader = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is reader  # one parse per file
+        assert type(reader.data) is np.ndarray  # sliced without memmap bookkeeping
+        assert list(reader.fields) == list(fresh.fields)
+        for name, field in fresh.fields.items():
+            assert reader.fields[name].contents() == field.contents(), name
+        assert [t.name for t in reader.tensors] == [t.name for t in fresh.tensors]
+        for ours, theirs in zip(reader.tensors, fresh.tensors, strict=True):
+            assert ours.tensor_type == theirs.tensor_type and np.array_equal(ours.data, theirs.data)
+        first = gguf_utils.load_gguf_checkpoint(path, return_tensors=False)
+        first["tokenizer"]["tokens"].append("changed by a caller")
+        second = gguf_utils.load_gguf_checkpoint(path, return_tensors=False)
+        assert second == expected and len(second["tokenizer"]["tokens"]) == 300
+    assert (gguf.GGUFReader, gguf_utils.load_gguf_checkpoint) == originals
+    with pytest.raises(RuntimeError, match="a failed load"), gguf_module._parse_header_once():
+        raise RuntimeError("a failed load")
+    assert (gguf.GGUFReader, gguf_utils.load_gguf_checkpoint) == originals
