@@ -3,11 +3,17 @@ re-executed numbers agree, the warning filter for a message that is noise on a r
 progress-bar switch QKCORE_PROGRESS (qkcore.progress), so that a bad value fails before any model loads.
 
     from qkcore.experiments.chapter import start_chapter
-    start_chapter()          # one torch thread (see below); call it in the chapter's import cell
+    start_chapter(P)         # the chapter's parameters decide the threads (below); call it in the import cell
 
-One thread: on the shared 2-core machines this book is built on, two threads were up to 20× slower for the toy models'
-small matrices, and a fixed thread count keeps float reductions in the same order on every run. A re-run on a
-bigger machine may pass threads=None to keep torch's default.
+One thread for every run whose numbers the book commits and nbval compares: a fixed thread count keeps float
+reductions in the same order on every run, and on the shared 2-core machines this book is built on two threads were
+up to 20× slower for the toy models' small matrices. The one exception is the quick preset of a language-model
+chapter on a pretrained model (SmolLM2, Qwen, a user's own): it is the fast path, its numbers are committed nowhere,
+and nearly all of its time is the model's forward passes, which two threads make 1.5-1.8× faster on 2 cores
+(Qwen2.5-Coder-0.5B 1.0 → 0.54-0.78 s, SmolLM2-135M 0.35-0.40 → 0.20-0.21 s per 160-token prompt, measured here).
+It uses every core this process may run on; its numbers can then differ from a one-thread run in the last bits. The
+gather cache keys on the thread count (qkcore.lm.gather_cache), so a quick run never feeds a committed one. A re-run
+on a bigger machine may pass threads=None to keep torch's default.
 """
 
 from __future__ import annotations
@@ -25,17 +31,35 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 
-def start_chapter(threads: int | None = 1, cache: bool | None = None) -> None:
-    """Set torch's intra-op threads (None: leave them), install the chapters' warning filter, and cache what the
-    chapter gathers from a model (qkcore.lm.gather_cache: each identical gather_qk call runs once per machine;
-    identical numbers cold or warm). cache=None: from the environment's QKCORE_GATHER_CACHE ("0": off; a folder:
-    cache there; unset or "1": the default folder, $QKCORE_CACHE/gather). Progress bars: see qkcore.progress."""
+def chapter_threads(params=None) -> int:
+    """The torch threads a chapter run with these parameters uses (module docstring): every core this process may
+    run on for the quick preset of a chapter on a pretrained model, one otherwise (no params, an organism, a toy
+    chapter, any run at the full preset)."""
+    if getattr(params, "preset", "full") != "quick" or not hasattr(params, "model"):
+        return 1
+    from qkcore.lm.registry import registered
+
+    model = params.model
+    registration = registered(model)
+    if model == "organism" or (registration is not None and registration.kind == "organism"):
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def start_chapter(params=None, threads: int | None | str = "auto", cache: bool | None = None) -> None:
+    """Set torch's intra-op threads ("auto": `chapter_threads(params)`; None: leave them), install the chapters'
+    warning filter, and cache what the chapter gathers from a model (qkcore.lm.gather_cache: each identical
+    gather_qk call runs once per machine; identical numbers cold or warm). cache=None: from the environment's
+    QKCORE_GATHER_CACHE ("0": off; a folder: cache there; unset or "1": the default folder, $QKCORE_CACHE/gather).
+    Progress bars: see qkcore.progress."""
     from qkcore import progress
 
     progress.enabled()  # raises on a QKCORE_PROGRESS other than "0" or "1"
+    if threads == "auto":
+        threads = chapter_threads(params)
     if threads is not None:
         if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+            raise ValueError(f'threads must be a positive int, "auto" or None, got {threads!r}')
         torch.set_num_threads(threads)
     quiet_warnings()
     from qkcore.lm.gather_cache import enable_gather_cache

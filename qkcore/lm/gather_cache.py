@@ -8,7 +8,9 @@ re-executing what `make book` executed), and on a 2-core machine the forward pas
 The key is a sha256 of everything the result depends on: the model's fingerprint (its config, every parameter's
 and buffer's name, shape, dtype, a strided sample of its values and its float64 sum; recomputed whenever a tensor is
 modified in place), the batch (ids, mask, positions), the heads, the columns, the dtype, the forward arguments, and
-the code version (the source of the capture modules and the torch and transformers versions). Anything else misses.
+the code version (the source of the capture modules and the torch and transformers versions), and torch's thread
+count when it is not one (a chapter's quick preset on a pretrained model: qkcore.experiments.chapter). Anything else
+misses.
 Only the model's logits are kept of its output. A cold cache and a warm one give identical tensors
 (tests/lm/test_gather_cache.py). Outside a `gather_cache` block nothing is read or written.
 """
@@ -151,6 +153,8 @@ def _key(model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kw
         "logits": logits,
         "padding_side": batch.padding_side,
     }
+    if torch.get_num_threads() != 1:  # float reductions split by thread count; one-thread keys stay as they were
+        parts["threads"] = torch.get_num_threads()
     h.update(json.dumps(parts, sort_keys=True).encode())
     for t in (batch.input_ids, batch.attention_mask, batch.position_ids, query_cols, key_cols, attn_cols):
         if t is None:

@@ -67,3 +67,28 @@ def test_enable_gather_cache_is_process_wide_and_can_be_turned_off(tmp_path):
     finally:
         enable_gather_cache(False)
     assert active_directory() is None
+
+
+def test_the_thread_count_is_part_of_the_key_except_at_one_thread(tmp_path):
+    """A quick preset gathers with every core (qkcore.experiments.chapter): its results, which may differ in the last
+    bits, must never be read by a one-thread run, while one-thread keys stay those the book's caches already hold."""
+    from qkcore.lm.gather_cache import _key
+
+    model = tiny_model("llama", attn_implementation="eager")
+    batch = pad_batch(PROMPTS, "left")
+    cols = torch.arange(batch.input_ids.shape[1]).expand(batch.size, -1)
+    args = (model, batch, [(0, 1)], last_columns(batch), None, cols, torch.float32, {"logits_to_keep": 1}, True)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _key(*args)
+        torch.set_num_threads(2)
+        two = _key(*args)
+        with gather_cache(tmp_path):
+            _gather(model, batch, logits_to_keep=1)
+            torch.set_num_threads(1)
+            _gather(model, batch, logits_to_keep=1)
+        assert len(_files(tmp_path)) == 2  # the one-thread call missed the two-thread result
+    finally:
+        torch.set_num_threads(before)
+    assert one != two

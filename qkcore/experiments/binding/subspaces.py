@@ -149,8 +149,10 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
             )
         return vectors[key]
 
-    # every collection of the trained model before the control's: the two share one memory slot (qkcore.lm.residency)
-    for net in (analysis.lm.model, analysis.random_model):
+    # each model's collections in one block, the control's first: the two share one memory slot, analyse_binding
+    # left the control resident, and the trained model is mapped back in 0.02 s where a parked control is drawn
+    # again in 6-8 s (qkcore.lm.residency)
+    for net in (analysis.random_model, analysis.lm.model):
         for which in ("order", "lexical", "filler") if spaced is not None else ("order", "lexical"):
             got(net, which)
 
