@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 BANNER_TAG = "variant-banner"
-RUNTIME = re.compile(r"\*\*Runtime:\*\*[^\n]*")
+RUNTIME = re.compile(r"\*\*Runtime:\*\*(?:[^\n]|\n(?!\n))*")  # the whole paragraph, up to a blank line
 TRY_THIS = re.compile(r"^## Try this\b", re.M)
 
 

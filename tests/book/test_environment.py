@@ -80,6 +80,8 @@ def test_every_variant_page_reads_as_its_own():
             assert eval(inferred["quick_values"]) == v["quick"], name  # noqa: S307
         text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
         assert f"**Runtime:** {v['runtime']}" in text, name
+        paragraph = next(p for p in text.split("\n\n") if "**Runtime:**" in p)  # nothing of the source's left in it
+        assert paragraph.strip() == f"**Runtime:** {v['runtime']}.", (name, paragraph)
 
 
 def test_a_variant_quick_preset_is_never_larger_than_its_defaults():
