@@ -138,6 +138,12 @@ def binomial_above_chance(successes: int, n: int, chance: float) -> float:
     return float(sum(math.comb(n, k) * chance**k * (1 - chance) ** (n - k) for k in range(successes, n + 1)))
 
 
+def fmt_p(p: float, digits: int = 2) -> str:
+    """A p-value for a reader: "p = 0.054", or "p < 1e-300" where it underflows to 0 (an exact binomial tail of
+    500 right answers out of 500 at chance 0.2 is about 1e-349, below the smallest float64)."""
+    return "p < 1e-300" if p == 0 else f"p = {p:.{digits}g}"
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One claim's verdict for one model (and head): the word, the rule that chose it in words, and the numbers

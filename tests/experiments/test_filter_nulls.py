@@ -109,6 +109,9 @@ def test_task_gate():
     assert task_gate(["cat", "dog"], 90, 100, 0.2)[0] is False
     assert task_gate([], 22, 100, 0.2)[0] is False  # at chance
     assert task_gate([], 40, 100, 0.2)[0] is True
+    assert task_gate([], 40, 100, 0.2)[1].endswith("against chance 0.20 (binomial p = 4e-06)")
+    # 500 of 500 at chance 0.2: the exact tail (~1e-349) underflows float64, and the page says so instead of "p = 0"
+    assert task_gate([], 500, 500, 0.2)[1].endswith("(binomial p < 1e-300)")
 
 
 def test_unknown_items_are_found():

@@ -16,12 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from qkcore.experiments.verdicts import ALPHA, Estimate, Verdict, binomial_above_chance, gate
-
-
-def fmt_p(p: float) -> str:
-    """A p-value for a reader: "p = 0.054", or "p < 1e-300" where it underflows to 0."""
-    return "p < 1e-300" if p == 0 else f"p = {p:.2g}"
+from qkcore.experiments.verdicts import ALPHA, Estimate, Verdict, binomial_above_chance, fmt_p, gate
 
 
 def model_evidence(correct: torch.Tensor, n_pairs: int) -> dict[str, object]:

@@ -25,7 +25,7 @@ from qkcore.experiments.filter_heads.nulls import (
 )
 from qkcore.experiments.filter_heads.vectors import HeadScan, Vectors, collect_vectors, head_scan
 from qkcore.experiments.models import LMChapterParams, LoadedLM, load_chapter_model
-from qkcore.experiments.verdicts import binomial_above_chance
+from qkcore.experiments.verdicts import binomial_above_chance, fmt_p
 from qkcore.lm import attention_layout
 from qkcore.lm.residency import random_init_control
 from qkcore.organisms.filter_task import (
@@ -250,9 +250,9 @@ def task_gate(unknown: list[str], successes: int, n: int, chance: float, alpha: 
     if p >= alpha:
         return False, (
             f"its first answer is an item of the asked category in {successes}/{n} prompts, not above chance "
-            f"{chance:.2f} (binomial p = {p:.2g})"
+            f"{chance:.2f} (binomial {fmt_p(p)})"
         )
-    return True, f"first answer right in {successes}/{n} prompts against chance {chance:.2f} (binomial p = {p:.1g})"
+    return True, f"first answer right in {successes}/{n} prompts against chance {chance:.2f} (binomial {fmt_p(p, 1)})"
 
 
 def unknown_items(tokenizer, words) -> list[str]:
