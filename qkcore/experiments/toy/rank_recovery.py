@@ -35,7 +35,7 @@ class RankRecoveryParams:
     early_steps: the early-stopped control is every head after this many steps of the same run (the untrained
     control: at step 0); preset: "quick" trains the 16 models of r₁, r₂ ∈ {3, 5} with shorter training."""
 
-    QUICK: ClassVar[dict] = {"latent_dims": (3, 5), "max_steps": 600, "contrast_batches": 20, "test_size": 4096}
+    QUICK: ClassVar[dict] = {"latent_dims": (3, 5), "max_steps": 400, "contrast_batches": 20, "test_size": 4096}
 
     seed: int = 11
     latent_dims: tuple[int, ...] = (3, 5, 7)
