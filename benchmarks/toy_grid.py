@@ -8,9 +8,10 @@ Prints seconds per model and in total (wall clock, and CPU time of this process:
 jobs the CPU time is what the run would take alone), whether every d_head = 16 model recovered (r₁, r₂) exactly
 and came within a point of its ceiling, and, for comparison, the time of training `--alone` models one at a time
 with the same settings (extrapolated to 36). The heads train on one torch thread, as in the chapters
-(qkcore.experiments.chapter says why), while `qkcore.toy.train.SAMPLER_THREADS` (2) threads draw the batches: the
-drawing was 60% of the time. The load average is printed beside the times: on a shared machine the wall clock
-overstates what 2 idle cores would take, and the CPU time (all threads) bounds it from below at CPU / 2.
+(qkcore.experiments.chapter says why), while `qkcore.toy.train.SAMPLER_THREADS` (2) threads draw the batches (the
+drawing was 60% of the time) and stack them into reused buffers (`StackedPrefetcher`). The load average is printed
+beside the times: on a shared machine the wall clock overstates what 2 idle cores would take, and the CPU time (all
+threads) bounds it from below at CPU / 2.
 """
 
 import argparse

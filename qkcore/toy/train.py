@@ -244,22 +244,23 @@ class Prefetcher:
     def __init__(self, tasks: list, gens: list, draw, steps: int, workers: int = SAMPLER_THREADS):
         workers = max(1, min(workers, len(tasks)))
         bounds = [round(w * len(tasks) / workers) for w in range(workers + 1)]
+        self._bounds = bounds
         self._steps = steps
         self._stop = threading.Event()
         self._queues = [queue.Queue(maxsize=PREFETCH) for _ in range(workers)]
         self._threads = [
             threading.Thread(
-                target=self._run, args=(tasks[a:b], gens[a:b], draw, steps, q), daemon=True, name=f"toy-sampler-{w}"
+                target=self._run, args=(w, tasks[a:b], gens[a:b], draw, steps, q), daemon=True, name=f"toy-sampler-{w}"
             )
             for w, (a, b, q) in enumerate(zip(bounds, bounds[1:], self._queues))
         ]
         for thread in self._threads:
             thread.start()
 
-    def _run(self, tasks, gens, draw, steps, out: queue.Queue):
+    def _run(self, worker: int, tasks, gens, draw, steps, out: queue.Queue):
         try:
-            for _ in range(steps):
-                item = [draw(t, g) for t, g in zip(tasks, gens)]
+            for step in range(steps):
+                item = self._finish(worker, step, [draw(t, g) for t, g in zip(tasks, gens)])
                 while not self._stop.is_set():
                     try:
                         out.put(item, timeout=0.1)
@@ -270,6 +271,10 @@ class Prefetcher:
                     return
         except BaseException as error:  # handed to the consuming thread, which raises it
             out.put(error)
+
+    def _finish(self, worker: int, step: int, draws: list):
+        """What worker `worker` queues for `step`, given its tasks' draws (on its own thread): the draws."""
+        return draws
 
     def next(self) -> list:
         items = []
@@ -293,6 +298,46 @@ class Prefetcher:
             thread.join()
 
 
+class StackedPrefetcher(Prefetcher):
+    """A Prefetcher of training batches that arrive stacked, as `_stack_batches` gives them: x_q (T, n, d_model),
+    x_ctx (T, n, C, d_model), label (T, n). Each worker writes its own tasks' rows into one of PREFETCH + 2 step
+    buffers allocated once, so the training thread neither copies nor allocates per step (that copy took 3.3 s of
+    the training thread's 35 s in the 36-model grid, measured with cProfile). The same numbers as stacking inline.
+
+    A step's tensors are valid until the next call to `next()`: a worker runs at most PREFETCH + 1 steps ahead of the
+    step the consumer holds (PREFETCH queued, one being written), so it never writes that step's buffer."""
+
+    def __init__(self, tasks: list, gens: list, batch_size: int, steps: int, workers: int = SAMPLER_THREADS):
+        c = tasks[0].config
+        self._buffers = [
+            (
+                torch.empty(len(tasks), batch_size, c.d_model),  # x_q (T, n, d_model)
+                torch.empty(len(tasks), batch_size, c.context, c.d_model),  # x_ctx (T, n, C, d_model)
+                torch.empty(len(tasks), batch_size, dtype=torch.long),  # label (T, n)
+            )
+            for _ in range(PREFETCH + 2)
+        ]
+        self._taken = 0
+        super().__init__(tasks, gens, lambda t, g: t.sample(batch_size, g), steps, workers)
+
+    def _finish(self, worker: int, step: int, draws: list):
+        a, b = self._bounds[worker], self._bounds[worker + 1]
+        x_q, x_ctx, label = self._buffers[step % len(self._buffers)]
+        torch.stack([d.x_q for d in draws], out=x_q[a:b])
+        torch.stack([d.x_ctx for d in draws], out=x_ctx[a:b])
+        torch.stack([d.label for d in draws], out=label[a:b])
+        return step
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for q in self._queues:  # every worker has written its rows of this step
+            part = q.get()
+            if isinstance(part, BaseException):
+                raise part
+        slot = self._buffers[self._taken % len(self._buffers)]
+        self._taken += 1
+        return slot
+
+
 def _train_grid(
     tasks: list[PayloadTask], d_heads: tuple[int, ...], config: ToyTrainConfig, early_steps: int | None = None
 ) -> TrainedGrid:
@@ -312,7 +357,7 @@ def _train_grid(
         snapshots[UNTRAINED] = {k: v.detach().clone() for k, v in stack.named_parameters()}
     train_gens = [t.generator("train") for t in tasks]
     val = _stack_batches([t.sample(config.val_size, t.generator("val")) for t in tasks])
-    batches = Prefetcher(tasks, train_gens, lambda t, g: t.sample(config.batch_size, g), config.max_steps)
+    batches = StackedPrefetcher(tasks, train_gens, config.batch_size, config.max_steps)
     opt = torch.optim.AdamW(stack.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
     T, G = len(tasks), len(d_heads)
@@ -325,7 +370,7 @@ def _train_grid(
         for step in steps(range(config.max_steps), "train toy heads", unit="step"):  # stops early: see patience
             for group in opt.param_groups:
                 group["lr"] = config.learning_rate(step)
-            x_q, x_ctx, label = _stack_batches(batches.next())
+            x_q, x_ctx, label = batches.next()  # (T, n, d_model), (T, n, C, d_model), (T, n); valid for this step
             loss = _per_model_loss(stack(x_q, x_ctx), label)  # (T, G)
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()

@@ -89,6 +89,26 @@ def test_prefetched_draws_equal_inline_draws():
             assert torch.equal(a.x_ctx, b.x_ctx) and torch.equal(a.label, b.label)
 
 
+def test_stacked_prefetched_batches_equal_inline_stacks_while_the_consumer_holds_them():
+    """The workers write ahead into reused buffers: a step the consumer holds must not change under it, however far
+    ahead they run (the consumer sleeps before reading), and every step equals stacking the inline draws."""
+    import time
+
+    from qkcore.toy.train import PREFETCH, StackedPrefetcher, _stack_batches
+
+    tasks = grid_tasks(seed=2, latent_dims=(3, 5), kinds=("binary", "gaussian"))[:5]
+    inline_gens = [t.generator("train") for t in tasks]
+    steps = 3 * (PREFETCH + 2) + 1  # every buffer reused more than twice
+    drawn = StackedPrefetcher(tasks, [t.generator("train") for t in tasks], 8, steps, workers=2)
+    for _ in range(steps):
+        held = drawn.next()
+        time.sleep(0.02)  # the workers fill the queue and write the next buffer meanwhile
+        expected = _stack_batches([t.sample(8, g) for t, g in zip(tasks, inline_gens)])
+        for a, b in zip(expected, held):
+            assert a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    drawn.close()
+
+
 def test_controls_come_from_the_same_run():
     from qkcore.toy.train import EARLY, UNTRAINED
 
