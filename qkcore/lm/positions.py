@@ -15,6 +15,7 @@ explicitly when a word appears more than once.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -93,12 +94,49 @@ def find_substring(
     return start, start + len(substring)
 
 
+class TokenIndex:
+    """One text's token offsets indexed for many span lookups (`char_span_to_tokens(..., index=)`): a prompt's
+    items are looked up one after another, and scanning every token for each was a second of the filter chapter's
+    quick run. When the non-empty offsets are in order (starts and ends non-decreasing, as tokenizers write them)
+    the overlapping tokens are found by bisection; otherwise by the same scan. Either way the same tokens."""
+
+    def __init__(self, offsets: Offsets):
+        self.offsets = offsets
+        live = [(s, e, i) for i, (s, e) in enumerate(offsets) if e > s]  # special tokens (empty offsets) never match
+        self._starts = [s for s, _, _ in live]
+        self._ends = [e for _, e, _ in live]
+        self._ids = [i for _, _, i in live]
+        self._ordered = all(a <= b for a, b in zip(self._starts, self._starts[1:])) and all(
+            a <= b for a, b in zip(self._ends, self._ends[1:])
+        )
+
+    def overlapping(self, char_start: int, char_end: int) -> list[int]:
+        """The tokens whose offsets overlap [char_start, char_end), in order."""
+        if not self._ordered:
+            return _overlapping(self.offsets, char_start, char_end)
+        # ends in order: e > char_start from `lo` on; starts in order: s < char_end before `hi`
+        lo, hi = bisect_right(self._ends, char_start), bisect_left(self._starts, char_end)
+        return self._ids[lo:hi]
+
+
+def _overlapping(offsets: Offsets, char_start: int, char_end: int) -> list[int]:
+    return [i for i, (s, e) in enumerate(offsets) if e > s and s < char_end and e > char_start]
+
+
 def char_span_to_tokens(
-    text: str, offsets: Offsets, char_start: int, char_end: int, allow_partial: bool = False
+    text: str,
+    offsets: Offsets,
+    char_start: int,
+    char_end: int,
+    allow_partial: bool = False,
+    index: TokenIndex | None = None,
 ) -> TokenSpan:
     """The tokens whose offsets overlap [char_start, char_end). Special tokens (empty offsets) never match.
-    A token that also covers non-space characters outside the span is an error unless allow_partial."""
-    hits = [i for i, (s, e) in enumerate(offsets) if e > s and s < char_end and e > char_start]
+    A token that also covers non-space characters outside the span is an error unless allow_partial. `index`: a
+    TokenIndex of these offsets, for many lookups in one text (the same answer, faster)."""
+    if index is not None and index.offsets is not offsets:
+        raise ValueError("index was built from other offsets than the ones passed: build it with TokenIndex(offsets)")
+    hits = index.overlapping(char_start, char_end) if index is not None else _overlapping(offsets, char_start, char_end)
     piece = text[char_start:char_end]
     if not hits:
         raise ValueError(

@@ -1,6 +1,7 @@
 """Token spans from text: multi-token words, leading spaces, chat templates, left/right padding, clear errors."""
 
 import pytest
+import torch
 
 from qkcore.lm import encode_batch
 from qkcore.lm.positions import find_substring, token_span
@@ -83,3 +84,52 @@ def test_spans_survive_padding(tok, padding_side):
         assert batch.input_ids[row, batch.padded(row, -1)].item() == alone[-1]
     with pytest.raises(ValueError, match="position 40 is out of range for prompt 1"):
         batch.padded(1, 40)
+
+
+def _scan(offsets, start, end):
+    """The definition: every non-empty token overlapping [start, end)."""
+    return [i for i, (s, e) in enumerate(offsets) if e > s and s < end and e > start]
+
+
+@pytest.mark.parametrize(
+    "offsets",
+    [
+        ((0, 0), (0, 3), (3, 4), (4, 4), (4, 9), (9, 10), (10, 10)),  # in order, special tokens among them
+        ((0, 3), (1, 3), (3, 6), (3, 6), (6, 7)),  # overlapping tokens (bytes of one character), still in order
+        ((0, 3), (8, 10), (3, 8), (10, 12)),  # out of order: the index falls back to the scan
+    ],
+)
+def test_token_index_finds_the_tokens_the_scan_finds(offsets):
+    from qkcore.lm.positions import TokenIndex
+
+    index = TokenIndex(offsets)
+    for start in range(-1, 14):
+        for end in range(start, 15):
+            assert index.overlapping(start, end) == _scan(offsets, start, end), (start, end)
+
+
+def test_token_index_on_real_encodings(tok):
+    from qkcore.lm.positions import TokenIndex, char_span_to_tokens
+
+    batch = encode_batch(tok, [TEXT, "Box A, Box B"], padding_side="left")
+    for r, text in enumerate(batch.texts):
+        offsets = batch.offset_mapping[r]
+        index = TokenIndex(offsets)
+        for m in __import__("re").finditer(r"\w+", text):
+            assert index.overlapping(m.start(), m.end()) == _scan(offsets, m.start(), m.end())
+            assert char_span_to_tokens(text, offsets, m.start(), m.end(), True, index=index) == char_span_to_tokens(
+                text, offsets, m.start(), m.end(), True
+            )
+        with pytest.raises(ValueError, match="other offsets"):
+            char_span_to_tokens(text, batch.offset_mapping[1 - r], 0, 3, index=index)
+
+
+def test_padded_positions_are_the_padded_columns(tok):
+    batch = encode_batch(tok, [TEXT, "Box A, Box B"], padding_side="left")
+    positions = [[0, 3, -1, -2], [1, 0, -1, 2]]
+    cols = batch.padded_positions(positions)
+    assert cols.shape == (2, 4) and cols.dtype == torch.long
+    assert cols.tolist() == [[batch.padded(r, p) for p in row] for r, row in enumerate(positions)]
+    n = int(batch.lengths[1])
+    with pytest.raises(ValueError, match=f"position {n} is out of range for prompt 1"):
+        batch.padded_positions([[0], [n]])

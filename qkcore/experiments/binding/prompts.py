@@ -24,7 +24,7 @@ from qkcore.lm import encode_batch
 from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.chat import model_text
 from qkcore.lm.gather import gather_qk
-from qkcore.lm.positions import char_span_to_tokens
+from qkcore.lm.positions import TokenIndex, char_span_to_tokens
 from qkcore.organisms.binding_task import BindingPrompt
 
 
@@ -88,9 +88,10 @@ def encode_binding_prompts(
         x: answer_token_id(tokenizer, x, chat, answer_prefix) for x in sorted({x for p in prompts for x in p.letters})
     }
     for r, p in enumerate(prompts):
+        offsets = batch.offset_mapping[r]
+        index = TokenIndex(offsets)  # one index for the prompt's letters
         spans = [
-            char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r])
-            for s, e in p.letter_spans
+            char_span_to_tokens(texts[r], offsets, s + shifts[r], e + shifts[r], index=index) for s, e in p.letter_spans
         ]
         letters.append([batch.padded(r, sp.last) for sp in spans])
         ids.append([answer_ids[x] for x in p.letters])

@@ -266,10 +266,16 @@ def unknown_items(tokenizer, words) -> list[str]:
 def first_answer_hits(next_token: torch.Tensor, prompts, tokenizer) -> list[bool]:
     """Per prompt, whether the predicted first answer token begins an item of the asked category."""
 
+    known: dict[str, set[int]] = {}  # the lists reuse a small vocabulary: tokenize each word once
+
     def firsts(word: str) -> set[int]:
-        return {
-            ids[0] for ids in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (word, " " + word)) if ids
-        }
+        if word not in known:
+            known[word] = {
+                ids[0]
+                for ids in (tokenizer(w, add_special_tokens=False)["input_ids"] for w in (word, " " + word))
+                if ids
+            }
+        return known[word]
 
     return [
         int(next_token[i]) in set().union(*(firsts(it) for it, c in zip(p.items, p.item_categories) if c == p.asked))

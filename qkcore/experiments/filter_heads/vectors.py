@@ -25,7 +25,7 @@ from qkcore.lm import attention_layout, encode_batch, iter_batches
 from qkcore.lm.batching import EncodedBatch
 from qkcore.lm.chat import model_text, uses_chat_template
 from qkcore.lm.gather import gather_qk, last_columns
-from qkcore.lm.positions import char_span_to_tokens
+from qkcore.lm.positions import TokenIndex, char_span_to_tokens
 from qkcore.organisms.filter_task import PLURALS, FilterPrompt
 from qkcore.progress import gathers
 
@@ -42,13 +42,16 @@ def encode_filter_prompts(
     )
     # a chat template writes its own BOS; plain prompts get the tokenizer's
     batch = encode_batch(tokenizer, list(texts), padding_side="left", add_special_tokens=not chat)
-    items = [
-        [
-            char_span_to_tokens(texts[r], batch.offset_mapping[r], s + shifts[r], e + shifts[r]).last
-            for s, e in p.item_spans
-        ]
-        for r, p in enumerate(prompts)
-    ]
+    items = []
+    for r, p in enumerate(prompts):
+        offsets = batch.offset_mapping[r]
+        index = TokenIndex(offsets)  # one index for the prompt's items
+        items.append(
+            [
+                char_span_to_tokens(texts[r], offsets, s + shifts[r], e + shifts[r], index=index).last
+                for s, e in p.item_spans
+            ]
+        )
     return batch, items
 
 
