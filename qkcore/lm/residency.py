@@ -16,10 +16,11 @@ a CPU input times a meta weight). A parked model is made resident again, parking
   - explicitly, by `resident(model)`, where the library reads a parked model's weights or per-layer devices outside
     a forward (capture_qk before its checks, model_fingerprint on a miss of its memo, model_identity, DeltaStreamer).
 Restoring is bit-identical: a model loaded from qkcore's float32 cache (qkcore.lm.gguf) is memory-mapped again from
-that file, so only the pages a pass touches count; the control is drawn again from its seed by the same initialiser
-(qkcore.lm.controls). Weights modified in place since they were loaded could not be restored, so parking such a model
-raises. A model whose weights qkcore cannot restore (organisms, tiny test models, hub or folder models) is never
-parked: random_init_control then returns a plain random_init_copy and both stay resident, as before.
+that file, so only the pages a pass touches count; the control likewise from the file its first draw was written to
+(qkcore.lm.control_cache: drawn once per machine by qkcore.lm.controls, from its seed). Weights modified in place
+since they were loaded could not be restored, so parking such a model raises. A model whose weights qkcore cannot
+restore (organisms, tiny test models, hub or folder models) is never parked: random_init_control then returns a plain
+random_init_copy and both stay resident, as before.
 `swap_log(model)` lists the slot's park and restore events with their seconds.
 """
 
@@ -35,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qkcore.lm.control_cache import control_file, mapped_control, write_control
 from qkcore.lm.controls import draw, init_recipe, random_init_copy
 
 _T = torch.Tensor
@@ -138,12 +140,19 @@ class MemorySlot:
         wrong = [n for n, s in entry.shapes.items() if n not in tensors or tensors[n].shape != s]
         if names.keys() != entry.shapes.keys() or wrong:
             raise RuntimeError(f"the restored weights of {type(model).__name__} do not match its parameters")
-        fresh = {id(p): nn.Parameter(tensors[n].to(p.dtype), requires_grad=p.requires_grad) for n, p in names.items()}
+        assign_parameters(model, tensors)
         del tensors
-        for module, name, p in _parameter_slots(model):
-            module._parameters[name] = fresh[id(p)]
         entry.versions, entry.parked = _versions(model), False
         self.log.append(("restore", _label(model), time.perf_counter() - start))
+
+
+def assign_parameters(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put `tensors` ({unique parameter name: tensor}, as named_parameters names them) in place of the model's
+    parameters, without copying; a tied parameter gets the same new parameter under each of its names."""
+    names = dict(model.named_parameters())  # unique parameters (a tied one under its first name)
+    fresh = {id(p): nn.Parameter(tensors[n].to(p.dtype), requires_grad=p.requires_grad) for n, p in names.items()}
+    for module, name, p in _parameter_slots(model):
+        module._parameters[name] = fresh[id(p)]
 
 
 def resident(model: nn.Module) -> nn.Module:
@@ -206,7 +215,9 @@ def safetensors_weights(path: str | Path) -> dict[str, torch.Tensor]:
 
 def random_init_control(model: nn.Module, seed: int) -> nn.Module:
     """`random_init_copy(model, seed)`, in one memory slot with `model` when `model`'s weights can be restored
-    (cached_weights): `model` is parked before the copy is drawn, so the two are never in memory together."""
+    (cached_weights): `model` is parked before the copy is drawn, so the two are never in memory together. The copy
+    is drawn once per machine and kept beside the model's cache (qkcore.lm.control_cache); later calls, and its
+    restores after a park, map that file."""
     slot = _SLOTS.get(model)
     if slot is None:
         restore = cached_weights(model)
@@ -216,8 +227,13 @@ def random_init_control(model: nn.Module, seed: int) -> nn.Module:
         slot.admit(model, restore)
     recipe = init_recipe(resident(model))  # read while the model's weights are present
     slot.park(model)
-    control = draw(recipe, seed)
-    slot.admit(control, lambda: dict(draw(recipe, seed).named_parameters()))
+    path = control_file(recipe, seed)  # drawn once per machine, then mapped (qkcore.lm.control_cache)
+    if path.is_file():
+        control = mapped_control(recipe, path)
+    else:
+        control = draw(recipe, seed)
+        write_control(control, path)
+    slot.admit(control, lambda: safetensors_weights(path))
     return control
 
 

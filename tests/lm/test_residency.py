@@ -148,3 +148,56 @@ def test_a_model_qkcore_cannot_restore_gets_a_plain_control(batch):
     control = random_init_control(model, 4)
     assert not is_parked(model) and not is_parked(control) and swap_log(model) == []
     assert torch.equal(logits(control, batch), logits(random_init_copy(model, 4), batch))
+
+
+def _same_weights(a, b) -> bool:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    ba, bb = dict(a.named_buffers()), dict(b.named_buffers())
+    return (
+        pa.keys() == pb.keys()
+        and ba.keys() == bb.keys()
+        and all(torch.equal(pa[n], pb[n]) for n in pa)
+        and all(torch.equal(ba[n], bb[n]) for n in ba)
+    )
+
+
+@pytest.mark.parametrize("family, tied", [("qwen2", True), ("llama", False)])
+def test_the_control_is_drawn_once_per_machine_and_mapped_after(cached, batch, monkeypatch, family, tied):
+    """The first control is drawn and written to the cache; a second page's control (another process: a fresh load
+    of the trained model) maps that file without drawing, with the same weights, buffers, ties and outputs."""
+    import qkcore.lm.residency as residency
+    from qkcore.lm.control_cache import control_file
+    from qkcore.lm.controls import init_recipe
+
+    model = cached(family, tie_word_embeddings=tied)
+    reference = random_init_copy(model, 4)
+    path = control_file(init_recipe(model), 4)
+    assert not path.exists()
+    first = random_init_control(model, 4)
+    assert path.is_file() and not list(path.parent.glob(".*partial"))
+    assert _same_weights(first, reference)
+
+    again = cached(family, tie_word_embeddings=tied)  # what the next page loads
+    monkeypatch.setattr(residency, "draw", lambda *a, **k: pytest.fail("the cached control was drawn again"))
+    second = random_init_control(again, 4)
+    assert not second.training
+    assert _same_weights(second, reference)
+    assert (second.lm_head.weight is second.model.embed_tokens.weight) == tied
+    assert torch.equal(logits(second, batch), logits(reference, batch))
+    logits(again, batch)  # parks the control
+    assert is_parked(second) and torch.equal(logits(second, batch), logits(reference, batch))  # mapped again
+    assert control_file(init_recipe(resident(again)), 5) != path  # the seed is part of the key
+
+
+def test_a_damaged_control_file_is_an_error_naming_it(cached):
+    from qkcore.lm.control_cache import control_file
+    from qkcore.lm.controls import init_recipe
+
+    model = cached("qwen2", tie_word_embeddings=True)
+    path = control_file(init_recipe(model), 6)
+    path.parent.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({"model.norm.weight": torch.ones(3)}, path)  # a file under the right name with the wrong contents
+    with pytest.raises(RuntimeError, match=f"{path.name}.*delete it"):
+        random_init_control(model, 6)

@@ -165,8 +165,8 @@ def run_interventions(
     orig = torch.tensor([p.query for p in prompts])  # (n,) candidate index of the answer's box
     tasks = swap_tasks(analysis, prompts)
     heads = analysis.heads
-    # the control first: analyse_binding left it resident, and the trained model is mapped back from its file in
-    # 0.02 s while a parked control is drawn again in 6-8 s (qkcore.lm.residency); the two gathers are independent
+    # the control first: analyse_binding left it resident, so the two models swap memory once (qkcore.lm.residency;
+    # each is mapped back from its file); the two gathers are independent
     rsets = gather_swap_sets(analysis.random_model, tasks, heads, orig, targets)
     sets = gather_swap_sets(analysis.lm.model, tasks, heads, orig, targets)
     g = torch.Generator().manual_seed(params.seed + 4)

@@ -149,9 +149,8 @@ def run_subspaces(params: SubspaceParams, lm: LoadedLM | None = None) -> Subspac
             )
         return vectors[key]
 
-    # each model's collections in one block, the control's first: the two share one memory slot, analyse_binding
-    # left the control resident, and the trained model is mapped back in 0.02 s where a parked control is drawn
-    # again in 6-8 s (qkcore.lm.residency)
+    # each model's collections in one block, the control's first: the two share one memory slot and analyse_binding
+    # left the control resident, so they swap once (qkcore.lm.residency; each is mapped back from its file)
     for net in (analysis.random_model, analysis.lm.model):
         for which in ("order", "lexical", "filler") if spaced is not None else ("order", "lexical"):
             got(net, which)

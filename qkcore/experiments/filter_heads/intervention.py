@@ -87,8 +87,8 @@ def swap_experiment(model, tokenizer, result: FilterHeadsResult, params: FilterH
         if getattr(net.config, "attn_logit_softcapping", None):
             raise NotImplementedError("rebuilt swap rows assume a plain softmax over q·k; this model soft-caps it")
     tasks = filter_tasks(tokenizer, prompts, params.categories, params.batch_size, params.answer_prefix)
-    # the control first: analyse_heads left it resident, and the trained model is mapped back from its file in
-    # 0.02 s while a parked control is drawn again in 6-8 s (qkcore.lm.residency); the two gathers are independent
+    # the control first: analyse_heads left it resident, so the two models swap memory once (qkcore.lm.residency;
+    # each is mapped back from its file); the two gathers are independent
     rand_sets = gather_swap_sets(result.random_model, tasks, result.heads, orig, target)
     sets = gather_swap_sets(model, tasks, result.heads, orig, target)
     out = {}
