@@ -27,6 +27,7 @@ import os
 import shutil
 import struct
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -196,6 +197,9 @@ def _dequantise_bar(show: bool):
         gguf_utils.tqdm = original
 
 
+_HEADER_PATCH = threading.RLock()
+
+
 @contextlib.contextmanager
 def _parse_header_once():
     """Inside the block, each GGUF file's header is parsed once, on a plain array. transformers parses the whole
@@ -206,9 +210,10 @@ def _parse_header_once():
     (`return_tensors=False`, asked by the config and again by the tokenizer) is kept and handed out as copies."""
     import gguf
     import numpy as np
+    from gguf.gguf_reader import GGUFReader  # the class itself, even while another block has patched the name
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    class PlainViewReader(gguf.GGUFReader):
+    class PlainViewReader(GGUFReader):
         @property
         def data(self):
             return self._plain
@@ -217,7 +222,7 @@ def _parse_header_once():
         def data(self, mapped):  # GGUFReader.__init__ assigns its np.memmap here; the view keeps the mapping alive
             self._plain = mapped.view(np.ndarray)
 
-    original_reader, original_load, readers, metadata = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint, {}, {}
+    readers, metadata = {}, {}
 
     def shared_reader(path, mode="r"):
         key = (str(Path(path).resolve()), mode)
@@ -233,11 +238,13 @@ def _parse_header_once():
             metadata[key] = original_load(path, return_tensors=False)
         return copy.deepcopy(metadata[key])
 
-    gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = shared_reader, load_checkpoint
-    try:
-        yield
-    finally:
-        gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = original_reader, original_load
+    with _HEADER_PATCH:  # one block at a time: the names patched are process-wide (two loads in two threads wait)
+        original_reader, original_load = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint
+        gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = shared_reader, load_checkpoint
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = original_reader, original_load
 
 
 def dequantise(path: Path, attn_implementation: str = "sdpa", progress: bool = True) -> tuple[nn.Module, object]:

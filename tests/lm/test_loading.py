@@ -404,3 +404,41 @@ def test_the_gguf_header_is_parsed_once_and_read_alike(tmp_path):
     with pytest.raises(RuntimeError, match="a failed load"), gguf_module._parse_header_once():
         raise RuntimeError("a failed load")
     assert (gguf.GGUFReader, gguf_utils.load_gguf_checkpoint) == originals
+
+
+def test_header_blocks_in_two_threads_take_turns():
+    """The header patch renames process-wide objects: a second block (another thread's load) waits for the first and
+    patches the real reader class, and both leave the names as they found them."""
+    import threading
+
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from qkcore.lm.gguf import _parse_header_once
+
+    real_reader, real_load = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint
+    inside, release, entered_second, errors = threading.Event(), threading.Event(), threading.Event(), []
+
+    def first():
+        with _parse_header_once():
+            inside.set()
+            release.wait(10)
+
+    def second():
+        inside.wait(10)
+        try:
+            with _parse_header_once():
+                entered_second.set()
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    inside.wait(10)
+    assert not entered_second.wait(0.3)  # the second block waits while the first is open
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert not errors and entered_second.is_set()
+    assert gguf.GGUFReader is real_reader and gguf_utils.load_gguf_checkpoint is real_load
