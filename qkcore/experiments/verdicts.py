@@ -135,12 +135,20 @@ def binomial_above_chance(successes: int, n: int, chance: float) -> float:
         raise ValueError(f"need ints 0 ≤ successes ≤ n with n ≥ 1, got successes={successes!r}, n={n!r}")
     if not 0 < chance < 1:
         raise ValueError(f"chance must be in (0, 1), got {chance!r}")
-    return float(sum(math.comb(n, k) * chance**k * (1 - chance) ** (n - k) for k in range(successes, n + 1)))
+    # in log space: a term's factors (chance**k, comb(n, k)) underflow or overflow a float long before the term does
+    # (464/500 at chance 0.2 is 1.6e-273, yet 0.2**464 is 0 in float64; comb(1100, 500) exceeds the float range)
+    log_c, log_not = math.log(chance), math.log1p(-chance)
+    logs = [
+        math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * log_c + (n - k) * log_not
+        for k in range(successes, n + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs))
 
 
 def fmt_p(p: float, digits: int = 2) -> str:
-    """A p-value for a reader: "p = 0.054", or "p < 1e-300" where it underflows to 0 (an exact binomial tail of
-    500 right answers out of 500 at chance 0.2 is about 1e-349, below the smallest float64)."""
+    """A p-value for a reader: "p = 0.054", or "p < 1e-300" where it is 0 in float64 (below about 1e-308: the exact
+    binomial tail of 500 right answers out of 500 at chance 0.2 is about 1e-349)."""
     return "p < 1e-300" if p == 0 else f"p = {p:.{digits}g}"
 
 

@@ -61,6 +61,26 @@ def test_permutation_p_and_against_null():
     assert v.verdict == V.MATCHED and v.numbers["balanced groupings: p"] == 1.0
 
 
+def _exact_tail(successes, n, chance):
+    from fractions import Fraction
+
+    c = Fraction(chance).limit_denominator(10**6)
+    return sum(math.comb(n, k) * c**k * (1 - c) ** (n - k) for k in range(successes, n + 1))
+
+
+@pytest.mark.parametrize(
+    "successes, n, chance",
+    [(30, 40, 0.2), (32, 32, 1 / 9), (464, 500, 0.2), (340, 400, 1 / 9), (500, 1100, 0.2), (5, 10, 0.5)],
+)
+def test_the_binomial_tail_is_exact_where_its_factors_leave_the_float_range(successes, n, chance):
+    """0.2**464 is 0 in float64 and comb(1100, 500) is beyond it, yet those tails are ordinary floats: each must
+    match the exact rational tail to 1e-9, and "p < 1e-300" is printed only below that."""
+    exact = _exact_tail(successes, n, chance)
+    p = V.binomial_above_chance(successes, n, chance)
+    assert p == pytest.approx(float(exact), rel=1e-9)
+    assert (V.fmt_p(p) == "p < 1e-300") == (exact < 1e-300)
+
+
 def test_binomial_above_chance():
     assert V.binomial_above_chance(49, 50, 1 / 9) < 1e-30
     assert V.binomial_above_chance(0, 50, 0.25) == pytest.approx(1.0)
