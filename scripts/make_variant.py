@@ -38,7 +38,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 BANNER_TAG = "variant-banner"
-RUNTIME = re.compile(r"\*\*Runtime:\*\*(?:[^\n]|\n(?!\n))*")  # the whole paragraph, up to a blank line
+# the whole paragraph: up to a blank line (spaces allowed), a heading or a list item
+RUNTIME = re.compile(r"\*\*Runtime:\*\*(?:[^\n]|\n(?![ \t]*\n|[ \t]*#|[ \t]*[-*+] |[ \t]*\d+\. |[ \t]*$))*")
 TRY_THIS = re.compile(r"^## Try this\b", re.M)
 
 

@@ -52,8 +52,15 @@ def start_chapter(params=None, threads: int | None | str = "auto", cache: bool |
     gather_qk call runs once per machine; identical numbers cold or warm). cache=None: from the environment's
     QKCORE_GATHER_CACHE ("0": off; a folder: cache there; unset or "1": the default folder, $QKCORE_CACHE/gather).
     Progress bars: see qkcore.progress."""
+    import dataclasses
+
     from qkcore import progress
 
+    if params is not None and not (dataclasses.is_dataclass(params) and not isinstance(params, type)):
+        raise TypeError(
+            f"params must be the chapter's parameters (a dataclass such as FilterHeadsParams) or None, got {params!r}; "
+            "set torch's threads with threads=..."
+        )
     progress.enabled()  # raises on a QKCORE_PROGRESS other than "0" or "1"
     if threads == "auto":
         threads = chapter_threads(params)

@@ -78,7 +78,7 @@ def test_every_variant_page_reads_as_its_own():
             assert eval(inferred[key]) == value, (name, key, inferred[key])  # noqa: S307 (the page's own literal)
         if v.get("quick"):
             assert eval(inferred["quick_values"]) == v["quick"], name  # noqa: S307
-        text = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        text = "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
         assert f"**Runtime:** {v['runtime']}" in text, name
         paragraph = next(p for p in text.split("\n\n") if "**Runtime:**" in p)  # nothing of the source's left in it
         assert paragraph.strip() == f"**Runtime:** {v['runtime']}.", (name, paragraph)

@@ -52,3 +52,11 @@ class _NoPreset:
 
 def test_parameters_without_a_preset_run_one_thread():
     assert chapter_threads(_NoPreset()) == 1
+
+
+def test_a_thread_count_passed_as_the_parameters_is_refused():
+    """The first argument was once the thread count: start_chapter(4) must not quietly mean one thread."""
+    with pytest.raises(TypeError, match="threads=..."):
+        start_chapter(4, cache=False)
+    with pytest.raises(TypeError, match="a dataclass"):
+        start_chapter(FilterHeadsParams, cache=False)  # the class, not an instance
