@@ -58,15 +58,10 @@ class EncodedBatch:
         """Per-row prompt positions (equal counts per row) → (batch, n) batch columns."""
         if len(positions) != self.size:
             raise ValueError(f"{len(positions)} rows of positions for a batch of {self.size} prompts")
-        if len({len(row) for row in positions}) > 1:
+        cols = [[self.padded(r, p) for p in row] for r, row in enumerate(positions)]
+        if len({len(c) for c in cols}) > 1:
             raise ValueError("every prompt needs the same number of positions to form a (batch, n) tensor")
-        pos = torch.tensor([list(row) for row in positions], dtype=torch.long).reshape(len(positions), -1)  # (batch, n)
-        n = self.lengths.to(torch.long)[:, None]  # (batch, 1)
-        bad = (pos < -n) | (pos >= n)
-        if bad.any():
-            r, i = (int(x) for x in bad.nonzero()[0])
-            self.padded(r, int(pos[r, i]))  # raises the one-position error for the first bad position
-        return self.offsets.to(torch.long)[:, None] + pos % n  # (batch, n) batch columns
+        return torch.tensor(cols, dtype=torch.long)
 
     def span(
         self,
