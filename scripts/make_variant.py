@@ -38,8 +38,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 BANNER_TAG = "variant-banner"
-# the whole paragraph: up to a blank line (spaces allowed), a heading or a list item
-RUNTIME = re.compile(r"\*\*Runtime:\*\*(?:[^\n]|\n(?![ \t]*\n|[ \t]*#|[ \t]*[-*+] |[ \t]*\d+\. |[ \t]*$))*")
+# the whole paragraph: up to a blank line (spaces allowed), a heading, or a list that may interrupt a paragraph
+# (a bullet, or an ordered list starting at 1)
+RUNTIME = re.compile(
+    r"\*\*Runtime:\*\*(?:[^\n]|\n(?![ \t]*\n|[ \t]*$|[ \t]*#{1,6}(?:[ \t]|$)|[ \t]*[-*+] |[ \t]*1[.)] ))*"
+)
 TRY_THIS = re.compile(r"^## Try this\b", re.M)
 
 

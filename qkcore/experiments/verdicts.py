@@ -135,6 +135,8 @@ def binomial_above_chance(successes: int, n: int, chance: float) -> float:
         raise ValueError(f"need ints 0 ≤ successes ≤ n with n ≥ 1, got successes={successes!r}, n={n!r}")
     if not 0 < chance < 1:
         raise ValueError(f"chance must be in (0, 1), got {chance!r}")
+    if successes == 0:
+        return 1.0
     # in log space: a term's factors (chance**k, comb(n, k)) underflow or overflow a float long before the term does
     # (464/500 at chance 0.2 is 1.6e-273, yet 0.2**464 is 0 in float64; comb(1100, 500) exceeds the float range)
     log_c, log_not = math.log(chance), math.log1p(-chance)

@@ -4,8 +4,8 @@ sets every language-model result beside it to show what the construction alone p
     control = random_init_copy(model, seed=1)    # same class, config, dtype, device and attention implementation
     recipe = init_recipe(model)                  # what a copy is drawn from; draw(recipe, 1) is the same copy again
 
-The draw is deterministic: the same recipe and seed give bit-identical weights, which is what lets
-qkcore.lm.residency release a control's weights and draw them again when it is next used.
+The draw is deterministic: the same recipe and seed give bit-identical weights on one machine, which is what lets
+qkcore.lm.control_cache keep the first draw and qkcore.lm.residency release a control's weights and restore them.
 """
 
 from __future__ import annotations

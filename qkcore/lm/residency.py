@@ -2,7 +2,7 @@
 a Qwen2.5-Coder-0.5B page held the trained model and its control, 2 × 2.5 GB of float32, and peaked at 6.8 GB).
 
     control = random_init_control(model, seed)   # random_init_copy(model, seed), sharing one slot with `model`
-    gather_qk(control, ...)                      # control made resident (drawn again if parked); `model` parked
+    gather_qk(control, ...)                      # control made resident (mapped again if parked); `model` parked
     gather_qk(model, ...)                        # `model` mapped again from its file; `control` parked
 
 A parked model's parameters are stand-ins without values (`Parked`: meta tensors of the same shape and dtype, except
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -232,9 +233,23 @@ def random_init_control(model: nn.Module, seed: int) -> nn.Module:
         control = mapped_control(recipe, path)
     else:
         control = draw(recipe, seed)
-        write_control(control, path)
-    slot.admit(control, lambda: safetensors_weights(path))
+        try:
+            write_control(control, path)
+        except OSError as error:  # a full or read-only disk: the control is drawn again at each restore instead
+            warnings.warn(
+                f"could not keep the random-init control in {path} ({error}); it is drawn again when needed",
+                stacklevel=2,
+            )
+    slot.admit(control, lambda: _control_weights(recipe, seed, path))
     return control
+
+
+def _control_weights(recipe, seed: int, path: Path) -> dict[str, torch.Tensor]:
+    """A control's weights for a restore: mapped from its file, or drawn again from its seed when the file is gone
+    (never written, or its folder deleted while the model is in use): the same weights either way."""
+    if path.is_file():
+        return safetensors_weights(path)
+    return dict(draw(recipe, seed).named_parameters())
 
 
 def _parameter_slots(model: nn.Module):

@@ -201,3 +201,57 @@ def test_a_damaged_control_file_is_an_error_naming_it(cached):
     save_file({"model.norm.weight": torch.ones(3)}, path)  # a file under the right name with the wrong contents
     with pytest.raises(RuntimeError, match=f"{path.name}.*delete it"):
         random_init_control(model, 6)
+
+
+def test_a_truncated_control_file_is_an_error_naming_it(cached):
+    from qkcore.lm.control_cache import control_file
+    from qkcore.lm.controls import init_recipe
+
+    model = cached("qwen2", tie_word_embeddings=True)
+    path = control_file(init_recipe(model), 7)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # cut short: safetensors' own error names no file
+    with pytest.raises(RuntimeError, match=f"{path.name}.*delete it"):
+        random_init_control(model, 7)
+
+
+def test_without_a_writable_cache_the_control_is_drawn_again_when_restored(cached, batch, monkeypatch):
+    """A full or read-only disk, or the controls folder deleted while a page runs: the control still restores, drawn
+    from its seed, with the same weights."""
+    import qkcore.lm.residency as residency
+
+    def no_space(*_args):
+        raise OSError(28, "No space left on device")
+
+    model = cached("llama")
+    reference = random_init_copy(model, 8)
+    with monkeypatch.context() as patch:
+        patch.setattr(residency, "write_control", no_space)
+        with pytest.warns(UserWarning, match="could not keep the random-init control"):
+            control = random_init_control(model, 8)
+    logits(model, batch)  # parks the control
+    assert is_parked(control) and torch.equal(logits(control, batch), logits(reference, batch))
+
+    other = cached("qwen2", tie_word_embeddings=True)
+    control = random_init_control(other, 8)
+    from qkcore.lm.control_cache import control_file
+    from qkcore.lm.controls import init_recipe
+
+    logits(other, batch)  # parks the control, then its file goes
+    control_file(init_recipe(resident(other)), 8).unlink()
+    assert torch.equal(logits(control, batch), logits(random_init_copy(other, 8), batch))
+
+
+def test_the_control_key_names_the_machine():
+    """torch draws other numbers with other vector instructions: the key must change with them."""
+    import qkcore.lm.control_cache as cc
+    from qkcore.lm.controls import init_recipe
+
+    recipe = init_recipe(tiny_model("qwen2", seed=3))
+    here = cc.control_key(recipe, 1)
+    real = torch.backends.cpu.get_cpu_capability
+    try:
+        torch.backends.cpu.get_cpu_capability = lambda: "DEFAULT" if real() != "DEFAULT" else "AVX2"
+        assert cc.control_key(recipe, 1) != here
+    finally:
+        torch.backends.cpu.get_cpu_capability = real
