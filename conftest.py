@@ -6,8 +6,13 @@ of one real model share a lane, so their gathers are made once and two copies of
 once; any other page is a lane of its own), and the items are ordered lane by lane, longest lanes first. (xdist's
 own `--dist loadgroup` cannot carry this: with pytest 9 its group suffix no longer reaches the node ids.) Without
 xdist only the order changes. The pages that read the others' results (scripts/chapters.py `LAST`) belong to a
-second run after this one, as the Makefile does; a parallel run that includes them beside other pages is refused."""
+second run after this one, as the Makefile does; a parallel run that includes them beside other pages is refused.
 
+Before nbval compares a cell's outputs, decimals that differ only as float32 arithmetic on another CPU makes them
+differ (one unit in their last printed place, or the cell's declared tolerance) are taken at their committed value
+(scripts/numeric_outputs.py); the run ends with a list of every such decimal. Words, integers and larger moves fail."""
+
+import copy
 from pathlib import Path
 
 import pytest
@@ -33,9 +38,78 @@ def pytest_xdist_make_scheduler(config, log):
     return LaneScheduling(config, log)
 
 
+def _numbers_taken_as_committed(output, committed, item, tolerance: float, moved: list) -> object:
+    """`output` (re-executed) with each text that differs from `committed`'s only by decimals within the rule of
+    scripts/numeric_outputs.py replaced by the committed text; what moved is appended to `moved`."""
+    from scripts.numeric_outputs import numbers_within
+
+    if output.get("output_type") != committed.get("output_type") or output.get("name") != committed.get("name"):
+        return output
+    output = copy.deepcopy(output)
+    if output.get("output_type") == "stream":
+        places = [(output, committed, "text")]
+    else:
+        data, committed_data = output.get("data", {}), committed.get("data", {})
+        places = [(data, committed_data, mime) for mime in data if mime in committed_data]
+    for mine, theirs, key in places:
+        new, old = ("".join(v) if isinstance(v, list) else v for v in (mine[key], theirs[key]))
+        if not isinstance(new, str) or not isinstance(old, str):
+            continue
+        new_text, old_text = item.sanitize(new), item.sanitize(old)
+        if new_text == old_text:
+            continue
+        found = numbers_within(old_text, new_text, tolerance)
+        if found:
+            mine[key] = theirs[key]
+            moved.extend(found)
+    return output
+
+
+def _install_numeric_rule() -> None:
+    """Wrap nbval's output comparison with the rule of scripts/numeric_outputs.py (once per process)."""
+    from nbval.plugin import IPyNbCell
+
+    from scripts.numeric_outputs import cell_tolerance
+
+    compare = IPyNbCell.compare_outputs
+    if getattr(compare, "numeric_rule", False):
+        return
+
+    def compare_outputs(self, test, ref, skip_compare=None):
+        tolerance = cell_tolerance(self.cell.get("metadata", {}))
+        moved = []
+        aligned = [_numbers_taken_as_committed(t, r, self, tolerance, moved) for t, r in zip(test, ref)]
+        same = compare(self, aligned + list(test[len(ref) :]), ref, skip_compare)
+        if same and moved:
+            self.user_properties.append(("numbers_within_rule", [(m.committed, m.executed) for m in moved]))
+        return same
+
+    compare_outputs.numeric_rule = True
+    IPyNbCell.compare_outputs = compare_outputs
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the decimals that passed only by the rule of scripts/numeric_outputs.py."""
+    lines = []
+    for report in terminalreporter.stats.get("passed", []):
+        for name, pairs in getattr(report, "user_properties", []):
+            if name == "numbers_within_rule":
+                changes = ", ".join(f"{old} -> {new}" for old, new in pairs)
+                lines.append(f"{report.nodeid}: {changes}")
+    if lines:
+        terminalreporter.write_sep(
+            "-", f"decimals off in their last printed place or within the cell's tolerance ({len(lines)} cells)"
+        )
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 def pytest_configure(config):
-    """Refuse a parallel run that has the results pages beside the pages they read (checked on the controller,
-    from the paths given, before any worker starts)."""
+    """Under `--nbval`, compare numbers by scripts/numeric_outputs.py (in every process). Refuse a parallel run that
+    has the results pages beside the pages they read (checked on the controller, from the paths given, before any
+    worker starts)."""
+    if config.getoption("nbval", False):
+        _install_numeric_rule()
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None) or not config.getoption("nbval"):
         return
     from scripts.chapters import LAST

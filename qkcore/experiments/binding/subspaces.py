@@ -53,6 +53,9 @@ from qkcore.organisms.binding_task import order_id_prompts
 from qkcore.params import require
 
 QUERY_CONCENTRATED = 0.99  # |q̄|²/E|q|² from which a rank-1 ΔC says nothing about the keys (issue 14)
+# σ₂²/Σσ² below this is the float32 SVD's round-off (σ₂/σ₁ < 1e-5; a rank-1 ΔC gives ~1e-7), reported as 0: its digits
+# were noise that differed from one CPU to another (4.9e-15 here, 4.91e-15 there)
+SVD_ROUNDOFF = 1e-10
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,9 @@ def subspace_verdicts(result: SubspaceResult) -> list[Verdict]:
                 dec = a.decomposition(head, which)
                 S2 = dec.S.double() ** 2
                 conc = float(c.query_concentration[c.index(head)])
+                second = float(S2[1] / S2.sum()) if len(S2) > 1 else 0.0
                 numbers = {
-                    "σ₂²/Σσ²": float(S2[1] / S2.sum()) if len(S2) > 1 else 0.0,
+                    "σ₂²/Σσ²": second if second >= SVD_ROUNDOFF else 0.0,
                     "|q̄|²/E|q|²": conc,
                     "random-init rank": int(a.decomposition(head, which, "random init").rank),
                 }
