@@ -13,6 +13,7 @@ differ (one unit in their last printed place, or the cell's declared tolerance) 
 (scripts/numeric_outputs.py); the run ends with a list of every such decimal. Words, integers and larger moves fail."""
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -105,11 +106,13 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def pytest_configure(config):
-    """Under `--nbval`, compare numbers by scripts/numeric_outputs.py (in every process). Refuse a parallel run that
+    """Under `--nbval`, compare numbers by scripts/numeric_outputs.py and run the pages at one torch thread, as they
+    were made (in every process). Refuse a parallel run that
     has the results pages beside the pages they read (checked on the controller, from the paths given, before any
     worker starts)."""
     if config.getoption("nbval", False):
         _install_numeric_rule()
+        os.environ["QKCORE_THREADS"] = "1"  # the pages re-executed as they were made (qkcore/experiments/chapter.py)
     if hasattr(config, "workerinput") or not config.getoption("numprocesses", None) or not config.getoption("nbval"):
         return
     from scripts.chapters import LAST

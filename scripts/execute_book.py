@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    # every committed page is made at one torch thread (qkcore/experiments/chapter.py); the pages inherit this
+    os.environ["QKCORE_THREADS"] = "1"
     failed = threading.Event()
     start = time.perf_counter()
     known = {nb.stem for nb in chapters()}

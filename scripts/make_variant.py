@@ -175,8 +175,9 @@ def main() -> None:
         source = nbformat.read(BOOK / f"{v['source']}.ipynb", as_version=4)
         set_parameters(source.cells, v)
         nbformat.write(source, out)
-        # the kernel inherits this environment: no progress bars in a committed page (qkcore/progress.py)
-        subprocess.run(command, check=True, env={**os.environ, "QKCORE_PROGRESS": "0"})
+        # the kernel inherits this environment: no progress bars in a committed page (qkcore/progress.py), and one
+        # torch thread, as every committed page is made (qkcore/experiments/chapter.py)
+        subprocess.run(command, check=True, env={**os.environ, "QKCORE_PROGRESS": "0", "QKCORE_THREADS": "1"})
     dress(out, args.name, v)
 
 

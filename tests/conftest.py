@@ -14,6 +14,9 @@ from qkcore.organisms.vocab import build_word_tokenizer
 # No progress bars (qkcore.progress) in the tests nor in the chapters they execute (papermill passes the environment
 # to the kernel), as in the book's own execution; tests/core/test_progress.py turns them on where it checks them.
 os.environ["QKCORE_PROGRESS"] = "0"
+# One torch thread in the chapters the tests execute, as the book's pages are made (qkcore/experiments/chapter.py);
+# tests/experiments/test_chapter_threads.py unsets it where it checks the policy.
+os.environ["QKCORE_THREADS"] = "1"
 
 # A minimal chat template: the prompt sits inside "User : … Assistant :", like a real model's user turn.
 CHAT_TEMPLATE = (

@@ -5,15 +5,16 @@ progress-bar switch QKCORE_PROGRESS (qkcore.progress), so that a bad value fails
     from qkcore.experiments.chapter import start_chapter
     start_chapter(P)         # the chapter's parameters decide the threads (below); call it in the import cell
 
-One thread for every run whose numbers the book commits and nbval compares: a fixed thread count keeps float
-reductions in the same order on every run, and on the shared 2-core machines this book is built on two threads were
-up to 20× slower for the toy models' small matrices. The one exception is the quick preset of a language-model
-chapter on a pretrained model (SmolLM2, Qwen, a user's own): it is the fast path, its numbers are committed nowhere,
-and nearly all of its time is the model's forward passes, which two threads make 1.5-1.8× faster on 2 cores
-(Qwen2.5-Coder-0.5B 1.0 → 0.54-0.78 s, SmolLM2-135M 0.35-0.40 → 0.20-0.21 s per 160-token prompt, measured here).
-It uses every core this process may run on; its numbers can then differ from a one-thread run in the last bits. The
-gather cache keys on the thread count (qkcore.lm.gather_cache), so a quick run never feeds a committed one. A re-run
-on a bigger machine may pass threads=None to keep torch's default.
+Threads. A chapter on a pretrained model (SmolLM2, Qwen, a user's own) uses every core this process may run on, or
+QKCORE_THREADS of them when that is set: nearly all of its time is the model's forward passes, which two threads make
+1.5-1.8x faster on 2 cores (Qwen2.5-Coder-0.5B 1.0 -> 0.54-0.78 s, SmolLM2-135M 0.35-0.40 -> 0.20-0.21 s per
+160-token prompt). The runs that make and check the committed pages set QKCORE_THREADS=1 (scripts/execute_book.py,
+and nbval through the root conftest.py): they run two pages side by side on 2 cores, and one thread per page keeps
+float reductions in one order. Two threads change q and k in their last bits, but no committed number of the four
+Qwen pages (README); the gather cache keys on the thread count and lets a run at several threads read a one-thread
+result (qkcore.lm.gather_cache), so a re-run after `make book` reads the book's gathers. Toy and organism chapters
+always run one thread: their matrices are small (two threads were up to 20x slower on the shared 2-core machines),
+and their trained numbers follow the order of every sum.
 """
 
 from __future__ import annotations
@@ -31,11 +32,14 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message="IProgress not found", module="tqdm")
 
 
+THREADS_ENV = "QKCORE_THREADS"
+
+
 def chapter_threads(params=None) -> int:
-    """The torch threads a chapter run with these parameters uses (module docstring): every core this process may
-    run on for the quick preset of a chapter on a pretrained model, one otherwise (no params, an organism, a toy
-    chapter, any run at the full preset)."""
-    if getattr(params, "preset", "full") != "quick" or not hasattr(params, "model"):
+    """The torch threads a chapter run with these parameters uses (module docstring): on a pretrained model,
+    QKCORE_THREADS when set, else every core this process may run on; one otherwise (no params, an organism, a toy
+    chapter)."""
+    if not hasattr(params, "model"):
         return 1
     from qkcore.lm.registry import registered
 
@@ -43,6 +47,13 @@ def chapter_threads(params=None) -> int:
     registration = registered(model)
     if model == "organism" or (registration is not None and registration.kind == "organism"):
         return 1
+    setting = os.environ.get(THREADS_ENV, "").strip()
+    if setting:
+        if not (setting.isascii() and setting.isdigit()) or int(setting) < 1:
+            raise ValueError(
+                f"{THREADS_ENV}={setting!r}: a positive number of threads (1 for the committed pages), or unset"
+            )
+        return int(setting)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

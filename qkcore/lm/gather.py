@@ -26,6 +26,7 @@ from qkcore.lm.batching import EncodedBatch, run_model
 from qkcore.lm.capture import capture_qk, check_not_padding
 from qkcore.lm.early_exit import run_until
 from qkcore.lm.layout import HeadSpec, attention_layout
+from qkcore.lm.residency import resident
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,12 @@ def gather_qk(
             check_not_padding(kcol, batch.attention_mask, "key_cols")
     key = None
     if gather_cache.active_directory() is not None:  # inside `with gather_cache():` — read it, or write it below
-        key = gather_cache.cache_key(model, batch, heads, qcol, kcol, acol, dtype, forward_kwargs, logits)
-        cached = gather_cache.load(key)
+        keys = gather_cache.cache_keys(model, batch, heads, qcol, kcol, acol, dtype, forward_kwargs, logits)
+        cached = gather_cache.load(keys.read)
         if cached is not None:
             return cached
+        key = keys.write
+        resident(model)  # a parked model whose file vanished after cache_keys looked
     rows = torch.arange(batch.size)
     with capture_qk(
         model,

@@ -9,8 +9,10 @@ The key is a sha256 of everything the result depends on: the model's fingerprint
 and buffer's name, shape, dtype, a strided sample of its values and its float64 sum; recomputed whenever a tensor is
 modified in place), the batch (ids, mask, positions), the heads, the columns, the dtype, the forward arguments, and
 the code version (the source of the capture modules and the torch and transformers versions), and torch's thread
-count when it is not one (a chapter's quick preset on a pretrained model: qkcore.experiments.chapter). Anything else
-misses.
+count when it is not one (a chapter on a pretrained model run alone: qkcore.experiments.chapter). Anything else
+misses. A run at several threads reads the one-thread result when there is one (the numbers the book commits, made
+at one thread: a re-run after `make book` reads them), and writes what it computes under its own key, which no
+one-thread run reads.
 Only the model's logits are kept of its output. A cold cache and a warm one give identical tensors
 (tests/lm/test_gather_cache.py). Outside a `gather_cache` block nothing is read or written.
 """
@@ -25,6 +27,7 @@ import tempfile
 import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -125,21 +128,48 @@ def code_version() -> str:
     return h.hexdigest()
 
 
-def cache_key(
+@dataclass(frozen=True)
+class CacheKeys:
+    """Where a gather_qk call reads its result from, and where it writes what it computes. They differ only for a
+    run at several threads when a one-thread result is on disk: it reads that one (the numbers the book commits) and,
+    should that file vanish before it is read, writes its own result under its own key, never under the one-thread
+    key."""
+
+    read: str | None
+    write: str | None
+
+
+def cache_keys(
     model: nn.Module, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits: bool = True
-) -> str | None:
-    """The result's key, or None when the call is not cached: forward arguments beyond CACHEABLE_KWARGS, or logits
-    wanted without `logits_to_keep` (the whole vocabulary's logits at every position are too large to keep). A
-    parked model (qkcore.lm.residency) whose result is not on disk is made resident here, before gather_qk's
-    capture checks its weights; one whose result is on disk stays parked."""
-    key = _key(model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits)
+) -> CacheKeys:
+    """The result's keys (both None when the call is not cached: forward arguments beyond CACHEABLE_KWARGS, or
+    logits wanted without `logits_to_keep`, since the whole vocabulary's logits at every position are too large to
+    keep). A run at several threads reads a one-thread result first when there is one. A parked model
+    (qkcore.lm.residency) whose result is not on disk is made resident here, before gather_qk's capture checks its
+    weights; one whose result is on disk stays parked."""
+    args = (model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits)
+    own = _key(*args)
     directory = active_directory()
-    if key is None or directory is None or not (directory / key[:2] / f"{key}.pt").is_file():
+    if own is None or directory is None:
         resident(model)
-    return key
+        return CacheKeys(own, own)
+    read = own
+    if torch.get_num_threads() != 1:
+        one_thread = _key(*args, threads=1)
+        if _on_disk(directory, one_thread):
+            read = one_thread  # the committed pages' result: read it rather than compute a last-bit variant
+    if not _on_disk(directory, read):
+        resident(model)
+    return CacheKeys(read, own)
 
 
-def _key(model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits) -> str | None:
+def _on_disk(directory: Path, key: str) -> bool:
+    return (directory / key[:2] / f"{key}.pt").is_file()
+
+
+def _key(
+    model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kwargs, logits, threads: int | None = None
+) -> str | None:
     if set(forward_kwargs) - CACHEABLE_KWARGS or (logits and "logits_to_keep" not in forward_kwargs):
         return None
     h = hashlib.sha256()
@@ -153,8 +183,9 @@ def _key(model, batch, heads, query_cols, key_cols, attn_cols, dtype, forward_kw
         "logits": logits,
         "padding_side": batch.padding_side,
     }
-    if torch.get_num_threads() != 1:  # float reductions split by thread count; one-thread keys stay as they were
-        parts["threads"] = torch.get_num_threads()
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads != 1:  # float reductions split by thread count; one-thread keys stay as they were
+        parts["threads"] = threads
     h.update(json.dumps(parts, sort_keys=True).encode())
     for t in (batch.input_ids, batch.attention_mask, batch.position_ids, query_cols, key_cols, attn_cols):
         if t is None:

@@ -25,6 +25,17 @@ def test_a_decimal_one_unit_off_in_its_last_place_is_within():
     assert numbers_within("gap 0.069 of 0.5", "gap 0.070 of 0.5") == [Moved("0.069", "0.070")]
     assert numbers_within("-0.000", "0.000") == [Moved("-0.000", "0.000")]
     assert numbers_within("p 1.6e-273", "p 1.7e-273") == [Moved("1.6e-273", "1.7e-273")]
+    assert numbers_within("It was 0.118.", "It was 0.117.") == [Moved("0.118", "0.117")]  # a sentence's end
+
+
+def test_a_rounded_float_printed_without_its_trailing_zeros_compares_at_the_longer_places():
+    """print_summary prints Python's repr of rounded floats: 0.70 shows as "0.7", and a re-run's 0.71 is one unit
+    away; the wrapped line's break may move with the wider number."""
+    committed = "kNN (trained, shuffled, random init): (0.7, 0.63,\n    0.82)"
+    executed = "kNN (trained, shuffled, random init): (0.71, 0.63, 0.82)"
+    assert numbers_within(committed, executed) == [Moved("0.7", "0.71")]
+    assert numbers_within("p 0.02", "p 0.021") == [Moved("0.02", "0.021")]
+    assert numbers_within("0.1 and 0.2", "0.10 and 0.2") == [Moved("0.1", "0.10")]
 
 
 @pytest.mark.parametrize(
@@ -34,11 +45,15 @@ def test_a_decimal_one_unit_off_in_its_last_place_is_within():
         ("rank 3 of 16", "rank 4 of 16", "an integer"),
         ('<td id="T_row20_col7">0.5</td>', '<td id="T_row21_col7">0.5</td>', "an id"),
         ("**reproduced**: 0.973", "**not reproduced**: 0.973", "a verdict word"),
-        ("0.1 and 0.2", "0.10 and 0.2", "another count of decimals"),
-        ("σ₂²/Σσ² 4.9e-15", "σ₂²/Σσ² 4.91e-15", "another shape"),
+        ("0.1 and 0.2", "0.12 and 0.2", "two units of the longer places"),
+        ("(0.7, 0.6)", "(0.71, 0.6) ", "a space added at the end"),
+        ("a  0.5", "a 0.5", "whitespace moved with no number moving"),
+        ("rank 3,\n    0.5", "rank 4, 0.5", "an integer, with the break moved"),
+        ("σ₂²/Σσ² 4.9e-15", "σ₂²/Σσ² 4.91e-16", "another exponent"),
         ("p 1.6e-273", "p 1.6e-272", "another exponent"),
         ("0.5, 0.6", "0.5, 0.6, 0.7", "another count of numbers"),
         ("torch 2.13.0", "torch 2.13.1", "a version string is text"),
+        ("It was 0.118.", "It was 0.121.", "three units, before a full stop"),
     ],
 )
 def test_anything_else_is_a_difference(committed, executed, why):
@@ -59,7 +74,7 @@ def test_a_tolerance_is_declared_with_its_reason():
     for bad in ({"absolute": 0.02}, {"absolute": 0.02, "why": " "}, 0.02):
         with pytest.raises(ValueError, match="reason"):
             cell_tolerance({"nbval_tolerance": bad})
-    for bad in (-0.1, "0.02", True, None):
+    for bad in (-0.1, "0.02", True, None, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="non-negative number"):
             cell_tolerance({"nbval_tolerance": {"absolute": bad, "why": "x"}})
 

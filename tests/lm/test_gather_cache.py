@@ -70,8 +70,9 @@ def test_enable_gather_cache_is_process_wide_and_can_be_turned_off(tmp_path):
 
 
 def test_the_thread_count_is_part_of_the_key_except_at_one_thread(tmp_path):
-    """A quick preset gathers with every core (qkcore.experiments.chapter): its results, which may differ in the last
-    bits, must never be read by a one-thread run, while one-thread keys stay those the book's caches already hold."""
+    """A page on a pretrained model run alone gathers with every core (qkcore.experiments.chapter): its results, which
+    may differ in the last bits, must never be read by a one-thread run, while one-thread keys stay those the book's
+    caches already hold."""
     from qkcore.lm.gather_cache import _key
 
     model = tiny_model("llama", attn_implementation="eager")
@@ -92,3 +93,48 @@ def test_the_thread_count_is_part_of_the_key_except_at_one_thread(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert one != two
+
+
+def test_a_run_at_two_threads_reads_the_one_thread_result(tmp_path, monkeypatch):
+    """After `make book` (one thread per page), a page re-run alone at two threads reads the book's gathers: the
+    committed numbers, with no forward pass; with no one-thread result it computes and writes its own."""
+    from qkcore.lm import gather_cache as cache
+
+    model = tiny_model("llama", attn_implementation="eager")
+    batch = pad_batch(PROMPTS, "left")
+    before = torch.get_num_threads()
+    try:
+        with gather_cache(tmp_path / "book"):
+            torch.set_num_threads(1)
+            one = _gather(model, batch, logits_to_keep=1)
+            torch.set_num_threads(2)
+            computed = cache.computed()
+            read = _gather(model, batch, logits_to_keep=1)
+            assert cache.computed() == computed  # read, not computed
+            assert len(_files(tmp_path / "book")) == 1
+            (book_file,) = _files(tmp_path / "book")
+            real_load = cache.load
+
+            def vanishing_load(key):  # the one-thread file is deleted between cache_keys' look and the read
+                for path in (tmp_path / "book").rglob("*.pt"):
+                    path.unlink()
+                return real_load(key)
+
+            monkeypatch.setattr(cache, "load", vanishing_load)
+            computed = cache.computed()
+            _gather(model, batch, logits_to_keep=1)
+            monkeypatch.undo()
+            assert cache.computed() == computed + 1
+            written = _files(tmp_path / "book")
+            assert len(written) == 1 and written != [book_file]  # under the two-thread key, not the one-thread key
+        assert torch.equal(read.q, one.q) and torch.equal(read.k, one.k)
+        with gather_cache(tmp_path / "alone"):  # no one-thread result: computed and written under its own key
+            computed = cache.computed()
+            _gather(model, batch, logits_to_keep=1)
+            assert cache.computed() == computed + 1
+            torch.set_num_threads(1)
+            _gather(model, batch, logits_to_keep=1)  # the one-thread run does not read it
+            assert cache.computed() == computed + 2
+        assert len(_files(tmp_path / "alone")) == 2
+    finally:
+        torch.set_num_threads(before)
