@@ -61,9 +61,10 @@ SVD_ROUNDOFF = 1e-10
 @dataclass(frozen=True)
 class SubspaceParams(BindingParams):
     """BindingParams, plus: view_head (None → the first studied head), n_view_prompts fresh prompts for the
-    PCA/UMAP views, umap (False skips the UMAP view: its first fit compiles numba kernels for ~20 s),
-    umap_neighbours; max_filler: 0…max_filler filler words in each gap between clauses of a second set of order
-    prompts, so that the clause index is decoded apart from absolute position (0: no such test)."""
+    PCA/UMAP views, umap (False skips the UMAP view: its first fit in an environment compiles numba kernels for
+    ~15 s, which later processes reuse), umap_neighbours; max_filler: 0…max_filler filler words in each gap between
+    clauses of a second set of order prompts, so that the clause index is decoded apart from absolute position (0: no
+    such test)."""
 
     view_head: tuple[int, int] | None = None
     n_view_prompts: int = 200

@@ -81,9 +81,13 @@ def balanced_query_prompts(n: int, n_pairs: int, generator: torch.Generator) -> 
 
 def umap_2d(x: np.ndarray, neighbours: int, seed: int) -> np.ndarray:
     """Seeded single-threaded UMAP to 2-D. umap-learn's numba kernels change the process's OpenMP thread count (it
-    then slows torch down many times over on a busy CPU), so torch's thread count is put back afterwards."""
+    then slows torch down many times over on a busy CPU), so torch's thread count is put back afterwards. Its kernels
+    are compiled once per environment, not once per process (qkcore.jit_cache)."""
     import umap
 
+    from qkcore.jit_cache import cache_numba_kernels
+
+    cache_numba_kernels("umap", "pynndescent")
     threads = torch.get_num_threads()
     try:
         reducer = umap.UMAP(n_components=2, n_neighbors=min(neighbours, len(x) - 1), random_state=seed, n_jobs=1)
