@@ -55,6 +55,7 @@ ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "PYDEVD_DISABLE_FILE_VALIDATION": "1",
+    "QKCORE_PROGRESS": "0",  # as `make book`: no progress bars in the kept notebooks
 }
 _FIGURE = r"about\s+(\d+(?:\.\d+)?)\s*(s|sec|seconds?|min|minutes?)\b"
 RUNTIME = re.compile(r"\*\*Runtime:\*\*\s*" + _FIGURE + r"(?P<rest>[^\n]*)", re.I)
