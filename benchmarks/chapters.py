@@ -121,22 +121,24 @@ def stated_for(notebook: dict, kind: str, cache: str | None) -> float | None:
     return figures.get((kind, "cold"), figures.get((kind, None)))
 
 
+def _parameters_source(notebook: dict) -> str | None:
+    """The source of the cell tagged `parameters`; None where there is none."""
+    for cell in notebook["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            return "".join(cell["source"])
+    return None
+
+
 def page_class(notebook: dict) -> str:
     """The page's class in LIMITS_S: "real model" when its parameters cell sets `model` to anything but "organism"
     (the variant pages), else "organism" (the toy chapters have no model parameter)."""
-    for cell in notebook["cells"]:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            m = re.search(r"""^model\s*=\s*["']([^"']+)["']""", "".join(cell["source"]), re.M)
-            return "real model" if m and m.group(1) != "organism" else "organism"
-    return "organism"
+    m = re.search(r"""^model\s*=\s*["']([^"']+)["']""", _parameters_source(notebook) or "", re.M)
+    return "real model" if m and m.group(1) != "organism" else "organism"
 
 
 def has_preset(notebook: dict) -> bool:
     """Whether the cell tagged `parameters` assigns `preset`."""
-    for cell in notebook["cells"]:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            return re.search(r"^preset\s*[:=]", "".join(cell["source"]), re.M) is not None
-    return False
+    return re.search(r"^preset\s*[:=]", _parameters_source(notebook) or "", re.M) is not None
 
 
 @dataclass
